@@ -1,0 +1,1 @@
+"""Backends compile and launch generated kernels: `cpu` (Numba) and `cuda` (CuPy)."""
