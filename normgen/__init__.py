@@ -35,7 +35,7 @@ def load(name_or_path, **kwargs):
 
 def __getattr__(name: str):
     if name == "ops":
-        from . import ops
+        import importlib
 
-        return ops
+        return importlib.import_module("normgen.ops")
     raise AttributeError(f"module 'normgen' has no attribute {name!r}")

@@ -36,7 +36,7 @@ from . import __version__
 from .paths import templates_dir
 
 #: the modules whose code decides what is generated: a change to any of them is a new key
-CODEGEN_SOURCES = ("plan.py", "render.py", "bind.py", "cache.py")
+CODEGEN_SOURCES = ("plan.py", "render.py", "bind.py", "cache.py", "backends/cpu_primitives.py")
 _lock = threading.Lock()
 _loaded: dict[str, types.ModuleType] = {}
 
@@ -64,7 +64,7 @@ def codegen_hash() -> str:
     pkg = Path(__file__).resolve().parent
     files += [pkg / name for name in CODEGEN_SOURCES]
     for path in files:
-        h.update(path.name.encode())
+        h.update(path.relative_to(path.parent.parent).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()
 
@@ -82,13 +82,25 @@ def target_id(target: str) -> str:
     return cuda.target_id()
 
 
-def cache_key(canonical: str, target: str) -> str:
-    """The key of a kernel: version, codegen sources, structure, target."""
+def _hash(*parts: str) -> str:
     h = hashlib.sha256()
-    for part in (f"normgen={__version__}", codegen_hash(), canonical, target_id(target)):
+    for part in parts:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
+
+
+def source_key(canonical: str) -> str:
+    """What the generated source depends on: version, codegen sources, kernel structure.
+
+    It is printed in the source's header, and is the same on every machine.
+    """
+    return _hash(f"normgen={__version__}", codegen_hash(), canonical)
+
+
+def cache_key(canonical: str, target: str) -> str:
+    """The key of a compiled kernel: its source key and the target it is compiled for."""
+    return _hash(source_key(canonical), target_id(target))
 
 
 def module_path(key: str, target: str) -> Path:

@@ -174,22 +174,32 @@ class Op:
     def binding(self, shape: tuple[int, ...], **sizes: Any) -> Binding:
         return bind(self.spec, shape, sizes)
 
-    def plan(self, x: np.ndarray, *, direction: str = "forward", params: bool = True, out: np.ndarray | None = None,
-             dy: np.ndarray | None = None, **sizes: Any) -> Plan:
-        """The plan a call with these arrays would use (for `normgen plan` and inspection)."""
-        from .backends import cpu
+    def plan(self, x: np.ndarray | tuple[int, ...], *, direction: str = "forward", params: bool = True,
+             strides: tuple[int, ...] | None = None, dtype: str | None = None, **sizes: Any) -> Plan:
+        """The plan a call would use, for an array `x` or a shape with element `strides`.
 
-        binding = bind(self.spec, x.shape, sizes)
+        The output (y or dx) and dy are taken dense in x's dimension order, as a call
+        that allocates them would. Used by `normgen plan` and `normgen generate`.
+        """
+        from .backends import cpu
+        from .layouts import layout_strides, like_strides
+
+        if isinstance(x, np.ndarray):
+            shape, dtype = x.shape, str(x.dtype)
+            strides = cpu.elem_strides(x)
+            if strides is None:
+                raise CallError(f"{self.name}: x has strides the kernels cannot walk; it would be copied")
+        else:
+            shape = tuple(x)
+            strides = strides if strides is not None else layout_strides(shape, "contiguous")
+            dtype = dtype or "float32"
+        binding = bind(self.spec, shape, sizes)
         has_w = params and bool(self.spec.affine and self.spec.affine.weight)
         has_b = params and bool(self.spec.affine and self.spec.affine.bias)
-        if direction == "forward":
-            y = out if out is not None else np.empty_like(x)
-            arrays = {"x": x, "y": y}
-        else:
-            dy = dy if dy is not None else np.empty_like(x)
-            arrays = {"x": x, "dy": dy, "dx": out if out is not None else np.empty_like(x)}
-        strides = {k: cpu.elem_strides(v) for k, v in arrays.items()}
-        return make_plan(binding, strides, direction=Direction(direction), dtype=str(x.dtype),
+        out = like_strides(shape, strides)
+        unit = tuple(0 if n == 1 else s for n, s in zip(shape, strides))
+        arrays = ({"x": unit, "y": out} if direction == "forward" else {"x": unit, "dy": out, "dx": out})
+        return make_plan(binding, arrays, direction=Direction(direction), dtype=dtype,
                          has_weight=has_w, has_bias=has_b, threads=cpu.threads())
 
     # ---- forward ----------------------------------------------------------------------
@@ -211,8 +221,6 @@ class Op:
         running_mean, running_var = self._check_running(binding, running_mean, running_var, x.dtype)
         e = self._eps(eps, x.dtype)
         eval_mode = running_mean is not None and not training
-        if not training and spec.running is not None and running_mean is None and spec.name == "batch_norm":
-            raise CallError(f"{self.name}: evaluation (training=False) needs running_mean and running_var")
         mix = self._check_mix(mean_weight, var_weight)
         factor = self._momentum(momentum, num_batches_tracked) if (running_mean is not None and training) else None
         y = self._check_out(out, x, x)

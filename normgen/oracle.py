@@ -208,8 +208,9 @@ def _moments(spec: Spec, axes: Axes, xf: np.ndarray, eps: float, use_running: bo
         sq = (xf - mu) ** 2
         var = sq.sum(axis=red, keepdims=True) if spec.scale is Scale.L2 else sq.mean(axis=red, keepdims=True)
         if use_running and (is_running or not spec.is_mixture):
-            mu = _from_kept_order(axes, spec.running.axes, running_mean)
-            var = _from_kept_order(axes, spec.running.axes, running_var)
+            # running statistics are indexed by the running axes: broadcast over the other kept axes
+            mu = np.broadcast_to(_from_kept_order(axes, spec.running.axes, running_mean), mu.shape)
+            var = np.broadcast_to(_from_kept_order(axes, spec.running.axes, running_var), var.shape)
             frozen.append(True)
         else:
             frozen.append(False)

@@ -41,6 +41,8 @@ CHUNK = 4096
 ROW_MIN = 64
 #: columns accumulated together by one unit in the columns strategy
 COL_SEG = 1024
+#: tests set this to split every reduction into parts (exercising the phased kernels on small shapes)
+FORCE_PARTS: int | None = None
 
 
 class Strategy(enum.Enum):
@@ -187,17 +189,35 @@ def memory_order(dims: list[_LDim]) -> list[_LDim]:
     return sorted(dims, key=lambda d: -abs(d.s("x")))
 
 
-def coalesce(dims: list[_LDim]) -> list[_LDim]:
+def coalesce(dims: list[_LDim], binding: Binding) -> list[_LDim]:
     """Pass 4: merge neighbours with the same role whose strides compose in every array."""
     out: list[_LDim] = []
     for d in dims:
         if out:
             prev = out[-1]
             if prev.kept == d.kept and all(prev.s(a) == d.s(a) * d.size for a, _ in d.strides):
-                out[-1] = _LDim(f"{prev.name}_{d.name}", prev.axes + d.axes, prev.size * d.size, d.kept, d.strides)
+                axes = prev.axes + d.axes
+                out[-1] = _LDim(_name(axes, binding), axes, prev.size * d.size, d.kept, d.strides)
                 continue
         out.append(d)
     return out
+
+
+def _name(axes: tuple[str, ...], binding: Binding) -> str:
+    """Code name of merged logical dims: a whole variadic group (spatial0, spatial1) by its name."""
+    of = {d.name: d.axis for d in binding.dims}
+    parts: list[str] = []
+    i = 0
+    while i < len(axes):
+        group = of.get(axes[i], axes[i])
+        members = [d.name for d in binding.dims if d.axis == group]
+        if len(members) > 1 and tuple(axes[i:i + len(members)]) == tuple(members):
+            parts.append(group)
+            i += len(members)
+        else:
+            parts.append(axes[i])
+            i += 1
+    return "_".join(parts)
 
 
 def choose_strategy(dims: list[_LDim]) -> tuple[Strategy, tuple[int, ...], tuple[int, ...], int, int | None]:
@@ -232,7 +252,7 @@ def choose_launch(strategy: Strategy, dims: list[_LDim], groups: tuple[int, ...]
     total = math.prod(d.size for d in dims)
     if strategy is Strategy.ROWS:
         n_inner = dims[inner].size
-        seg = min(n_inner, CHUNK)
+        seg = min(n_inner, CHUNK) if FORCE_PARTS is None else max(1, -(-n_inner // FORCE_PARTS))
         chunks = n_rows * -(-n_inner // seg)
         units_per_group, row_chunk = chunks, 1
     else:
@@ -240,10 +260,12 @@ def choose_launch(strategy: Strategy, dims: list[_LDim], groups: tuple[int, ...]
         seg = min(n_col, COL_SEG)
         n_groups *= -(-n_col // seg)
         tile = seg * (dims[tail].size if tail is not None else 1)
-        row_chunk = max(1, CHUNK // tile)
+        row_chunk = 1 if FORCE_PARTS is not None else max(1, CHUNK // tile)
         units_per_group = -(-n_rows // row_chunk)
     want = 2 * threads
-    if n_groups >= want or total < 32 * 1024:
+    if FORCE_PARTS is not None:
+        n_parts = max(1, min(units_per_group, FORCE_PARTS))
+    elif n_groups >= want or total < 32 * 1024:
         n_parts = 1
     else:
         n_parts = max(1, min(units_per_group, -(-want // n_groups)))
@@ -267,7 +289,7 @@ def make_plan(binding: Binding, arrays: dict[str, tuple[int, ...]], *, direction
     dims = logical_dims(binding, arrays)
     dims = drop_unit_dims(dims)
     dims = memory_order(dims)
-    dims = coalesce(dims)
+    dims = coalesce(dims, binding)
     strategy, groups, rows, inner, tail = choose_strategy(dims)
     n_parts, n_blocks, seg, row_chunk = choose_launch(strategy, dims, groups, rows, inner, tail, threads)
 

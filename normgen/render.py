@@ -84,7 +84,7 @@ def context(k: Kernel, key: str) -> dict[str, Any]:
         "geom": geom, "has_weight": k.has_weight, "has_bias": k.has_bias, "affine": has_params,
         "affine_inner": cls["param"] != "0",
         "centered": k.center is Center.MEAN, "split": k.dtype == "float32" and k.center is Center.MEAN,
-        "per_count": k.scale in (Scale.STD, Scale.RMS), "n_param": "n_param",
+        "per_count": k.scale in (Scale.STD, Scale.RMS),
     }
 
 
@@ -93,7 +93,8 @@ def summary(k: Kernel) -> str:
     parts = [k.direction.value, k.dtype, k.strategy.value]
     if k.strategy is Strategy.ROWS:
         parts.append("groups (" + ", ".join(k.dims[i].label for i in k.groups) + ")")
-        parts.append("rows (" + ", ".join(k.dims[i].label for i in k.rows) + ")")
+        if k.rows:
+            parts.append("rows (" + ", ".join(k.dims[i].label for i in k.rows) + ")")
         parts.append(f"inner {k.dims[k.inner].label}")
     else:
         parts.append("groups (" + ", ".join(k.dims[i].label for i in k.groups) + ")")
@@ -106,4 +107,17 @@ def summary(k: Kernel) -> str:
 
 def render(kernel: Kernel, key: str) -> str:
     """The source of the module for a plan's kernel structure, with `key` in its header."""
-    return environment().get_template(template_name(kernel)).render(**context(kernel, key))
+    return tidy(environment().get_template(template_name(kernel)).render(**context(kernel, key)))
+
+
+def tidy(source: str) -> str:
+    """Drop the blank lines that template blocks leave inside function bodies."""
+    lines = source.split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip() and out:
+            nxt = next((n for n in lines[i + 1:] if n.strip()), "")
+            if (out[-1][:1] == " " and nxt[:1] == " ") or (len(out) > 1 and not out[-1].strip() and not out[-2].strip()):
+                continue
+        out.append(line)
+    return "\n".join(out)

@@ -9,6 +9,8 @@ on disk beside the generated module.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -17,10 +19,51 @@ from ..plan import Plan, Strategy, geometry_values
 from ..render import render
 
 
-def threads() -> int:
-    import numba
+_pool: ThreadPoolExecutor | None = None
+_threads: int | None = None
 
-    return numba.get_num_threads()
+
+def threads() -> int:
+    """Threads the CPU kernels use: NORMGEN_NUM_THREADS, else the CPUs this process may use."""
+    global _threads
+    if _threads is None:
+        env = os.environ.get("NORMGEN_NUM_THREADS")
+        _threads = max(1, int(env)) if env else max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                                    else (os.cpu_count() or 1))
+    return _threads
+
+
+def set_num_threads(n: int) -> None:
+    """Use n threads from now on (plans made afterwards split their work for n)."""
+    global _threads, _pool
+    _threads = max(1, int(n))
+    if _pool is not None:
+        _pool.shutdown(wait=True)
+        _pool = None
+
+
+#: below this many elements one thread is faster than waking the others
+PARALLEL_MIN = 32 * 1024
+
+
+def launch(kernel, plan: Plan, *args) -> None:
+    """Run kernel(*args, blk_lo, blk_hi) over the plan's blocks, split evenly over threads.
+
+    The kernels release the GIL, so the threads run in parallel. Which thread runs which
+    block does not change any result: each block writes its own outputs and partials.
+    """
+    global _pool
+    n_blocks = plan.launch.n_blocks
+    t = min(threads(), n_blocks)
+    if t <= 1 or math.prod(plan.launch.sizes) < PARALLEL_MIN:
+        kernel(*args, 0, n_blocks)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="normgen")
+    futures = [_pool.submit(kernel, *args, i * n_blocks // t, (i + 1) * n_blocks // t) for i in range(1, t)]
+    kernel(*args, 0, n_blocks // t)
+    for f in futures:
+        f.result()
 
 
 def elem_strides(a: np.ndarray) -> tuple[int, ...] | None:
@@ -47,8 +90,9 @@ def flat(a: np.ndarray) -> np.ndarray:
 def module(plan: Plan):
     """The compiled module for the plan's kernel structure (disk-cached)."""
     k = plan.kernel
-    key = cache.cache_key(k.canonical(), k.target)
-    return cache.load_module(key, k.target, lambda: render(k, key))
+    canonical = k.canonical()
+    key = cache.cache_key(canonical, k.target)
+    return cache.load_module(key, k.target, lambda: render(k, cache.source_key(canonical)))
 
 
 def geometry(plan: Plan) -> np.ndarray:
@@ -75,7 +119,7 @@ def forward_fused(plan: Plan, x, y, weight, bias, eps: float) -> np.ndarray:
     args = (flat(x), flat(y), _param(weight, x.dtype), _param(bias, x.dtype), moments)
     if plan.kernel.strategy is Strategy.COLUMNS:
         args += _scratch(plan, x.dtype)
-    mod.forward_fused(*args, g, float(eps))
+    launch(mod.forward_fused, plan, *args, g, float(eps))
     return moments.reshape(-1, 1, 3)
 
 
@@ -86,14 +130,14 @@ def forward_partial(plan: Plan, x) -> np.ndarray:
     args = (flat(x), moments)
     if plan.kernel.strategy is Strategy.COLUMNS:
         args += (_scratch(plan, x.dtype)[0],)
-    mod.forward_partial(*args, g)
+    launch(mod.forward_partial, plan, *args, g)
     return moments.reshape(-1, plan.launch.n_parts, 3)
 
 
 def forward_apply(plan: Plan, x, y, weight, bias, mu_hi, mu_lo, rstd) -> None:
     mod, g = module(plan), geometry(plan)
-    mod.forward_apply(flat(x), flat(y), _param(weight, x.dtype), _param(bias, x.dtype),
-                      _stat(mu_hi, x.dtype), _stat(mu_lo, x.dtype), _stat(rstd, x.dtype), g)
+    launch(mod.forward_apply, plan, flat(x), flat(y), _param(weight, x.dtype), _param(bias, x.dtype),
+           _stat(mu_hi, x.dtype), _stat(mu_lo, x.dtype), _stat(rstd, x.dtype), g)
 
 
 def _stat(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -123,7 +167,7 @@ def backward_fused(plan: Plan, x, dy, dx, weight, mu_hi, mu_lo, rstd) -> np.ndar
             _stat(mu_lo, x.dtype), _stat(rstd, x.dtype), dparams)
     if plan.kernel.strategy is Strategy.COLUMNS:
         args += _scratch(plan, x.dtype)
-    mod.backward_fused(*args, g)
+    launch(mod.backward_fused, plan, *args, g)
     return dparams
 
 
@@ -136,11 +180,11 @@ def backward_partial(plan: Plan, x, dy, weight, mu_hi, mu_lo, rstd) -> tuple[np.
             _stat(rstd, x.dtype), sums, dparams)
     if plan.kernel.strategy is Strategy.COLUMNS:
         args += (_scratch(plan, x.dtype)[0],)
-    mod.backward_partial(*args, g)
+    launch(mod.backward_partial, plan, *args, g)
     return sums.reshape(-1, plan.launch.n_parts, 2), dparams
 
 
 def backward_apply(plan: Plan, x, dy, dx, weight, mu_hi, mu_lo, c0, c1, c2) -> None:
     mod, g = module(plan), geometry(plan)
-    mod.backward_apply(flat(x), flat(dy), flat(dx), _param(weight, x.dtype), _stat(mu_hi, x.dtype),
-                       _stat(mu_lo, x.dtype), _stat(c0, x.dtype), _stat(c1, x.dtype), _stat(c2, x.dtype), g)
+    launch(mod.backward_apply, plan, flat(x), flat(dy), flat(dx), _param(weight, x.dtype), _stat(mu_hi, x.dtype),
+           _stat(mu_lo, x.dtype), _stat(c0, x.dtype), _stat(c1, x.dtype), _stat(c2, x.dtype), g)

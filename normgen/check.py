@@ -1,0 +1,197 @@
+"""Check generated kernels against the NumPy oracle, for any spec.
+
+`check_spec(spec)` draws cases from the spec itself (small shapes, a different rank of
+the variadic groups, and a large few-groups shape that exercises the phased path),
+lays each input out contiguously, channels_last, transposed and sliced, and compares
+forward (y, statistics, running statistics) and backward (dx and every parameter
+gradient) in float32 and float64, in training and (where the spec has running
+statistics) evaluation mode. Every comparison is a max error over the arrays, relative to
+the oracle's largest magnitude (at least 1), against a per-dtype tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from . import oracle
+from .bind import bind
+from .layouts import LAYOUTS, make_array
+from .op import Op
+from .spec import Spec
+
+DTYPES = ("float32", "float64")
+TOLERANCE = {"float32": 2e-4, "float64": 1e-9}
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    shape: tuple[int, ...]
+    sizes: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass
+class Result:
+    spec: str
+    case: str
+    layout: str
+    dtype: str
+    mode: str
+    plan: str
+    errors: dict[str, float] = field(default_factory=dict)
+    tol: float = 0.0
+    error: str | None = None  # an exception instead of numbers
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(e <= self.tol for e in self.errors.values())
+
+    @property
+    def worst(self) -> tuple[str, float]:
+        if not self.errors:
+            return ("-", math.nan)
+        k = max(self.errors, key=lambda k: self.errors[k])
+        return k, self.errors[k]
+
+
+def cases(spec: Spec) -> list[Case]:
+    """Shapes for a spec: a small one, one with other variadic ranks, a large few-groups one."""
+    out: list[Case] = []
+    for label, variant in (("small", 0), ("ranks", 1), ("large", 2)):
+        case = _case(spec, label, variant)
+        if all((c.shape, c.sizes) != (case.shape, case.sizes) for c in out):
+            out.append(case)
+    return out
+
+
+def _case(spec: Spec, label: str, variant: int) -> Case:
+    pool = iter([3, 4, 5, 2, 6, 7, 3, 4])
+    given = dict(spec.sizes)
+    kept = set(spec.kept_axes)
+    shape: list[int] = []
+    sizes: dict[str, Any] = {}
+    grow: list[tuple[int, str | None]] = []  # reduced dims the large case may grow (and the size arg that names them)
+    for item in spec.input.items:
+        name = item.names[0]
+        if item.variadic:
+            arg = given.get(name)
+            dims = [(4, 5), (6,), (8, 5)][variant] if arg else [(5, 6), (), (6, 7)][variant]
+            if variant == 2 and name in kept:
+                dims = tuple(2 for _ in dims)
+            start = len(shape)
+            shape.extend(dims)
+            if name not in kept:
+                grow.extend((i, arg) for i in range(start, len(shape)))
+        elif item.is_split:
+            total = 1
+            for part in item.names:
+                if part in given and isinstance(given[part], str):
+                    value = 2
+                    sizes[given[part]] = value
+                elif part in given:
+                    value = given[part]
+                else:
+                    value = 3 if variant != 2 or part in kept else 12
+                total *= value
+            shape.append(total)
+        else:
+            size = next(pool)
+            if variant == 2:
+                size = 2 if name in kept else size
+            shape.append(size)
+            if name not in kept:
+                grow.append((len(shape) - 1, None))
+    if variant == 2:
+        while math.prod(shape) < 48 * 1024 and grow:
+            d = min((i for i, _ in grow), key=lambda i: shape[i])
+            shape[d] *= 4
+    for arg in {a for _, a in grow if a}:  # a given variadic shape follows its (grown) dims
+        sizes[arg] = tuple(shape[i] for i, a in grow if a == arg)
+    if spec.running is not None and math.prod(shape) and bind(spec, tuple(shape), sizes).group_size < 2:
+        # training with running statistics needs two or more values per statistic (n - 1 > 0)
+        return _case(spec, label, variant=0)
+    return Case(label, tuple(shape), tuple(sizes.items()))
+
+
+def _err(a: Any, b: Any) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return math.inf
+    if a.size == 0:
+        return 0.0
+    scale = max(1.0, float(np.nanmax(np.abs(b))))
+    diff = np.abs(a - b)
+    if np.any(np.isnan(a) != np.isnan(b)):
+        return math.inf
+    return float(np.nanmax(diff)) / scale if not np.all(np.isnan(diff)) else 0.0
+
+
+def run_case(op: Op, case: Case, layout: str, dtype: str, training: bool, seed: int = 0) -> Result:
+    """One forward + backward against the oracle."""
+    spec = op.spec
+    rng = np.random.default_rng(seed)
+    sizes = dict(case.sizes)
+    mode = "train" if training else "eval"
+    res = Result(spec.name, f"{case.label} {case.shape}", layout, dtype, mode, "", tol=TOLERANCE[dtype])
+    try:
+        binding = bind(spec, case.shape, sizes)
+        dt = np.dtype(dtype)
+        x = make_array(rng.standard_normal(case.shape) * 2.0 + 3.0, layout, dtype)
+        params = {p: (rng.standard_normal(binding.param_shape) * 0.5 + 1.0).astype(dt)
+                  for p in (spec.affine.params if spec.affine else ())}
+        kw: dict[str, Any] = {}
+        if spec.running is not None:
+            kw["running_mean"] = rng.standard_normal(binding.running_shape).astype(dt)
+            kw["running_var"] = (rng.random(binding.running_shape) + 0.5).astype(dt)
+        if spec.is_mixture:
+            k = len(spec.kept)
+            kw["mean_weight"] = rng.standard_normal(k)
+            kw["var_weight"] = rng.standard_normal(k)
+        okw = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+        res.plan = _plan_label(op, x, sizes)
+        fwd = op.forward(x, training=training, **params, **kw, **sizes)
+        ref = oracle.forward(spec, x, params, sizes=sizes, training=training, **okw)
+        res.errors["y"] = _err(fwd.y, ref.y)
+        if fwd.mean is not None:
+            res.errors["mean"] = _err(fwd.mean, ref.mean)
+        res.errors["rstd"] = _err(fwd.rstd, ref.rstd)
+        if training and ref.running_mean is not None:
+            res.errors["running_mean"] = _err(kw["running_mean"], ref.running_mean)
+            res.errors["running_var"] = _err(kw["running_var"], ref.running_var)
+        dy = make_array(rng.standard_normal(case.shape), layout, dtype)
+        grads = op.backward(dy, fwd)
+        oref = oracle.backward(spec, dy, x, params, sizes=sizes, training=training, **okw)
+        res.errors["dx"] = _err(grads.dx, oref["x"])
+        for name in list(params) + (["mean_weight", "var_weight"] if spec.is_mixture else []):
+            res.errors["d" + name] = _err(grads[name], oref[name])
+    except Exception as e:  # a crash is a failed check, reported with the case
+        res.error = f"{type(e).__name__}: {e}"
+    return res
+
+
+def _plan_label(op: Op, x: np.ndarray, sizes: dict[str, Any]) -> str:
+    plan = op.plan(x, **sizes)
+    return f"{plan.kernel.strategy.value}/{'fused' if plan.launch.fused else f'{plan.launch.n_parts} parts'}"
+
+
+def check_spec(op: Op, *, layouts: tuple[str, ...] = LAYOUTS, dtypes: tuple[str, ...] = DTYPES,
+               progress: Callable[[Result], None] | None = None) -> list[Result]:
+    """Every case x layout x dtype x mode of one spec."""
+    results = []
+    modes = (True, False) if op.spec.running is not None else (True,)
+    seed = 0
+    for case in cases(op.spec):
+        for layout in layouts:
+            for dtype in dtypes:
+                for training in modes:
+                    seed += 1
+                    r = run_case(op, case, layout, dtype, training, seed)
+                    results.append(r)
+                    if progress:
+                        progress(r)
+    return results

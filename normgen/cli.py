@@ -1,0 +1,236 @@
+"""The `normgen` command line.
+
+    normgen list                         bundled specs
+    normgen show SPEC                    a spec: axes, kept and reduced sets, parameters
+    normgen plan SPEC --shape 32,128,56,56 [--layout channels_last] [--backward]
+    normgen generate SPEC|--reference [-o DIR]   readable generated sources
+    normgen check SPEC|--all             compare the kernels with the NumPy oracle
+    normgen cache info|clear
+
+SPEC is a bundled name (see `normgen list`) or a path to a .toml spec file. User errors
+(a bad spec, a bad shape, a missing argument) print a message and exit with status 2;
+a failed check exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import NormgenError
+
+
+def _parse_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def _parse_size(text: str) -> tuple[str, Any]:
+    name, eq, value = text.partition("=")
+    if not eq or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. num_groups=32), got {text!r}")
+    vals = _parse_ints(value)
+    return name, (vals[0] if len(vals) == 1 and "," not in value else vals)
+
+
+def _op(spec: str):
+    from .op import load
+
+    return load(spec)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .library import bundled_names, find_spec
+
+    for name in bundled_names():
+        spec = find_spec(name)
+        print(f"{name:<24} {spec.doc}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    op = _op(args.spec)
+    spec = op.spec
+    print(f"{spec.name}  ({spec.source})")
+    if spec.doc:
+        print(f"  {spec.doc}")
+    print(f"  input      {spec.input}")
+    for i, kept in enumerate(spec.kept):
+        reduced = [a for a in spec.axis_names if a not in kept]
+        tag = "kept" if not spec.is_mixture else f"kept[{i}]"
+        print(f"  {tag:<10} {spec.axes_str(kept) or '(none: one statistic)'}   reduced: {spec.axes_str(tuple(reduced))}")
+    print(f"  center     {spec.center.value}")
+    print(f"  scale      {spec.scale.value}, eps {spec.eps}")
+    if spec.affine:
+        print(f"  affine     {', '.join(spec.affine.params)} over '{spec.affine.axes}'")
+    if spec.running:
+        print(f"  running    over '{spec.axes_str(spec.running.axes)}', momentum {spec.running.momentum}")
+    if spec.sizes:
+        print("  call sizes " + ", ".join(f"{v}= gives {k}" if isinstance(v, str) else f"{k} = {v}"
+                                          for k, v in spec.sizes))
+    if spec.is_mixture:
+        print(f"  mixture    softmax(mean_weight), softmax(var_weight) over {len(spec.kept)} components")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .layouts import layout_strides
+
+    op = _op(args.spec)
+    shape = args.shape
+    strides = args.strides if args.strides else layout_strides(shape, args.layout)
+    if len(strides) != len(shape):
+        raise NormgenError(f"--strides has {len(strides)} entries for a shape of {len(shape)} dims")
+    plan = op.plan(shape, strides=strides, dtype=args.dtype, direction="backward" if args.backward else "forward",
+                   params=not args.no_params, **dict(args.size))
+    print(plan)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from . import generate
+    from .paths import repo_root
+
+    if args.reference:
+        root = repo_root()
+        outdir = Path(args.output) if args.output else (root / "generated" if root else Path("generated"))
+        files = generate.reference_sources()
+    else:
+        if not args.spec or not args.shape:
+            raise NormgenError("generate needs SPEC and --shape (or --reference for the bundled reference plans)")
+        outdir = Path(args.output or ".")
+        op = _op(args.spec)
+        files = generate.sources(op, args.shape, layout=args.layout, dtype=args.dtype, sizes=dict(args.size))
+    for path, written in generate.write(outdir, files):
+        print(f"{'wrote    ' if written else 'unchanged'} {path}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check import DTYPES, check_spec
+    from .layouts import LAYOUTS
+    from .library import bundled_names
+
+    names = bundled_names() if args.all else [args.spec] if args.spec else []
+    if not names:
+        raise NormgenError("check needs SPEC or --all")
+    layouts = tuple(args.layout) if args.layout else LAYOUTS
+    dtypes = tuple(args.dtype) if args.dtype else DTYPES
+    print(f"{'spec':<24} {'checks':>6} {'failed':>6}  {'max error fwd':>13}  {'max error bwd':>13}  {'time':>6}")
+    total_fail = 0
+    t_all = time.perf_counter()
+    for name in names:
+        op = _op(name)
+        t0 = time.perf_counter()
+        done = [0]
+
+        def progress(r, _n=name) -> None:
+            done[0] += 1
+            if args.verbose:
+                key, val = r.worst
+                state = "ok  " if r.ok else "FAIL"
+                print(f"  {state} {r.case:<28} {r.layout:<14} {r.dtype:<8} {r.mode:<5} {r.plan:<16} "
+                      f"worst {key}={val:.1e}" + (f"  {r.error}" if r.error else ""), flush=True)
+            elif sys.stdout.isatty():
+                print(f"  {_n}: {done[0]} checks ...", end="\r", flush=True)
+
+        results = check_spec(op, layouts=layouts, dtypes=dtypes, progress=progress)
+        failed = [r for r in results if not r.ok]
+        fwd = max((v for r in results for k, v in r.errors.items() if not k.startswith("d")), default=0.0)
+        bwd = max((v for r in results for k, v in r.errors.items() if k.startswith("d")), default=0.0)
+        status = "" if not failed else "  FAILED"
+        print(f"{name:<24} {len(results):>6} {len(failed):>6}  {fwd:>13.2e}  {bwd:>13.2e}  "
+              f"{time.perf_counter() - t0:>5.1f}s{status}", flush=True)
+        for r in failed[: args.show_failures]:
+            key, val = r.worst
+            print(f"    FAIL {r.case} {r.layout} {r.dtype} {r.mode} {r.plan}: "
+                  + (r.error or f"{key} = {val:.2e} > {r.tol:.0e}"))
+        total_fail += len(failed)
+    print(f"{'all' if args.all else names[0]}: {'OK' if not total_fail else f'{total_fail} FAILED'} "
+          f"(errors are max |kernel - oracle| / max(1, max |oracle|); tolerance float32 2e-4, float64 1e-9; "
+          f"{time.perf_counter() - t_all:.0f}s)")
+    return 1 if total_fail else 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from . import cache
+
+    if args.action == "info":
+        info = cache.info()
+        print(f"cache dir {info['dir']}\n  modules  {info['modules']}\n  size     {info['bytes'] / 1e6:.1f} MB")
+    else:
+        n = cache.clear()
+        print(f"removed {n} module(s) from {cache.cache_dir()}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="normgen", description="A compiler for normalization layers.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("list", help="list the bundled specs").set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("show", help="describe a spec")
+    s.add_argument("spec", help="a bundled spec name or a path to a .toml file")
+    s.set_defaults(fn=cmd_show)
+
+    def shape_args(s: argparse.ArgumentParser, required: bool) -> None:
+        from .layouts import LAYOUTS
+
+        s.add_argument("--shape", type=_parse_ints, required=required, help="shape of x, e.g. 32,128,56,56")
+        s.add_argument("--layout", default="contiguous", choices=LAYOUTS, help="memory layout of x")
+        s.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+        s.add_argument("--size", type=_parse_size, action="append", default=[], metavar="NAME=VALUE",
+                       help="a call-time size, e.g. num_groups=32 or normalized_shape=1024 (repeatable)")
+
+    s = sub.add_parser("plan", help="print the loop nest the planner chooses")
+    s.add_argument("spec")
+    shape_args(s, required=True)
+    s.add_argument("--strides", type=_parse_ints, help="element strides of x (overrides --layout)")
+    s.add_argument("--backward", action="store_true", help="plan the backward pass")
+    s.add_argument("--no-params", action="store_true", help="plan a call without weight and bias")
+    s.set_defaults(fn=cmd_plan)
+
+    s = sub.add_parser("generate", help="write readable generated sources")
+    s.add_argument("spec", nargs="?")
+    shape_args(s, required=False)
+    s.add_argument("-o", "--output", help="output folder (default: . ; generated/ with --reference)")
+    s.add_argument("--reference", action="store_true", help="the reference plans of every bundled spec")
+    s.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("check", help="compare generated kernels with the NumPy oracle")
+    s.add_argument("spec", nargs="?")
+    s.add_argument("--all", action="store_true", help="every bundled spec")
+    s.add_argument("--layout", action="append", help="only these layouts (repeatable)")
+    s.add_argument("--dtype", action="append", choices=("float32", "float64"), help="only these dtypes")
+    s.add_argument("-v", "--verbose", action="store_true", help="one line per check")
+    s.add_argument("--show-failures", type=int, default=10, help="failures to detail per spec")
+    s.set_defaults(fn=cmd_check)
+
+    s = sub.add_parser("cache", help="inspect or clear the kernel cache")
+    s.add_argument("action", choices=("info", "clear"))
+    s.set_defaults(fn=cmd_cache)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except NormgenError as e:
+        print(f"normgen: error: {e}" if e.location is None else f"normgen: error in {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("normgen: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The normgen command line: commands work, user errors exit 2 with a message and no
+traceback, a failed check exits 1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from normgen import cli, oracle
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "normgen", *args], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def test_list_and_show():
+    out = run("list")
+    assert out.returncode == 0 and "group_norm" in out.stdout and "switchable_norm" in out.stdout
+    out = run("show", "group_norm")
+    assert out.returncode == 0
+    assert "kept       N G   reduced: c *spatial" in out.stdout
+    assert "num_groups= gives G" in out.stdout
+
+
+def test_plan_prints_the_loop_nest():
+    out = run("plan", "batch_norm", "--shape", "32,128,56,56", "--layout", "channels_last")
+    assert out.returncode == 0, out.stderr
+    assert "strategy columns" in out.stdout and "loop nest:" in out.stdout
+    out = run("plan", "batch_norm", "--shape", "32,128,56,56", "--strides", "401408,1,7168,128", "--backward")
+    assert out.returncode == 0 and "backward" in out.stdout
+
+
+def test_bad_spec_file_exits_2_with_a_located_message(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('input = "N C *spatial"\nkept = "N K"\n')
+    for cmd in (["show", str(bad)], ["check", str(bad)], ["plan", str(bad), "--shape", "2,3"]):
+        out = run(*cmd)
+        assert out.returncode == 2, (cmd, out.stdout, out.stderr)
+        assert "Traceback" not in out.stderr
+        assert f"{bad}:2:11: key 'kept': unknown axis 'K'" in out.stderr
+        assert "          ^" in out.stderr
+
+
+def test_bad_call_exits_2():
+    out = run("plan", "group_norm", "--shape", "2,6,4", "--size", "num_groups=4")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "which G=4 does not divide" in out.stderr
+    out = run("show", "no_such_norm")
+    assert out.returncode == 2 and "no bundled spec named 'no_such_norm'" in out.stderr
+
+
+def test_usage_errors_exit_2():
+    assert run("plan", "group_norm").returncode == 2
+    assert run("frobnicate").returncode == 2
+
+
+def test_generate_and_check_a_user_spec(tmp_path):
+    spec = tmp_path / "pos_norm.toml"
+    spec.write_text(textwrap.dedent('''
+        name = "pos_norm"
+        doc = "Statistics per position (H, W) over the batch and the channels."
+        input = "N C H W"
+        kept = "H W"
+        [affine]
+        axes = "C"
+    '''))
+    out = run("generate", str(spec), "--shape", "8,16,4,4", "-o", str(tmp_path / "gen"))
+    assert out.returncode == 0, out.stderr
+    files = sorted(p.name for p in (tmp_path / "gen").iterdir())
+    assert files == ["pos_norm.contiguous.backward.py", "pos_norm.contiguous.forward.py"]
+    out = run("check", str(spec), "--dtype", "float64", "--layout", "contiguous")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "pos_norm" in out.stdout and "OK" in out.stdout
+
+
+def test_a_mismatch_fails_the_check(monkeypatch, capsys):
+    real = oracle.forward
+
+    def wrong(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out.y = out.y + 1e-3
+        return out
+
+    monkeypatch.setattr(oracle, "forward", wrong)
+    code = cli.main(["check", "standardize", "--dtype", "float64", "--layout", "contiguous"])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "FAIL small (3, 4) contiguous float64 train" in out and "y = 7.07e-04 > 1e-09" in out
+    assert "standardize: 2 FAILED" in out
+
+
+def test_cache_info(tmp_path):
+    env_dir = tmp_path / "c"
+    out = subprocess.run([sys.executable, "-m", "normgen", "cache", "info"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO), NORMGEN_CACHE_DIR=str(env_dir)))
+    assert out.returncode == 0 and str(env_dir) in out.stdout
+
+
+def test_main_returns_2_for_errors_in_process(capsys):
+    assert cli.main(["show", "nope"]) == 2
+    assert "no bundled spec" in capsys.readouterr().err
