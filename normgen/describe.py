@@ -34,7 +34,7 @@ def loop_nest(plan: Plan) -> list[str]:
     inner = k.dims[k.inner].label
     out = []
     if k.strategy is Strategy.ROWS:
-        out.append(f"for unit in prange(groups {g}{' x parts' if not la.fused else ''}):")
+        out.append(f"for unit in parallel(groups {g}{' x parts' if not la.fused else ''}):")
         if r:
             out.append(f"  for row in rows({r}):")
         out.append(f"    for chunk in segments({inner}, {la.seg}):   # exact two-pass in cache, Chan merge")
@@ -43,7 +43,7 @@ def loop_nest(plan: Plan) -> list[str]:
         out.append(f"  for row, chunk again: y = (x - mean) * rstd * weight + bias   # contiguous over {inner}")
     else:
         tail = f" x {k.dims[k.tail].label}" if k.tail is not None else ""
-        out.append(f"for unit in prange(groups {g} x column segments of {la.seg}"
+        out.append(f"for unit in parallel(groups {g} x column segments of {la.seg}"
                    f"{' x row parts' if not la.fused else ''}):")
         out.append(f"  for chunk in blocks of {la.row_chunk} rows ({r}):   # exact two-pass per column, Chan merge")
         out.append(f"    for row in chunk: acc[column] += x[row, column{tail}]   # contiguous over {inner}")
