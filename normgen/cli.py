@@ -157,6 +157,54 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if total_fail else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import datetime
+
+    from . import bench
+    from .paths import repo_root
+
+    if args.shape:
+        if len(args.spec or []) != 1:
+            raise NormgenError("bench --shape needs exactly one --spec")
+        cases = [bench.Case(f"{args.spec[0]} {list(args.shape)} {args.layout}", args.spec[0], args.shape,
+                            args.layout, tuple(args.size), "eval" if args.eval else "train")]
+    else:
+        cases = [c for c in bench.reference_cases()
+                 if (not args.spec or c.spec in args.spec) and (not args.case or any(k in c.name for k in args.case))]
+    if not cases:
+        raise NormgenError("no benchmark case matches", allowed=", ".join(sorted({c.spec for c in bench.reference_cases()})))
+    directions = ("forward",) if args.forward else ("backward",) if args.backward else ("forward", "backward")
+    with_out = (False,) if args.no_out else (False, True)
+    providers = tuple(args.providers.split(","))
+    print(f"normgen bench: {len(cases)} case(s), {args.dtype}, median of {args.repeat} after {args.warmup} "
+          "warm-up runs, providers interleaved", flush=True)
+    results = []
+
+    def progress(m) -> None:
+        results.append(m)
+        vs = m.ratio("normgen", "torch")
+        copy = m.gbps["normgen"] / m.gbps["copy"] if "copy" in m.gbps else float("nan")
+        print(f"  {m.case:<38} {m.direction:<8} out={'yes' if m.with_out else 'no ':<3} normgen {m.ms['normgen']:8.2f} ms "
+              f"{m.gbps['normgen']:6.1f} GB/s  x torch {vs:5.2f}  of copy {copy:4.0%}", flush=True)
+
+    bench.run_cases(cases, directions=directions, dtype=args.dtype, threads=args.threads, repeat=args.repeat,
+                    warmup=args.warmup, providers=providers, with_out=with_out, progress=progress)
+    print()
+    print(bench.table(results))
+    if args.json is not None:
+        root = repo_root() or Path(".")
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(args.json) if args.json else root / "bench" / "results" / f"cpu-{stamp}.json"
+        from .backends import cpu
+
+        bench.save_json(results, path, {"dtype": args.dtype, "threads": cpu.threads(), "repeat": args.repeat})
+        print(f"wrote {path}")
+    if args.plot:
+        bench.plot(results, Path(args.plot))
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from . import cache
 
@@ -211,6 +259,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-v", "--verbose", action="store_true", help="one line per check")
     s.add_argument("--show-failures", type=int, default=10, help="failures to detail per spec")
     s.set_defaults(fn=cmd_check)
+
+    s = sub.add_parser("bench", help="time kernels against PyTorch, NumPy and a copy of the same bytes")
+    s.add_argument("--spec", action="append", help="only cases of this spec (repeatable)")
+    s.add_argument("--case", action="append", help="only cases whose name contains this (repeatable)")
+    shape_args(s, required=False)
+    s.add_argument("--eval", action="store_true", help="with --shape: evaluation mode (running statistics)")
+    s.add_argument("--threads", type=int, help="threads for normgen and PyTorch (default: all CPUs)")
+    s.add_argument("--repeat", type=int, default=15, help="timed runs per provider (median reported)")
+    s.add_argument("--warmup", type=int, default=3)
+    s.add_argument("--forward", action="store_true", help="forward only")
+    s.add_argument("--backward", action="store_true", help="backward only")
+    s.add_argument("--no-out", action="store_true", help="skip the out= runs")
+    s.add_argument("--providers", default="normgen,torch,numpy,copy")
+    s.add_argument("--json", nargs="?", const="", help="save results (default bench/results/cpu-DATE.json)")
+    s.add_argument("--plot", help="draw GB/s per provider to this PNG")
+    s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("cache", help="inspect or clear the kernel cache")
     s.add_argument("action", choices=("info", "clear"))

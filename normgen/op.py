@@ -70,6 +70,8 @@ class Op:
 
     def __init__(self, spec: Spec):
         self.spec = spec
+        self._bindings: dict[Any, Binding] = {}
+        self._plans: dict[Any, Plan] = {}
 
     @property
     def name(self) -> str:
@@ -174,6 +176,36 @@ class Op:
     def binding(self, shape: tuple[int, ...], **sizes: Any) -> Binding:
         return bind(self.spec, shape, sizes)
 
+    def _bind(self, shape: tuple[int, ...], sizes: dict[str, Any]) -> Binding:
+        """bind(), remembered per (shape, sizes): calls repeat their shapes."""
+        try:
+            key = (shape, tuple(sorted((k, v if np.isscalar(v) else tuple(v)) for k, v in sizes.items())))
+            hash(key)
+        except TypeError:
+            return bind(self.spec, shape, sizes)
+        found = self._bindings.get(key)
+        if found is None:
+            found = self._bindings[key] = bind(self.spec, shape, sizes)
+            if len(self._bindings) > 256:
+                self._bindings.pop(next(iter(self._bindings)))
+        return found
+
+    def _plan(self, binding: Binding, strides: dict[str, tuple[int, ...]], direction: Direction, dtype: np.dtype,
+              has_w: bool, has_b: bool) -> Plan:
+        """make_plan(), remembered per call structure (the planner is pure)."""
+        from . import plan as planner
+        from .backends import cpu
+
+        key = (id(binding), tuple(strides.items()), direction, str(dtype), has_w, has_b, cpu.threads(),
+               planner.FORCE_PARTS)
+        found = self._plans.get(key)
+        if found is None or found.binding is not binding:
+            found = self._plans[key] = make_plan(binding, strides, direction=direction, dtype=str(dtype),
+                                                 has_weight=has_w, has_bias=has_b, threads=cpu.threads())
+            if len(self._plans) > 256:
+                self._plans.pop(next(iter(self._plans)))
+        return found
+
     def plan(self, x: np.ndarray | tuple[int, ...], *, direction: str = "forward", params: bool = True,
              strides: tuple[int, ...] | None = None, dtype: str | None = None, **sizes: Any) -> Plan:
         """The plan a call would use, for an array `x` or a shape with element `strides`.
@@ -216,7 +248,7 @@ class Op:
         pvals = self._params(params, kwargs)
         sizes = self._sizes(kwargs)
         x = self._check_x(x)
-        binding = bind(spec, x.shape, sizes)
+        binding = self._bind(x.shape, sizes)
         checked = {n: self._check_param(n, p, binding.param_shape, x.dtype) for n, p in pvals.items()}
         running_mean, running_var = self._check_running(binding, running_mean, running_var, x.dtype)
         e = self._eps(eps, x.dtype)
@@ -237,9 +269,8 @@ class Op:
         w = checked.get(spec.affine.weight) if spec.affine and spec.affine.weight else None
         b = checked.get(spec.affine.bias) if spec.affine and spec.affine.bias else None
         yk = y
-        plan = make_plan(binding, {"x": cpu.elem_strides(xk), "y": cpu.elem_strides(yk)},
-                         direction=Direction.FORWARD, dtype=str(x.dtype), has_weight=w is not None,
-                         has_bias=b is not None, threads=cpu.threads())
+        plan = self._plan(binding, {"x": cpu.elem_strides(xk), "y": cpu.elem_strides(yk)}, Direction.FORWARD,
+                          x.dtype, w is not None, b is not None)
         shape = binding.stats_shape
         mix_info = None
         if eval_mode and not spec.is_mixture:
@@ -379,9 +410,8 @@ class Op:
             for name, p in fwd.params.items():
                 grads[name] = np.zeros_like(p)
             return Grads(dx, grads)
-        plan = make_plan(binding, {"x": cpu.elem_strides(x), "dy": cpu.elem_strides(dyk), "dx": cpu.elem_strides(dx)},
-                         direction=Direction.BACKWARD, dtype=str(x.dtype), has_weight=w is not None,
-                         has_bias=b is not None, threads=cpu.threads())
+        plan = self._plan(binding, {"x": cpu.elem_strides(x), "dy": cpu.elem_strides(dyk), "dx": cpu.elem_strides(dx)},
+                          Direction.BACKWARD, x.dtype, w is not None, b is not None)
         hi, lo = st.split_mean(fwd.mu, x.dtype)
         rstd = fwd.rstd64
         shape = binding.stats_shape

@@ -35,8 +35,11 @@ from dataclasses import dataclass, field
 from .bind import Binding
 from .spec import Center, Scale, Spec
 
-#: elements per exact two-pass chunk (16 KiB of float32: stays in L1 between the passes)
+#: elements per exact two-pass chunk of a row (16 KiB of float32: stays in L1 between the passes)
 CHUNK = 4096
+#: elements per two-pass chunk of rows in the columns strategy: large enough that folding
+#: and merging each column's moments once per chunk costs little (128 KiB of float32, in L2)
+COL_CHUNK = 32768
 #: a reduced tail shorter than this makes rows too short to pay for per-row work
 ROW_MIN = 64
 #: columns accumulated together by one unit in the columns strategy
@@ -221,19 +224,34 @@ def _name(axes: tuple[str, ...], binding: Binding) -> str:
 
 
 def choose_strategy(dims: list[_LDim]) -> tuple[Strategy, tuple[int, ...], tuple[int, ...], int, int | None]:
-    """Pass 5: rows or columns, and which dims are groups, rows, inner (and tail)."""
+    """Pass 5: rows or columns, and which dims are groups, rows, inner (and tail).
+
+    Columns when a kept dim is innermost (or has a reduced tail shorter than ROW_MIN), its
+    row tile is contiguous in every array, there are reduced dims outside it to walk as
+    rows, and the parameters do not vary along those rows; rows otherwise (any strides).
+    """
     kept = [i for i, d in enumerate(dims) if d.kept]
     last_kept = kept[-1] if kept else None
     tail = list(range(last_kept + 1, len(dims))) if last_kept is not None else []
     tail_size = math.prod(dims[i].size for i in tail)
     outer_reduced = [i for i, d in enumerate(dims) if not d.kept and (last_kept is None or i < last_kept)]
     columns = (last_kept is not None and outer_reduced and len(tail) <= 1
-               and (not tail or tail_size < ROW_MIN))
+               and (not tail or tail_size < ROW_MIN)
+               and _dense_tile(dims, last_kept, tail[0] if tail else None)
+               and not any(dims[i].s("param") for i in outer_reduced))
     if columns:
         groups = tuple(i for i in kept if i != last_kept)
         return Strategy.COLUMNS, groups, tuple(outer_reduced), last_kept, (tail[0] if tail else None)
     reduced = [i for i, d in enumerate(dims) if not d.kept]
     return Strategy.ROWS, tuple(kept), tuple(reduced[:-1]), reduced[-1], None
+
+
+def _dense_tile(dims: list[_LDim], col: int, tail: int | None) -> bool:
+    """One row's tile (columns x tail) is contiguous in every x-like array."""
+    arrays = [a for a, _ in dims[col].strides if a not in ("stat", "param")]
+    if tail is None:
+        return all(dims[col].s(a) == 1 for a in arrays)
+    return all(dims[tail].s(a) == 1 and dims[col].s(a) == dims[tail].size for a in arrays)
 
 
 def stride_class(stride: int) -> str:
@@ -260,7 +278,7 @@ def choose_launch(strategy: Strategy, dims: list[_LDim], groups: tuple[int, ...]
         seg = min(n_col, COL_SEG)
         n_groups *= -(-n_col // seg)
         tile = seg * (dims[tail].size if tail is not None else 1)
-        row_chunk = 1 if FORCE_PARTS is not None else max(1, CHUNK // tile)
+        row_chunk = 1 if FORCE_PARTS is not None else max(1, COL_CHUNK // tile)
         units_per_group = -(-n_rows // row_chunk)
     want = 2 * threads
     if FORCE_PARTS is not None:

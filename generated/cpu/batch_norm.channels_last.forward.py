@@ -3,7 +3,7 @@
 # spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 # plan:      forward · float32 · columns · groups () · rows (N·spatial0·spatial1) · columns C
 # loop dims: N·spatial0·spatial1(R) C(K)
-# key:       832360dc4a66be4a05cce264c668e524
+# key:       b29a03618cbf8e3c5a7860873db7a177
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,7 +11,8 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.backends.cpu_primitives import add_chunk, chan, col_add, col_dev, dev_sums, sum_f64
+from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
+                                              col_grad, col_grad2, dev_sums, grad_row, sum_f64)
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -51,9 +52,10 @@ def forward_fused(x, y, weight, bias, moments, scratch, scratch_dt, g, eps, blk_
     n_rows = n_N_spatial
     n_csegs = (n_C + seg - 1) // seg
     n_units = 1 * n_csegs * n_parts
+    TL = seg * 1  # scratch per tile array
     for blk in range(blk_lo, blk_hi):
-        f64s = scratch[blk * 5 * seg:(blk + 1) * 5 * seg]
-        dts = scratch_dt[blk * 3 * seg:(blk + 1) * 3 * seg]
+        f64s = scratch[blk * (5 * TL + 2 * seg):(blk + 1) * (5 * TL + 2 * seg)]
+        dts = scratch_dt[blk * 3 * TL:(blk + 1) * 3 * TL]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
             rest = unit // n_parts
@@ -61,65 +63,62 @@ def forward_fused(x, y, weight, bias, moments, scratch, scratch_dt, g, eps, blk_
             grp = rest // n_csegs
             c_lo = cs * seg
             nc = min(seg, n_C - c_lo)
+            L = nc * 1  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + c_lo * xs_C
             y_u = 0 + c_lo * ys_C
             s_u = 0 + c_lo * ss_C
             p_u = 0 + c_lo * ps_C
-            n = 0.0
-            a_mean = f64s[0:nc]
-            a_m2 = f64s[seg:seg + nc]
-            t1 = f64s[2 * seg:2 * seg + nc]
-            t2 = f64s[3 * seg:3 * seg + nc]
-            t3 = f64s[4 * seg:4 * seg + nc]
-            a_mean[:] = 0.0
-            a_m2[:] = 0.0
-            for r0 in range(r_lo, r_hi, row_chunk):  # chunks of rows, exact two-pass in cache
-                r1 = min(r_hi, r0 + row_chunk)
-                nb = float64((r1 - r0))
-                t1[:] = 0.0
-                for q in range(r0, r1):  # rows: N·spatial0·spatial1
-                    i_N_spatial = q  # reduced N·spatial0·spatial1
-                    x_r = x_u + i_N_spatial * xs_N_spatial
-                    col_add(t1, x[x_r:x_r + nc])  # kept C
-                for j in range(nc):
-                    t1[j] /= nb
-                t2[:] = 0.0
-                t3[:] = 0.0
-                for q in range(r0, r1):
-                    i_N_spatial = q  # reduced N·spatial0·spatial1
-                    x_r = x_u + i_N_spatial * xs_N_spatial
-                    col_dev(t2, t3, x[x_r:x_r + nc], t1)
-                for j in range(nc):
-                    _, a_mean[j], a_m2[j] = chan(n, a_mean[j], a_m2[j], nb, t1[j] + t2[j] / nb,
-                                                  max(t3[j] - t2[j] * t2[j] / nb, 0.0))
-                n += nb
-            hi_v = dts[0:nc]
-            lo_v = dts[seg:seg + nc]
-            rs_v = dts[2 * seg:2 * seg + nc]
+            k_e = f64s[0:L]
+            s1 = f64s[TL:TL + L]
+            s2 = f64s[2 * TL:2 * TL + L]
+            a_mean = f64s[3 * TL:3 * TL + nc]
+            a_m2 = f64s[3 * TL + seg:3 * TL + seg + nc]
+            x_r = x_u + (r_lo) * xs_N_spatial
+            for e in range(L):
+                k_e[e] = x[x_r + e]
+            s1[:] = 0.0
+            s2[:] = 0.0
+            q = r_lo
+            while q + 2 <= r_hi:  # rows: N·spatial0·spatial1, two at a time
+                x_r0 = x_u + (q) * xs_N_spatial
+                x_r1 = x_u + (q + 1) * xs_N_spatial
+                col_dev2(s1, s2, x[x_r0:x_r0 + L], x[x_r1:x_r1 + L], k_e)
+                q += 2
+            while q < r_hi:  # rows: N·spatial0·spatial1
+                x_r = x_u + (q) * xs_N_spatial
+                col_dev(s1, s2, x[x_r:x_r + L], k_e)
+                q += 1
+            nr = float64(r_hi - r_lo)
+            n = nr * 1
+            for j in range(nc):  # moments of each column: its tile elements merged (equal counts)
+                a_mean[j] = k_e[j] + s1[j] / nr
+                a_m2[j] = max(s2[j] - s1[j] * s1[j] / nr, 0.0)
+            hi_e = dts[0:L]
+            sc_e = dts[TL:TL + L]
+            sh_e = dts[2 * TL:2 * TL + L]
             for j in range(nc):
                 k = 3 * (s_u + j * ss_C)
                 moments[k] = n
                 moments[k + 1] = a_mean[j]
                 moments[k + 2] = a_m2[j]
-                hi_v[j], lo_v[j], rs_v[j] = _finalize(n, a_mean[j], a_m2[j], eps)
+                mu_hi, mu_lo, rstd = _finalize(n, a_mean[j], a_m2[j], eps)
+                e = j
+                p = p_u + j * ps_C
+                sc = float64(rstd) * weight[p]
+                hi_e[e] = mu_hi
+                sc_e[e] = dt(sc)
+                sh_e[e] = dt(bias[p] - float64(mu_lo) * sc)
             for q in range(r_lo, r_hi):  # rows: N·spatial0·spatial1
-                i_N_spatial = q  # reduced N·spatial0·spatial1
-                x_r = x_u + i_N_spatial * xs_N_spatial
-                y_r = y_u + i_N_spatial * ys_N_spatial
-                p_r = p_u
-                x_v = x[x_r:x_r + nc]
-                y_v = y[y_r:y_r + nc]
-                w_v = weight[p_r:p_r + nc]
-                b_v = bias[p_r:p_r + nc]
-                for j in range(nc):  # kept C
-                    y_v[j] = ((x_v[j] - hi_v[j]) - lo_v[j]) * rs_v[j] * w_v[j] + b_v[j]
+                x_r = x_u + (q) * xs_N_spatial
+                y_r = y_u + (q) * ys_N_spatial
+                affine_row(y[y_r:y_r + L], x[x_r:x_r + L], hi_e, sc_e, sh_e)
 
 
 @njit(fastmath=APPLY_FM, cache=True, nogil=True)
 def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
-    """Moments of each part (a block of rows) of each column; parts are merged afterwards."""
+    """Moments of each part (a range of rows) of each column; parts are merged afterwards."""
     n_N_spatial = g[0]  # size of N·spatial0·spatial1
     n_C = g[1]  # size of C
     xs_N_spatial = g[2]  # x stride along N·spatial0·spatial1
@@ -138,8 +137,9 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
     n_rows = n_N_spatial
     n_csegs = (n_C + seg - 1) // seg
     n_units = 1 * n_csegs * n_parts
+    TL = seg * 1  # scratch per tile array
     for blk in range(blk_lo, blk_hi):
-        f64s = scratch[blk * 5 * seg:(blk + 1) * 5 * seg]
+        f64s = scratch[blk * (5 * TL + 2 * seg):(blk + 1) * (5 * TL + 2 * seg)]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
             rest = unit // n_parts
@@ -147,38 +147,36 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
             grp = rest // n_csegs
             c_lo = cs * seg
             nc = min(seg, n_C - c_lo)
+            L = nc * 1  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + c_lo * xs_C
             s_u = 0 + c_lo * ss_C
-            n = 0.0
-            a_mean = f64s[0:nc]
-            a_m2 = f64s[seg:seg + nc]
-            t1 = f64s[2 * seg:2 * seg + nc]
-            t2 = f64s[3 * seg:3 * seg + nc]
-            t3 = f64s[4 * seg:4 * seg + nc]
-            a_mean[:] = 0.0
-            a_m2[:] = 0.0
-            for r0 in range(r_lo, r_hi, row_chunk):  # chunks of rows, exact two-pass in cache
-                r1 = min(r_hi, r0 + row_chunk)
-                nb = float64((r1 - r0))
-                t1[:] = 0.0
-                for q in range(r0, r1):  # rows: N·spatial0·spatial1
-                    i_N_spatial = q  # reduced N·spatial0·spatial1
-                    x_r = x_u + i_N_spatial * xs_N_spatial
-                    col_add(t1, x[x_r:x_r + nc])  # kept C
-                for j in range(nc):
-                    t1[j] /= nb
-                t2[:] = 0.0
-                t3[:] = 0.0
-                for q in range(r0, r1):
-                    i_N_spatial = q  # reduced N·spatial0·spatial1
-                    x_r = x_u + i_N_spatial * xs_N_spatial
-                    col_dev(t2, t3, x[x_r:x_r + nc], t1)
-                for j in range(nc):
-                    _, a_mean[j], a_m2[j] = chan(n, a_mean[j], a_m2[j], nb, t1[j] + t2[j] / nb,
-                                                  max(t3[j] - t2[j] * t2[j] / nb, 0.0))
-                n += nb
+            k_e = f64s[0:L]
+            s1 = f64s[TL:TL + L]
+            s2 = f64s[2 * TL:2 * TL + L]
+            a_mean = f64s[3 * TL:3 * TL + nc]
+            a_m2 = f64s[3 * TL + seg:3 * TL + seg + nc]
+            x_r = x_u + (r_lo) * xs_N_spatial
+            for e in range(L):
+                k_e[e] = x[x_r + e]
+            s1[:] = 0.0
+            s2[:] = 0.0
+            q = r_lo
+            while q + 2 <= r_hi:  # rows: N·spatial0·spatial1, two at a time
+                x_r0 = x_u + (q) * xs_N_spatial
+                x_r1 = x_u + (q + 1) * xs_N_spatial
+                col_dev2(s1, s2, x[x_r0:x_r0 + L], x[x_r1:x_r1 + L], k_e)
+                q += 2
+            while q < r_hi:  # rows: N·spatial0·spatial1
+                x_r = x_u + (q) * xs_N_spatial
+                col_dev(s1, s2, x[x_r:x_r + L], k_e)
+                q += 1
+            nr = float64(r_hi - r_lo)
+            n = nr * 1
+            for j in range(nc):  # moments of each column: its tile elements merged (equal counts)
+                a_mean[j] = k_e[j] + s1[j] / nr
+                a_m2[j] = max(s2[j] - s1[j] * s1[j] / nr, 0.0)
             for j in range(nc):
                 k = 3 * ((s_u + j * ss_C) * n_parts + part)
                 moments[k] = n
@@ -187,7 +185,7 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
 
 
 @njit(fastmath=APPLY_FM, cache=True, nogil=True)
-def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
+def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, scratch_dt, g, blk_lo, blk_hi):
     """Normalize with given statistics (merged parts, mixtures, or running statistics)."""
     n_N_spatial = g[0]  # size of N·spatial0·spatial1
     n_C = g[1]  # size of C
@@ -207,7 +205,9 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
     n_rows = n_N_spatial
     n_csegs = (n_C + seg - 1) // seg
     n_units = 1 * n_csegs * n_parts
+    TL = seg * 1  # scratch per tile array
     for blk in range(blk_lo, blk_hi):
+        dts = scratch_dt[blk * 3 * TL:(blk + 1) * 3 * TL]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
             rest = unit // n_parts
@@ -215,24 +215,27 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
             grp = rest // n_csegs
             c_lo = cs * seg
             nc = min(seg, n_C - c_lo)
+            L = nc * 1  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + c_lo * xs_C
             y_u = 0 + c_lo * ys_C
             s_u = 0 + c_lo * ss_C
             p_u = 0 + c_lo * ps_C
-            hi_v = mu_his[s_u:s_u + nc]
-            lo_v = mu_los[s_u:s_u + nc]
-            rs_v = rstds[s_u:s_u + nc]
+            hi_e = dts[0:L]
+            sc_e = dts[TL:TL + L]
+            sh_e = dts[2 * TL:2 * TL + L]
+            for j in range(nc):
+                mu_hi = mu_his[s_u + j * ss_C]
+                mu_lo = mu_los[s_u + j * ss_C]
+                rstd = rstds[s_u + j * ss_C]
+                e = j
+                p = p_u + j * ps_C
+                sc = float64(rstd) * weight[p]
+                hi_e[e] = mu_hi
+                sc_e[e] = dt(sc)
+                sh_e[e] = dt(bias[p] - float64(mu_lo) * sc)
             for q in range(r_lo, r_hi):  # rows: N·spatial0·spatial1
-                i_N_spatial = q  # reduced N·spatial0·spatial1
-                x_r = x_u + i_N_spatial * xs_N_spatial
-                y_r = y_u + i_N_spatial * ys_N_spatial
-                p_r = p_u
-                x_v = x[x_r:x_r + nc]
-                y_v = y[y_r:y_r + nc]
-                w_v = weight[p_r:p_r + nc]
-                b_v = bias[p_r:p_r + nc]
-                for j in range(nc):  # kept C
-                    y_v[j] = ((x_v[j] - hi_v[j]) - lo_v[j]) * rs_v[j] * w_v[j] + b_v[j]
-
+                x_r = x_u + (q) * xs_N_spatial
+                y_r = y_u + (q) * ys_N_spatial
+                affine_row(y[y_r:y_r + L], x[x_r:x_r + L], hi_e, sc_e, sh_e)

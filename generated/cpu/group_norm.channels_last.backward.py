@@ -3,7 +3,7 @@
 # spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 # plan:      backward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 # loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-# key:       788cb592a18e4301b15a2c79271a4fed
+# key:       e943e0581bfb5ebfda0637cb333346c6
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,7 +11,8 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.backends.cpu_primitives import add_chunk, chan, col_add, col_dev, dev_sums, sum_f64
+from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
+                                              col_grad, col_grad2, dev_sums, grad_row, sum_f64)
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -30,24 +31,9 @@ def _finalize(n, mean, m2, eps):
     return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
 
 
-@njit(fastmath=REDUCE_FM, cache=True, nogil=True)
-def _grad_sums(x_v, dy_v, w, mu, rstd, dw_v, db_v):
-    """Over one tail (c): sum of g and of g * x_hat (g = dy * weight); parameter gradients."""
-    a = 0.0
-    b = 0.0
-    for i in range(x_v.shape[0]):
-        xh = (x_v[i] - mu) * rstd
-        gi = dy_v[i] * w[i]
-        a += gi
-        b += gi * xh
-        dw_v[i] += dy_v[i] * xh
-        db_v[i] += dy_v[i]
-    return a, b
-
-
 @njit(fastmath=APPLY_FM, cache=True, nogil=True)
 def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, scratch_dt, g, blk_lo, blk_hi):
-    """Per unit (columns of G for one N): the two sums per column, then dx."""
+    """Per unit (columns of G for one N): the two sums per column over spatial0·spatial1, then dx."""
     n_N = g[0]  # size of N
     n_spatial = g[1]  # size of spatial0·spatial1
     n_G = g[2]  # size of G
@@ -80,11 +66,12 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
     n_rows = n_spatial
     n_csegs = (n_G + seg - 1) // seg
     n_units = n_N * n_csegs * n_parts
+    TL = seg * n_c  # scratch per tile array
     for blk in range(blk_lo, blk_hi):
-        f64s = scratch[blk * 5 * seg:(blk + 1) * 5 * seg]
+        f64s = scratch[blk * (5 * TL + 2 * seg):(blk + 1) * (5 * TL + 2 * seg)]
         dw_o = 2 * blk * n_param
         db_o = dw_o + n_param
-        dts = scratch_dt[blk * 3 * seg:(blk + 1) * 3 * seg]
+        dts = scratch_dt[blk * 4 * TL:(blk + 1) * 4 * TL]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
             rest = unit // n_parts
@@ -93,6 +80,7 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             i_N = grp  # kept N
             c_lo = cs * seg
             nc = min(seg, n_G - c_lo)
+            L = nc * n_c  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + i_N * xs_N + c_lo * xs_G
@@ -100,58 +88,86 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             dx_u = 0 + i_N * dxs_N + c_lo * dxs_G
             s_u = 0 + i_N * ss_N + c_lo * ss_G
             p_u = 0 + c_lo * ps_G
-            a_v = f64s[0:nc]
-            b_v = f64s[seg:seg + nc]
-            mu_v = f64s[2 * seg:2 * seg + nc]
-            hi_v = mu_his[s_u:s_u + nc]
-            lo_v = mu_los[s_u:s_u + nc]
-            rs_v = rstds[s_u:s_u + nc]
+            mu_e = f64s[0:L]
+            rs_e = f64s[TL:TL + L]
+            w_e = f64s[2 * TL:2 * TL + L]
             for j in range(nc):
-                a_v[j] = 0.0
-                b_v[j] = 0.0
-                mu_v[j] = float64(hi_v[j]) + float64(lo_v[j])
-            for q in range(r_lo, r_hi):  # rows: spatial0·spatial1
-                i_spatial = q  # reduced spatial0·spatial1
-                x_r = x_u + i_spatial * xs_spatial
-                dy_r = dy_u + i_spatial * dys_spatial
-                p_r = p_u
-                for j in range(nc):  # kept G
-                    x_v = x[x_r + j * xs_G:x_r + j * xs_G + n_c]
-                    dy_v = dy[dy_r + j * dys_G:dy_r + j * dys_G + n_c]
-                    p_j = p_r + j * ps_G
-                    w_v = weight[p_j:p_j + n_c]
-                    dw_v = dparams[dw_o + p_j:dw_o + p_j + n_c]
-                    db_v = dparams[db_o + p_j:db_o + p_j + n_c]
-                    ca, cb = _grad_sums(x_v, dy_v, w_v, mu_v[j], rs_v[j], dw_v, db_v)
-                    a_v[j] += ca
-                    b_v[j] += cb
+                mu = float64(mu_his[s_u + j * ss_G]) + float64(mu_los[s_u + j * ss_G])
+                rs = float64(rstds[s_u + j * ss_G])
+                for k in range(n_c):
+                    e = j * n_c + k
+                    p = p_u + j * ps_G + k * ps_c
+                    mu_e[e] = mu
+                    rs_e[e] = rs
+                    w_e[e] = weight[p]
+            pq_p = f64s[3 * TL:3 * TL + L]
+            pq_q = f64s[4 * TL:4 * TL + L]
+            pq_p[:] = 0.0
+            pq_q[:] = 0.0
+            q = r_lo
+            while q + 2 <= r_hi:  # rows: spatial0·spatial1, two at a time
+                x_r0 = x_u + (q) * xs_spatial
+                dy_r0 = dy_u + (q) * dys_spatial
+                x_r1 = x_u + (q + 1) * xs_spatial
+                dy_r1 = dy_u + (q + 1) * dys_spatial
+                col_grad2(pq_p, pq_q, x[x_r0:x_r0 + L], dy[dy_r0:dy_r0 + L], x[x_r1:x_r1 + L], dy[dy_r1:dy_r1 + L], mu_e, rs_e)
+                q += 2
+            while q < r_hi:  # rows: spatial0·spatial1
+                x_r = x_u + (q) * xs_spatial
+                dy_r = dy_u + (q) * dys_spatial
+                col_grad(pq_p, pq_q, x[x_r:x_r + L], dy[dy_r:dy_r + L], mu_e, rs_e)
+                q += 1
+            a_c = f64s[5 * TL:5 * TL + nc]
+            b_c = f64s[5 * TL + seg:5 * TL + seg + nc]
+            for j in range(nc):
+                acc = 0.0
+                for k in range(n_c):
+                    acc += pq_q[j * n_c + k] * w_e[j * n_c + k]
+                a_c[j] = acc
+            for j in range(nc):
+                acc = 0.0
+                for k in range(n_c):
+                    acc += pq_p[j * n_c + k] * w_e[j * n_c + k]
+                b_c[j] = acc
+            for j in range(nc):
+                for k in range(n_c):
+                    e = j * n_c + k
+                    p = p_u + j * ps_G + k * ps_c
+                    dparams[dw_o + p] += pq_p[e]
+                    dparams[db_o + p] += pq_q[e]
             count = float64(n_rows * n_c)
-            c0_v = rs_v
-            c1_v = dts[0:nc]
-            c2_v = dts[seg:seg + nc]
+            for j in range(nc):  # coefficients of dx = c0 * g + c1 * (x - mean) + c2, per column
+                r = float64(rstds[s_u + j * ss_G])
+                ga = a_c[j]  # sum of g = dy * weight
+                gb = b_c[j]  # sum of g * x_hat
+                a_c[j] = -r * r * gb / count  # from here on: c1
+                b_c[j] = -r * ga / count  # from here on: c2
+            hi_e = dts[0:L]
+            c0w_e = dts[TL:TL + L]
+            c1_e = dts[2 * TL:2 * TL + L]
+            c2_e = dts[3 * TL:3 * TL + L]
             for j in range(nc):
-                r = float64(rs_v[j])
-                c2_v[j] = dt(-r * a_v[j] / count)
-                c1_v[j] = dt(-r * r * b_v[j] / count)
+                c0 = float64(rstds[s_u + j * ss_G])
+                c1 = a_c[j]
+                c2 = b_c[j]
+                mu_hi = mu_his[s_u + j * ss_G]
+                mu_lo = mu_los[s_u + j * ss_G]
+                for k in range(n_c):
+                    e = j * n_c + k
+                    hi_e[e] = mu_hi
+                    c0w_e[e] = dt(c0 * w_e[e])
+                    c1_e[e] = dt(c1)
+                    c2_e[e] = dt(c2 - c1 * float64(mu_lo))
             for q in range(r_lo, r_hi):  # rows: spatial0·spatial1
-                i_spatial = q  # reduced spatial0·spatial1
-                x_r = x_u + i_spatial * xs_spatial
-                dy_r = dy_u + i_spatial * dys_spatial
-                dx_r = dx_u + i_spatial * dxs_spatial
-                p_r = p_u
-                for j in range(nc):  # kept G
-                    x_v = x[x_r + j * xs_G:x_r + j * xs_G + n_c]
-                    dy_v = dy[dy_r + j * dys_G:dy_r + j * dys_G + n_c]
-                    dx_v = dx[dx_r + j * dxs_G:dx_r + j * dxs_G + n_c]
-                    w_v = weight[p_r + j * ps_G:p_r + j * ps_G + n_c]
-                    c0j = c0_v[j]
-                    for i in range(n_c):  # reduced c
-                        dx_v[i] = dy_v[i] * c0j * w_v[i] + ((x_v[i] - hi_v[j]) - lo_v[j]) * c1_v[j] + c2_v[j]
+                x_r = x_u + (q) * xs_spatial
+                dy_r = dy_u + (q) * dys_spatial
+                dx_r = dx_u + (q) * dxs_spatial
+                grad_row(dx[dx_r:dx_r + L], x[x_r:x_r + L], dy[dy_r:dy_r + L], hi_e, c0w_e, c1_e, c2_e)
 
 
 @njit(fastmath=APPLY_FM, cache=True, nogil=True)
 def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratch, g, blk_lo, blk_hi):
-    """The two sums per column for each part (block of rows), merged afterwards; parameter gradients."""
+    """The two sums per column for each part (a range of rows), merged afterwards; parameter gradients."""
     n_N = g[0]  # size of N
     n_spatial = g[1]  # size of spatial0·spatial1
     n_G = g[2]  # size of G
@@ -184,8 +200,9 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
     n_rows = n_spatial
     n_csegs = (n_G + seg - 1) // seg
     n_units = n_N * n_csegs * n_parts
+    TL = seg * n_c  # scratch per tile array
     for blk in range(blk_lo, blk_hi):
-        f64s = scratch[blk * 5 * seg:(blk + 1) * 5 * seg]
+        f64s = scratch[blk * (5 * TL + 2 * seg):(blk + 1) * (5 * TL + 2 * seg)]
         dw_o = 2 * blk * n_param
         db_o = dw_o + n_param
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
@@ -196,45 +213,68 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
             i_N = grp  # kept N
             c_lo = cs * seg
             nc = min(seg, n_G - c_lo)
+            L = nc * n_c  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + i_N * xs_N + c_lo * xs_G
             dy_u = 0 + i_N * dys_N + c_lo * dys_G
             s_u = 0 + i_N * ss_N + c_lo * ss_G
             p_u = 0 + c_lo * ps_G
-            a_v = f64s[0:nc]
-            b_v = f64s[seg:seg + nc]
-            mu_v = f64s[2 * seg:2 * seg + nc]
-            hi_v = mu_his[s_u:s_u + nc]
-            lo_v = mu_los[s_u:s_u + nc]
-            rs_v = rstds[s_u:s_u + nc]
+            mu_e = f64s[0:L]
+            rs_e = f64s[TL:TL + L]
+            w_e = f64s[2 * TL:2 * TL + L]
             for j in range(nc):
-                a_v[j] = 0.0
-                b_v[j] = 0.0
-                mu_v[j] = float64(hi_v[j]) + float64(lo_v[j])
-            for q in range(r_lo, r_hi):  # rows: spatial0·spatial1
-                i_spatial = q  # reduced spatial0·spatial1
-                x_r = x_u + i_spatial * xs_spatial
-                dy_r = dy_u + i_spatial * dys_spatial
-                p_r = p_u
-                for j in range(nc):  # kept G
-                    x_v = x[x_r + j * xs_G:x_r + j * xs_G + n_c]
-                    dy_v = dy[dy_r + j * dys_G:dy_r + j * dys_G + n_c]
-                    p_j = p_r + j * ps_G
-                    w_v = weight[p_j:p_j + n_c]
-                    dw_v = dparams[dw_o + p_j:dw_o + p_j + n_c]
-                    db_v = dparams[db_o + p_j:db_o + p_j + n_c]
-                    ca, cb = _grad_sums(x_v, dy_v, w_v, mu_v[j], rs_v[j], dw_v, db_v)
-                    a_v[j] += ca
-                    b_v[j] += cb
+                mu = float64(mu_his[s_u + j * ss_G]) + float64(mu_los[s_u + j * ss_G])
+                rs = float64(rstds[s_u + j * ss_G])
+                for k in range(n_c):
+                    e = j * n_c + k
+                    p = p_u + j * ps_G + k * ps_c
+                    mu_e[e] = mu
+                    rs_e[e] = rs
+                    w_e[e] = weight[p]
+            pq_p = f64s[3 * TL:3 * TL + L]
+            pq_q = f64s[4 * TL:4 * TL + L]
+            pq_p[:] = 0.0
+            pq_q[:] = 0.0
+            q = r_lo
+            while q + 2 <= r_hi:  # rows: spatial0·spatial1, two at a time
+                x_r0 = x_u + (q) * xs_spatial
+                dy_r0 = dy_u + (q) * dys_spatial
+                x_r1 = x_u + (q + 1) * xs_spatial
+                dy_r1 = dy_u + (q + 1) * dys_spatial
+                col_grad2(pq_p, pq_q, x[x_r0:x_r0 + L], dy[dy_r0:dy_r0 + L], x[x_r1:x_r1 + L], dy[dy_r1:dy_r1 + L], mu_e, rs_e)
+                q += 2
+            while q < r_hi:  # rows: spatial0·spatial1
+                x_r = x_u + (q) * xs_spatial
+                dy_r = dy_u + (q) * dys_spatial
+                col_grad(pq_p, pq_q, x[x_r:x_r + L], dy[dy_r:dy_r + L], mu_e, rs_e)
+                q += 1
+            a_c = f64s[5 * TL:5 * TL + nc]
+            b_c = f64s[5 * TL + seg:5 * TL + seg + nc]
+            for j in range(nc):
+                acc = 0.0
+                for k in range(n_c):
+                    acc += pq_q[j * n_c + k] * w_e[j * n_c + k]
+                a_c[j] = acc
+            for j in range(nc):
+                acc = 0.0
+                for k in range(n_c):
+                    acc += pq_p[j * n_c + k] * w_e[j * n_c + k]
+                b_c[j] = acc
+            for j in range(nc):
+                for k in range(n_c):
+                    e = j * n_c + k
+                    p = p_u + j * ps_G + k * ps_c
+                    dparams[dw_o + p] += pq_p[e]
+                    dparams[db_o + p] += pq_q[e]
             for j in range(nc):
                 k = 2 * ((s_u + j * ss_G) * n_parts + part)
-                sums[k] = a_v[j]
-                sums[k + 1] = b_v[j]
+                sums[k] = a_c[j]
+                sums[k + 1] = b_c[j]
 
 
 @njit(fastmath=APPLY_FM, cache=True, nogil=True)
-def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, blk_hi):
+def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, scratch_dt, g, blk_lo, blk_hi):
     """dx = c0 * dy * weight + c1 * (x - mu) + c2, with per-column coefficients."""
     n_N = g[0]  # size of N
     n_spatial = g[1]  # size of spatial0·spatial1
@@ -268,7 +308,10 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, 
     n_rows = n_spatial
     n_csegs = (n_G + seg - 1) // seg
     n_units = n_N * n_csegs * n_parts
+    TL = seg * n_c  # scratch per tile array
     for blk in range(blk_lo, blk_hi):
+        f64s = scratch[blk * (5 * TL + 2 * seg):(blk + 1) * (5 * TL + 2 * seg)]
+        dts = scratch_dt[blk * 4 * TL:(blk + 1) * 4 * TL]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
             rest = unit // n_parts
@@ -277,6 +320,7 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, 
             i_N = grp  # kept N
             c_lo = cs * seg
             nc = min(seg, n_G - c_lo)
+            L = nc * n_c  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + i_N * xs_N + c_lo * xs_G
@@ -284,23 +328,30 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, 
             dx_u = 0 + i_N * dxs_N + c_lo * dxs_G
             s_u = 0 + i_N * ss_N + c_lo * ss_G
             p_u = 0 + c_lo * ps_G
-            hi_v = mu_his[s_u:s_u + nc]
-            lo_v = mu_los[s_u:s_u + nc]
-            c0_v = c0s[s_u:s_u + nc]
-            c1_v = c1s[s_u:s_u + nc]
-            c2_v = c2s[s_u:s_u + nc]
+            w_e = f64s[2 * TL:2 * TL + L]
+            for j in range(nc):
+                for k in range(n_c):
+                    e = j * n_c + k
+                    p = p_u + j * ps_G + k * ps_c
+                    w_e[e] = weight[p]
+            hi_e = dts[0:L]
+            c0w_e = dts[TL:TL + L]
+            c1_e = dts[2 * TL:2 * TL + L]
+            c2_e = dts[3 * TL:3 * TL + L]
+            for j in range(nc):
+                c0 = float64(c0s[s_u + j * ss_G])
+                c1 = float64(c1s[s_u + j * ss_G])
+                c2 = float64(c2s[s_u + j * ss_G])
+                mu_hi = mu_his[s_u + j * ss_G]
+                mu_lo = mu_los[s_u + j * ss_G]
+                for k in range(n_c):
+                    e = j * n_c + k
+                    hi_e[e] = mu_hi
+                    c0w_e[e] = dt(c0 * w_e[e])
+                    c1_e[e] = dt(c1)
+                    c2_e[e] = dt(c2 - c1 * float64(mu_lo))
             for q in range(r_lo, r_hi):  # rows: spatial0·spatial1
-                i_spatial = q  # reduced spatial0·spatial1
-                x_r = x_u + i_spatial * xs_spatial
-                dy_r = dy_u + i_spatial * dys_spatial
-                dx_r = dx_u + i_spatial * dxs_spatial
-                p_r = p_u
-                for j in range(nc):  # kept G
-                    x_v = x[x_r + j * xs_G:x_r + j * xs_G + n_c]
-                    dy_v = dy[dy_r + j * dys_G:dy_r + j * dys_G + n_c]
-                    dx_v = dx[dx_r + j * dxs_G:dx_r + j * dxs_G + n_c]
-                    w_v = weight[p_r + j * ps_G:p_r + j * ps_G + n_c]
-                    c0j = c0_v[j]
-                    for i in range(n_c):  # reduced c
-                        dx_v[i] = dy_v[i] * c0j * w_v[i] + ((x_v[i] - hi_v[j]) - lo_v[j]) * c1_v[j] + c2_v[j]
-
+                x_r = x_u + (q) * xs_spatial
+                dy_r = dy_u + (q) * dys_spatial
+                dx_r = dx_u + (q) * dxs_spatial
+                grad_row(dx[dx_r:dx_r + L], x[x_r:x_r + L], dy[dy_r:dy_r + L], hi_e, c0w_e, c1_e, c2_e)

@@ -3,7 +3,7 @@
 # spec:      standardize (standardize.toml: input 'N F', kept 'F'), center mean, scale std
 # plan:      backward · float32 · columns · groups () · rows (N) · columns F
 # loop dims: N(R) F(K)
-# key:       d3d3752035a30cc8310298efc2471843
+# key:       3fd636e7f809c5eca3d372ebc7294d57
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,7 +11,8 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.backends.cpu_primitives import add_chunk, chan, col_add, col_dev, dev_sums, sum_f64
+from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
+                                              col_grad, col_grad2, dev_sums, grad_row, sum_f64)
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -30,19 +31,9 @@ def _finalize(n, mean, m2, eps):
     return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
 
 
-@njit(fastmath=REDUCE_FM, cache=True, nogil=True)
-def _col_grad(a_v, b_v, x_v, dy_v, w, mu_v, rs_v):
-    """One row: per column, add g and g * x_hat (g = dy * weight); parameter gradients."""
-    for j in range(x_v.shape[0]):
-        xh = (x_v[j] - mu_v[j]) * rs_v[j]
-        gj = dy_v[j]
-        a_v[j] += gj
-        b_v[j] += gj * xh
-
-
 @njit(fastmath=APPLY_FM, cache=True, nogil=True)
 def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, scratch_dt, g, blk_lo, blk_hi):
-    """Per unit (columns of F): the two sums per column, then dx."""
+    """Per unit (columns of F): the two sums per column over N, then dx."""
     n_N = g[0]  # size of N
     n_F = g[1]  # size of F
     xs_N = g[2]  # x stride along N
@@ -63,9 +54,10 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
     n_rows = n_N
     n_csegs = (n_F + seg - 1) // seg
     n_units = 1 * n_csegs * n_parts
+    TL = seg * 1  # scratch per tile array
     for blk in range(blk_lo, blk_hi):
-        f64s = scratch[blk * 5 * seg:(blk + 1) * 5 * seg]
-        dts = scratch_dt[blk * 3 * seg:(blk + 1) * 3 * seg]
+        f64s = scratch[blk * (5 * TL + 2 * seg):(blk + 1) * (5 * TL + 2 * seg)]
+        dts = scratch_dt[blk * 4 * TL:(blk + 1) * 4 * TL]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
             rest = unit // n_parts
@@ -73,53 +65,80 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             grp = rest // n_csegs
             c_lo = cs * seg
             nc = min(seg, n_F - c_lo)
+            L = nc * 1  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + c_lo * xs_F
             dy_u = 0 + c_lo * dys_F
             dx_u = 0 + c_lo * dxs_F
             s_u = 0 + c_lo * ss_F
-            a_v = f64s[0:nc]
-            b_v = f64s[seg:seg + nc]
-            mu_v = f64s[2 * seg:2 * seg + nc]
-            hi_v = mu_his[s_u:s_u + nc]
-            lo_v = mu_los[s_u:s_u + nc]
-            rs_v = rstds[s_u:s_u + nc]
+            p_u = 0 + c_lo * ps_F
+            mu_e = f64s[0:L]
+            rs_e = f64s[TL:TL + L]
+            w_e = f64s[2 * TL:2 * TL + L]
             for j in range(nc):
-                a_v[j] = 0.0
-                b_v[j] = 0.0
-                mu_v[j] = float64(hi_v[j]) + float64(lo_v[j])
-            for q in range(r_lo, r_hi):  # rows: N
-                i_N = q  # reduced N
-                x_r = x_u + i_N * xs_N
-                dy_r = dy_u + i_N * dys_N
-                x_v = x[x_r:x_r + nc]
-                dy_v = dy[dy_r:dy_r + nc]
-                w_v = 1.0
-                _col_grad(a_v, b_v, x_v, dy_v, w_v, mu_v, rs_v)
-            count = float64(n_rows)
-            c0_v = rs_v
-            c1_v = dts[0:nc]
-            c2_v = dts[seg:seg + nc]
+                mu = float64(mu_his[s_u + j * ss_F]) + float64(mu_los[s_u + j * ss_F])
+                rs = float64(rstds[s_u + j * ss_F])
+                e = j
+                p = p_u + j * ps_F
+                mu_e[e] = mu
+                rs_e[e] = rs
+                w_e[e] = 1.0
+            pq_p = f64s[3 * TL:3 * TL + L]
+            pq_q = f64s[4 * TL:4 * TL + L]
+            pq_p[:] = 0.0
+            pq_q[:] = 0.0
+            q = r_lo
+            while q + 2 <= r_hi:  # rows: N, two at a time
+                x_r0 = x_u + (q) * xs_N
+                dy_r0 = dy_u + (q) * dys_N
+                x_r1 = x_u + (q + 1) * xs_N
+                dy_r1 = dy_u + (q + 1) * dys_N
+                col_grad2(pq_p, pq_q, x[x_r0:x_r0 + L], dy[dy_r0:dy_r0 + L], x[x_r1:x_r1 + L], dy[dy_r1:dy_r1 + L], mu_e, rs_e)
+                q += 2
+            while q < r_hi:  # rows: N
+                x_r = x_u + (q) * xs_N
+                dy_r = dy_u + (q) * dys_N
+                col_grad(pq_p, pq_q, x[x_r:x_r + L], dy[dy_r:dy_r + L], mu_e, rs_e)
+                q += 1
+            a_c = f64s[5 * TL:5 * TL + nc]
+            b_c = f64s[5 * TL + seg:5 * TL + seg + nc]
             for j in range(nc):
-                r = float64(rs_v[j])
-                c2_v[j] = dt(-r * a_v[j] / count)
-                c1_v[j] = dt(-r * r * b_v[j] / count)
+                a_c[j] = pq_q[j] * w_e[j]
+            for j in range(nc):
+                b_c[j] = pq_p[j] * w_e[j]
+            count = float64(n_rows * 1)
+            for j in range(nc):  # coefficients of dx = c0 * g + c1 * (x - mean) + c2, per column
+                r = float64(rstds[s_u + j * ss_F])
+                ga = a_c[j]  # sum of g = dy * weight
+                gb = b_c[j]  # sum of g * x_hat
+                a_c[j] = -r * r * gb / count  # from here on: c1
+                b_c[j] = -r * ga / count  # from here on: c2
+            hi_e = dts[0:L]
+            c0w_e = dts[TL:TL + L]
+            c1_e = dts[2 * TL:2 * TL + L]
+            c2_e = dts[3 * TL:3 * TL + L]
+            for j in range(nc):
+                c0 = float64(rstds[s_u + j * ss_F])
+                c1 = a_c[j]
+                c2 = b_c[j]
+                mu_hi = mu_his[s_u + j * ss_F]
+                mu_lo = mu_los[s_u + j * ss_F]
+                e = j
+                hi_e[e] = mu_hi
+                c0w_e[e] = dt(c0 * w_e[e])
+                c1_e[e] = dt(c1)
+                c2_e[e] = dt(c2 - c1 * float64(mu_lo))
             for q in range(r_lo, r_hi):  # rows: N
-                i_N = q  # reduced N
-                x_r = x_u + i_N * xs_N
-                dy_r = dy_u + i_N * dys_N
-                dx_r = dx_u + i_N * dxs_N
-                x_v = x[x_r:x_r + nc]
-                dy_v = dy[dy_r:dy_r + nc]
-                dx_v = dx[dx_r:dx_r + nc]
-                for j in range(nc):  # kept F
-                    dx_v[j] = dy_v[j] * c0_v[j] + ((x_v[j] - hi_v[j]) - lo_v[j]) * c1_v[j] + c2_v[j]
+                x_r = x_u + (q) * xs_N
+                dy_r = dy_u + (q) * dys_N
+                dx_r = dx_u + (q) * dxs_N
+                grad_row(dx[dx_r:dx_r + L], x[x_r:x_r + L], dy[dy_r:dy_r + L], hi_e, c0w_e, c1_e, c2_e)
 
 
 @njit(fastmath=APPLY_FM, cache=True, nogil=True)
 def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratch, g, blk_lo, blk_hi):
-    """The two sums per column for each part (block of rows), merged afterwards; parameter gradients."""
+    """The two sums per column for each part (a range of rows), merged afterwards; parameter gradients."""
     n_N = g[0]  # size of N
     n_F = g[1]  # size of F
     xs_N = g[2]  # x stride along N
@@ -140,8 +159,9 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
     n_rows = n_N
     n_csegs = (n_F + seg - 1) // seg
     n_units = 1 * n_csegs * n_parts
+    TL = seg * 1  # scratch per tile array
     for blk in range(blk_lo, blk_hi):
-        f64s = scratch[blk * 5 * seg:(blk + 1) * 5 * seg]
+        f64s = scratch[blk * (5 * TL + 2 * seg):(blk + 1) * (5 * TL + 2 * seg)]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
             rest = unit // n_parts
@@ -149,37 +169,55 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
             grp = rest // n_csegs
             c_lo = cs * seg
             nc = min(seg, n_F - c_lo)
+            L = nc * 1  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + c_lo * xs_F
             dy_u = 0 + c_lo * dys_F
             s_u = 0 + c_lo * ss_F
-            a_v = f64s[0:nc]
-            b_v = f64s[seg:seg + nc]
-            mu_v = f64s[2 * seg:2 * seg + nc]
-            hi_v = mu_his[s_u:s_u + nc]
-            lo_v = mu_los[s_u:s_u + nc]
-            rs_v = rstds[s_u:s_u + nc]
+            p_u = 0 + c_lo * ps_F
+            mu_e = f64s[0:L]
+            rs_e = f64s[TL:TL + L]
+            w_e = f64s[2 * TL:2 * TL + L]
             for j in range(nc):
-                a_v[j] = 0.0
-                b_v[j] = 0.0
-                mu_v[j] = float64(hi_v[j]) + float64(lo_v[j])
-            for q in range(r_lo, r_hi):  # rows: N
-                i_N = q  # reduced N
-                x_r = x_u + i_N * xs_N
-                dy_r = dy_u + i_N * dys_N
-                x_v = x[x_r:x_r + nc]
-                dy_v = dy[dy_r:dy_r + nc]
-                w_v = 1.0
-                _col_grad(a_v, b_v, x_v, dy_v, w_v, mu_v, rs_v)
+                mu = float64(mu_his[s_u + j * ss_F]) + float64(mu_los[s_u + j * ss_F])
+                rs = float64(rstds[s_u + j * ss_F])
+                e = j
+                p = p_u + j * ps_F
+                mu_e[e] = mu
+                rs_e[e] = rs
+                w_e[e] = 1.0
+            pq_p = f64s[3 * TL:3 * TL + L]
+            pq_q = f64s[4 * TL:4 * TL + L]
+            pq_p[:] = 0.0
+            pq_q[:] = 0.0
+            q = r_lo
+            while q + 2 <= r_hi:  # rows: N, two at a time
+                x_r0 = x_u + (q) * xs_N
+                dy_r0 = dy_u + (q) * dys_N
+                x_r1 = x_u + (q + 1) * xs_N
+                dy_r1 = dy_u + (q + 1) * dys_N
+                col_grad2(pq_p, pq_q, x[x_r0:x_r0 + L], dy[dy_r0:dy_r0 + L], x[x_r1:x_r1 + L], dy[dy_r1:dy_r1 + L], mu_e, rs_e)
+                q += 2
+            while q < r_hi:  # rows: N
+                x_r = x_u + (q) * xs_N
+                dy_r = dy_u + (q) * dys_N
+                col_grad(pq_p, pq_q, x[x_r:x_r + L], dy[dy_r:dy_r + L], mu_e, rs_e)
+                q += 1
+            a_c = f64s[5 * TL:5 * TL + nc]
+            b_c = f64s[5 * TL + seg:5 * TL + seg + nc]
+            for j in range(nc):
+                a_c[j] = pq_q[j] * w_e[j]
+            for j in range(nc):
+                b_c[j] = pq_p[j] * w_e[j]
             for j in range(nc):
                 k = 2 * ((s_u + j * ss_F) * n_parts + part)
-                sums[k] = a_v[j]
-                sums[k + 1] = b_v[j]
+                sums[k] = a_c[j]
+                sums[k + 1] = b_c[j]
 
 
 @njit(fastmath=APPLY_FM, cache=True, nogil=True)
-def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, blk_hi):
+def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, scratch_dt, g, blk_lo, blk_hi):
     """dx = c0 * dy * weight + c1 * (x - mu) + c2, with per-column coefficients."""
     n_N = g[0]  # size of N
     n_F = g[1]  # size of F
@@ -201,7 +239,10 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, 
     n_rows = n_N
     n_csegs = (n_F + seg - 1) // seg
     n_units = 1 * n_csegs * n_parts
+    TL = seg * 1  # scratch per tile array
     for blk in range(blk_lo, blk_hi):
+        f64s = scratch[blk * (5 * TL + 2 * seg):(blk + 1) * (5 * TL + 2 * seg)]
+        dts = scratch_dt[blk * 4 * TL:(blk + 1) * 4 * TL]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
             rest = unit // n_parts
@@ -209,25 +250,36 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, 
             grp = rest // n_csegs
             c_lo = cs * seg
             nc = min(seg, n_F - c_lo)
+            L = nc * 1  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + c_lo * xs_F
             dy_u = 0 + c_lo * dys_F
             dx_u = 0 + c_lo * dxs_F
             s_u = 0 + c_lo * ss_F
-            hi_v = mu_his[s_u:s_u + nc]
-            lo_v = mu_los[s_u:s_u + nc]
-            c0_v = c0s[s_u:s_u + nc]
-            c1_v = c1s[s_u:s_u + nc]
-            c2_v = c2s[s_u:s_u + nc]
+            p_u = 0 + c_lo * ps_F
+            w_e = f64s[2 * TL:2 * TL + L]
+            for j in range(nc):
+                e = j
+                p = p_u + j * ps_F
+                w_e[e] = 1.0
+            hi_e = dts[0:L]
+            c0w_e = dts[TL:TL + L]
+            c1_e = dts[2 * TL:2 * TL + L]
+            c2_e = dts[3 * TL:3 * TL + L]
+            for j in range(nc):
+                c0 = float64(c0s[s_u + j * ss_F])
+                c1 = float64(c1s[s_u + j * ss_F])
+                c2 = float64(c2s[s_u + j * ss_F])
+                mu_hi = mu_his[s_u + j * ss_F]
+                mu_lo = mu_los[s_u + j * ss_F]
+                e = j
+                hi_e[e] = mu_hi
+                c0w_e[e] = dt(c0 * w_e[e])
+                c1_e[e] = dt(c1)
+                c2_e[e] = dt(c2 - c1 * float64(mu_lo))
             for q in range(r_lo, r_hi):  # rows: N
-                i_N = q  # reduced N
-                x_r = x_u + i_N * xs_N
-                dy_r = dy_u + i_N * dys_N
-                dx_r = dx_u + i_N * dxs_N
-                x_v = x[x_r:x_r + nc]
-                dy_v = dy[dy_r:dy_r + nc]
-                dx_v = dx[dx_r:dx_r + nc]
-                for j in range(nc):  # kept F
-                    dx_v[j] = dy_v[j] * c0_v[j] + ((x_v[j] - hi_v[j]) - lo_v[j]) * c1_v[j] + c2_v[j]
-
+                x_r = x_u + (q) * xs_N
+                dy_r = dy_u + (q) * dys_N
+                dx_r = dx_u + (q) * dxs_N
+                grad_row(dx[dx_r:dx_r + L], x[x_r:x_r + L], dy[dy_r:dy_r + L], hi_e, c0w_e, c1_e, c2_e)

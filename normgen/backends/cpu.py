@@ -8,6 +8,7 @@ on disk beside the generated module.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -52,16 +53,23 @@ def launch(kernel, plan: Plan, *args) -> None:
     The kernels release the GIL, so the threads run in parallel. Which thread runs which
     block does not change any result: each block writes its own outputs and partials.
     """
+    if math.prod(plan.launch.sizes) < PARALLEL_MIN:
+        kernel(*args, 0, plan.launch.n_blocks)
+    else:
+        split(kernel, plan.launch.n_blocks, *args)
+
+
+def split(fn, n: int, *args) -> None:
+    """fn(*args, lo, hi) over [0, n) cut into one contiguous range per thread."""
     global _pool
-    n_blocks = plan.launch.n_blocks
-    t = min(threads(), n_blocks)
-    if t <= 1 or math.prod(plan.launch.sizes) < PARALLEL_MIN:
-        kernel(*args, 0, n_blocks)
+    t = min(threads(), n)
+    if t <= 1:
+        fn(*args, 0, n)
         return
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="normgen")
-    futures = [_pool.submit(kernel, *args, i * n_blocks // t, (i + 1) * n_blocks // t) for i in range(1, t)]
-    kernel(*args, 0, n_blocks // t)
+    futures = [_pool.submit(fn, *args, i * n // t, (i + 1) * n // t) for i in range(1, t)]
+    fn(*args, 0, n // t)
     for f in futures:
         f.result()
 
@@ -83,20 +91,31 @@ def flat(a: np.ndarray) -> np.ndarray:
     """A 1-D view of a's memory from its first element to its last (strides must be >= 0)."""
     if a.size == 0:
         return np.zeros(1, a.dtype)
+    if a.flags.c_contiguous:
+        return a.reshape(-1)
     span = 1 + sum((n - 1) * (s // a.itemsize) for n, s in zip(a.shape, a.strides))
     return np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(a.itemsize,))
 
 
 def module(plan: Plan):
     """The compiled module for the plan's kernel structure (disk-cached)."""
-    k = plan.kernel
+    return _module(plan.kernel)
+
+
+@functools.lru_cache(maxsize=1024)
+def _module(k):
     canonical = k.canonical()
     key = cache.cache_key(canonical, k.target)
     return cache.load_module(key, k.target, lambda: render(k, cache.source_key(canonical)))
 
 
 def geometry(plan: Plan) -> np.ndarray:
-    return np.asarray(geometry_values(plan), dtype=np.int64)
+    """The int64 geometry vector (sizes, strides, launch numbers) of a plan, made once per plan."""
+    g = plan.__dict__.get("_geometry")
+    if g is None:
+        g = np.asarray(geometry_values(plan), dtype=np.int64)
+        plan.__dict__["_geometry"] = g
+    return g
 
 
 def _param(p: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
@@ -104,8 +123,12 @@ def _param(p: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
 
 
 def _scratch(plan: Plan, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    la = plan.launch
-    return np.empty(la.n_blocks * 5 * la.seg, np.float64), np.empty(la.n_blocks * 3 * la.seg, dtype)
+    """Per-block working memory of the columns kernels: float64 accumulators and
+    dtype-typed expanded constants, for a tile of seg columns x tail elements."""
+    la, k = plan.launch, plan.kernel
+    tile = la.seg * (la.sizes[k.tail] if k.tail is not None else 1)
+    return (np.empty(la.n_blocks * (5 * tile + 5 * la.seg), np.float64),
+            np.empty(la.n_blocks * 4 * tile, dtype))
 
 
 def n_stat(plan: Plan) -> int:
@@ -136,8 +159,11 @@ def forward_partial(plan: Plan, x) -> np.ndarray:
 
 def forward_apply(plan: Plan, x, y, weight, bias, mu_hi, mu_lo, rstd) -> None:
     mod, g = module(plan), geometry(plan)
-    launch(mod.forward_apply, plan, flat(x), flat(y), _param(weight, x.dtype), _param(bias, x.dtype),
-           _stat(mu_hi, x.dtype), _stat(mu_lo, x.dtype), _stat(rstd, x.dtype), g)
+    args = (flat(x), flat(y), _param(weight, x.dtype), _param(bias, x.dtype),
+            _stat(mu_hi, x.dtype), _stat(mu_lo, x.dtype), _stat(rstd, x.dtype))
+    if plan.kernel.strategy is Strategy.COLUMNS:
+        args += (_scratch(plan, x.dtype)[1],)
+    launch(mod.forward_apply, plan, *args, g)
 
 
 def _stat(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -186,5 +212,8 @@ def backward_partial(plan: Plan, x, dy, weight, mu_hi, mu_lo, rstd) -> tuple[np.
 
 def backward_apply(plan: Plan, x, dy, dx, weight, mu_hi, mu_lo, c0, c1, c2) -> None:
     mod, g = module(plan), geometry(plan)
-    launch(mod.backward_apply, plan, flat(x), flat(dy), flat(dx), _param(weight, x.dtype), _stat(mu_hi, x.dtype),
-           _stat(mu_lo, x.dtype), _stat(c0, x.dtype), _stat(c1, x.dtype), _stat(c2, x.dtype), g)
+    args = (flat(x), flat(dy), flat(dx), _param(weight, x.dtype), _stat(mu_hi, x.dtype),
+            _stat(mu_lo, x.dtype), _stat(c0, x.dtype), _stat(c1, x.dtype), _stat(c2, x.dtype))
+    if plan.kernel.strategy is Strategy.COLUMNS:
+        args += _scratch(plan, x.dtype)
+    launch(mod.backward_apply, plan, *args, g)

@@ -58,17 +58,72 @@ def add_chunk(n, mean, m2, v):
     return chan(n, mean, m2, nb, m1 + s1 / nb, max(s2 - s1 * s1 / nb, 0.0))
 
 
+# ---- the columns strategy: one accumulator per element of a row tile -----------------
+# Rows are added a few at a time, so each accumulator is loaded and stored once per
+# group of rows. None of these reassociate: each element's sum has a fixed order.
+
+
 @njit(cache=True, nogil=True)
 def col_add(t, v):
-    """t[j] += v[j]: one row of a column reduction."""
-    for j in range(v.shape[0]):
-        t[j] += v[j]
+    """t[e] += v[e]: one row of a column reduction."""
+    for e in range(v.shape[0]):
+        t[e] += v[e]
+
+
+@njit(cache=True, nogil=True)
+def col_add4(t, v0, v1, v2, v3):
+    """t[e] += v0[e] + v1[e] + v2[e] + v3[e]: four rows at once."""
+    for e in range(v0.shape[0]):
+        t[e] += (float64(v0[e]) + float64(v1[e])) + (float64(v2[e]) + float64(v3[e]))
 
 
 @njit(cache=True, nogil=True)
 def col_dev(s1, s2, v, m):
-    """s1[j] += v[j] - m[j]; s2[j] += (v[j] - m[j])^2, in float64."""
-    for j in range(v.shape[0]):
-        d = v[j] - m[j]
-        s1[j] += d
-        s2[j] += d * d
+    """s1[e] += v[e] - m[e]; s2[e] += (v[e] - m[e])^2, in float64."""
+    for e in range(v.shape[0]):
+        d = v[e] - m[e]
+        s1[e] += d
+        s2[e] += d * d
+
+
+@njit(cache=True, nogil=True)
+def col_dev2(s1, s2, v0, v1, m):
+    """col_dev for two rows at once."""
+    for e in range(v0.shape[0]):
+        d0 = v0[e] - m[e]
+        d1 = v1[e] - m[e]
+        s1[e] += d0 + d1
+        s2[e] += d0 * d0 + d1 * d1
+
+
+@njit(cache=True, nogil=True)
+def col_grad(p, q, x, dy, mu, rs):
+    """p[e] += dy[e] * x_hat[e]; q[e] += dy[e] (x_hat = (x - mu) * rs, float64)."""
+    for e in range(x.shape[0]):
+        xh = (x[e] - mu[e]) * rs[e]
+        p[e] += dy[e] * xh
+        q[e] += dy[e]
+
+
+@njit(cache=True, nogil=True)
+def col_grad2(p, q, x0, dy0, x1, dy1, mu, rs):
+    """col_grad for two rows at once."""
+    for e in range(x0.shape[0]):
+        m = mu[e]
+        r = rs[e]
+        p[e] += dy0[e] * ((x0[e] - m) * r) + dy1[e] * ((x1[e] - m) * r)
+        q[e] += float64(dy0[e]) + float64(dy1[e])
+
+
+@njit(fastmath={"contract"}, cache=True, nogil=True)
+def affine_row(y, x, hi, sc, sh):
+    """y[e] = (x[e] - hi[e]) * sc[e] + sh[e]: normalize one row with expanded constants."""
+    for e in range(x.shape[0]):
+        y[e] = (x[e] - hi[e]) * sc[e] + sh[e]
+
+
+@njit(fastmath={"contract"}, cache=True, nogil=True)
+def grad_row(dx, x, dy, hi, c0w, c1, c2):
+    """dx[e] = dy[e] * c0w[e] + (x[e] - hi[e]) * c1[e] + c2[e]: the backward of one row."""
+    for e in range(x.shape[0]):
+        dx[e] = dy[e] * c0w[e] + (x[e] - hi[e]) * c1[e] + c2[e]
