@@ -156,8 +156,10 @@ def _torch_runner(case: Case, direction: str, x, p, sizes, training, dy):
     except ImportError:
         return None
     F = torch.nn.functional
-    tx = torch.from_numpy(x)
-    tp = {k: torch.from_numpy(v) for k, v in p.items()}
+    backward = direction == "backward"
+    tx = torch.from_numpy(x).clone().requires_grad_(True) if backward else torch.from_numpy(x)
+    tp = {k: torch.from_numpy(v).clone().requires_grad_(backward and k in ("weight", "bias", "g"))
+          for k, v in p.items()}
     w, b = tp.get("weight"), tp.get("bias")
     spec = case.spec
     if spec == "layer_norm":
@@ -184,13 +186,12 @@ def _torch_runner(case: Case, direction: str, x, p, sizes, training, dy):
         def f(t): return F.batch_norm(t, rm0, rv0, None, None, training=True)
     else:
         return None
-    if direction == "forward":
+    if not backward:
         return lambda: f(tx)
-    txg = tx.clone().requires_grad_(True)
-    params = [v.requires_grad_(True) for k, v in tp.items() if k in ("weight", "bias", "g")]
-    y = f(txg)
+    inputs = [tx] + [v for v in tp.values() if v.requires_grad]
+    y = f(tx)
     tdy = torch.from_numpy(dy)
-    return lambda: torch.autograd.grad(y, [txg] + params, tdy, retain_graph=True)
+    return lambda: torch.autograd.grad(y, inputs, tdy, retain_graph=True)
 
 
 def _numpy_runner(case: Case, direction: str, x, p, sizes, dy):

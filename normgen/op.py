@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import alloc
 from . import stats as st
 from .bind import Binding, bind
 from .errors import CallError, NormgenError
@@ -37,21 +38,40 @@ _SPEC_DEFAULT: Any = object()
 
 @dataclass
 class Forward:
-    """The result of a forward call: y, the statistics, and what backward needs."""
+    """The result of a forward call: y, the statistics, and what backward needs.
+
+    The statistics are kept the way the kernels use them: the mean split into hi + lo in
+    x's dtype (for float32, hi alone loses the digits that x - mean needs), and rstd.
+    """
 
     y: Any
-    mean: Any  # per kept index (kept order), in the statistics dtype; None without centering
-    rstd: Any  # 1 / sigma per kept index
+    hi: np.ndarray = field(repr=False)  # per kept index (kept order), x's dtype
+    lo: np.ndarray = field(repr=False)
+    rs: np.ndarray = field(repr=False)
+    centered: bool = field(repr=False, default=True)
     # what backward needs
     x: Any = field(repr=False, default=None)
     params: dict[str, Any] = field(repr=False, default_factory=dict)
     sizes: dict[str, Any] = field(repr=False, default_factory=dict)
     binding: Binding | None = field(repr=False, default=None)
-    mu: np.ndarray | None = field(repr=False, default=None)  # float64 mean used (stats shape)
-    rstd64: np.ndarray | None = field(repr=False, default=None)
     eval_mode: bool = field(repr=False, default=False)
     eps: float = field(repr=False, default=0.0)
     mix: dict[str, Any] | None = field(repr=False, default=None)  # Switchable Norm intermediates
+
+    @property
+    def mean(self) -> np.ndarray | None:
+        """The mean per kept index (kept order), in x's dtype; None without centering."""
+        return self.hi if self.centered else None
+
+    @property
+    def rstd(self) -> np.ndarray:
+        """1 / sigma per kept index (kept order), in x's dtype."""
+        return self.rs
+
+    @property
+    def mu64(self) -> np.ndarray:
+        """The mean in float64 (hi + lo)."""
+        return self.hi.astype(np.float64) + self.lo
 
 
 @dataclass
@@ -130,7 +150,7 @@ class Op:
 
     def _check_out(self, out: Any, like: np.ndarray, *inputs: np.ndarray) -> np.ndarray:
         if out is None:
-            return np.empty_like(like)
+            return alloc.empty_like(like)
         if not isinstance(out, np.ndarray):
             raise CallError(f"{self.name}: out must be a NumPy array, got {type(out).__name__}")
         if out.shape != like.shape or out.dtype != like.dtype:
@@ -273,34 +293,31 @@ class Op:
                           x.dtype, w is not None, b is not None)
         shape = binding.stats_shape
         mix_info = None
+        new_running = None
         if eval_mode and not spec.is_mixture:
-            mu = _broadcast_running(binding, running_mean)
-            var = _broadcast_running(binding, running_var)
-            rstd = 1.0 / np.sqrt(var + e)
-            hi, lo = st.split_mean(mu, x.dtype)
-            cpu.forward_apply(plan, xk, yk, w, b, hi, lo, rstd)
-            new_running = None
+            rstd = 1.0 / np.sqrt(_broadcast_running(binding, running_var) + e)
+            hi, lo = st.split_mean(_broadcast_running(binding, running_mean), x.dtype)
+            rs = rstd.astype(x.dtype)
+            cpu.forward_apply(plan, xk, yk, w, b, hi, lo, rs)
+        elif plan.launch.fused and not spec.is_mixture:
+            moments, kstats = cpu.forward_fused(plan, xk, yk, w, b, e)
+            hi, lo, rs = (kstats[:, k].reshape(shape) for k in range(3))
+            if spec.scale is Scale.L2 and e == 0 and not np.isfinite(rs).all():
+                self._zero_norm(np.isinf(rs))
+            if factor is not None:
+                cnt, mean, m2 = (moments[:, 0, k].reshape(shape) for k in range(3))
+                norm = st.normalizer(spec, cnt, mean, m2, e)
+                new_running = self._running(binding, norm, None, n, factor, running_mean, running_var)
         else:
-            if plan.launch.fused and not spec.is_mixture and not (spec.scale is Scale.L2 and e == 0):
-                moments = cpu.forward_fused(plan, xk, yk, w, b, e)
-                applied = True
-            else:
-                moments = cpu.forward_partial(plan, xk)
-                applied = False
-            cnt, mean, m2 = st.merge_parts(moments)
-            cnt, mean, m2 = (a.reshape(shape) for a in (cnt, mean, m2))
+            cnt, mean, m2 = (a.reshape(shape) for a in st.merge_parts(cpu.forward_partial(plan, xk)))
             norm = st.normalizer(spec, cnt, mean, m2, e)
             if spec.is_mixture:
                 norm, mix_info = self._mix(binding, norm, mix, eval_mode, running_mean, running_var, e)
             if spec.scale is Scale.L2 and e == 0 and np.any(norm.var == 0):
-                bad = np.argwhere(norm.var == 0)[0]
-                raise CallError(f"{self.name}: the group at kept index {tuple(int(i) for i in bad)} has zero "
-                                "norm, so v / ||v|| is undefined (eps = 0)")
-            mu, rstd = norm.mean, norm.rstd
-            if not applied:
-                hi, lo = st.split_mean(mu, x.dtype)
-                cpu.forward_apply(plan, xk, yk, w, b, hi, lo, rstd)
-            new_running = None
+                self._zero_norm(norm.var == 0)
+            hi, lo = st.split_mean(norm.mean, x.dtype)
+            rs = norm.rstd.astype(x.dtype)
+            cpu.forward_apply(plan, xk, yk, w, b, hi, lo, rs)
             if factor is not None:
                 new_running = self._running(binding, norm, mix_info, n, factor, running_mean, running_var)
         if new_running is not None:  # every kernel has run: now update in place, both or neither
@@ -308,16 +325,18 @@ class Op:
             running_var[...] = new_running[1]
             if isinstance(num_batches_tracked, np.ndarray):
                 num_batches_tracked += 1
-        sdt = x.dtype
-        return Forward(
-            y=y, mean=mu.astype(sdt) if spec.center is Center.MEAN else None, rstd=rstd.astype(sdt),
-            x=xk, params=checked, sizes=sizes, binding=binding, mu=mu, rstd64=rstd, eval_mode=eval_mode,
-            eps=e, mix=mix_info)
+        return Forward(y=y, hi=hi, lo=lo, rs=rs, centered=spec.center is Center.MEAN, x=xk, params=checked,
+                       sizes=sizes, binding=binding, eval_mode=eval_mode, eps=e, mix=mix_info)
+
+    def _zero_norm(self, bad: np.ndarray) -> None:
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise CallError(f"{self.name}: the group at kept index {where} has zero norm, so v / ||v|| is "
+                        "undefined (eps = 0)")
 
     def _empty_forward(self, x, y, binding) -> Forward:
         z = np.zeros(binding.stats_shape, x.dtype)
-        return Forward(y=y, mean=z, rstd=z.copy(), x=x, binding=binding, mu=z.astype(np.float64),
-                       rstd64=z.astype(np.float64))
+        return Forward(y=y, hi=z, lo=z.copy(), rs=z.copy(), centered=self.spec.center is Center.MEAN, x=x,
+                       binding=binding)
 
     def _momentum(self, momentum: Any, num_batches_tracked: Any) -> float:
         if momentum is _SPEC_DEFAULT:
@@ -412,13 +431,13 @@ class Op:
             return Grads(dx, grads)
         plan = self._plan(binding, {"x": cpu.elem_strides(x), "dy": cpu.elem_strides(dyk), "dx": cpu.elem_strides(dx)},
                           Direction.BACKWARD, x.dtype, w is not None, b is not None)
-        hi, lo = st.split_mean(fwd.mu, x.dtype)
-        rstd = fwd.rstd64
+        hi, lo = fwd.hi, fwd.lo
         shape = binding.stats_shape
         if plan.launch.fused and not spec.is_mixture and not fwd.eval_mode:
-            dparams = cpu.backward_fused(plan, x, dyk, dx, w, hi, lo, rstd)
+            dparams = cpu.backward_fused(plan, x, dyk, dx, w, hi, lo, fwd.rs)
         else:
-            sums, dparams = cpu.backward_partial(plan, x, dyk, w, hi, lo, rstd)
+            rstd = fwd.rs.astype(np.float64)
+            sums, dparams = cpu.backward_partial(plan, x, dyk, w, hi, lo, fwd.rs)
             a = sums[:, :, 0].sum(axis=1).reshape(shape)
             bsum = sums[:, :, 1].sum(axis=1).reshape(shape)
             n = binding.group_size
@@ -441,7 +460,7 @@ class Op:
     def _mix_backward(self, binding: Binding, fwd: Forward, a: np.ndarray, b: np.ndarray):
         """Chain rule through the Switchable Norm mix (see DESIGN.md and oracle.backward)."""
         info = fwd.mix
-        rstd = fwd.rstd64
+        rstd = fwd.rs.astype(np.float64)
         n = binding.group_size
         d_mu = -rstd * a
         d_var = -0.5 * b * rstd * rstd
@@ -459,7 +478,7 @@ class Op:
             if info["frozen"][k]:
                 continue
             c1 = c1 + 2.0 * dvar_k / m_k
-            c2 = c2 + dmu_k / m_k + 2.0 * dvar_k * (fwd.mu - info["comp_mu"][k]) / m_k
+            c2 = c2 + dmu_k / m_k + 2.0 * dvar_k * (fwd.mu64 - info["comp_mu"][k]) / m_k
         mw, vw = info["mw"], info["vw"]
         grads = {"mean_weight": (mw * (d_mw - np.dot(mw, d_mw))).astype(info["mean_weight"].dtype),
                  "var_weight": (vw * (d_vw - np.dot(vw, d_vw))).astype(info["var_weight"].dtype)}

@@ -3,7 +3,7 @@
 # spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 # plan:      backward · float32 · columns · groups () · rows (N·spatial0·spatial1) · columns C
 # loop dims: N·spatial0·spatial1(R) C(K)
-# key:       53269f5cbd94382f448b0cc0cf45b487
+# key:       1d96291b2352883384ead167e9905fbd
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -16,12 +16,13 @@ from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_ad
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
-# Kernels release the GIL: the host runs ranges of blocks on several threads.
+# Kernels release the GIL: the host runs ranges of blocks on several threads. Division
+# follows IEEE (error_model="numpy"): 1/0 is inf, not an exception.
 REDUCE_FM = {"reassoc", "contract", "arcp", "nsz"}
 APPLY_FM = {"contract"}
 
 
-@njit(cache=True, nogil=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
     mu = mean
@@ -31,7 +32,7 @@ def _finalize(n, mean, m2, eps):
     return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, scratch_dt, g, blk_lo, blk_hi):
     """Per unit (columns of C): the two sums per column over N·spatial0·spatial1, then dx."""
     n_N_spatial = g[0]  # size of N·spatial0·spatial1
@@ -143,7 +144,7 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
                 grad_row(dx[dx_r:dx_r + L], x[x_r:x_r + L], dy[dy_r:dy_r + L], hi_e, c0w_e, c1_e, c2_e)
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratch, g, blk_lo, blk_hi):
     """The two sums per column for each part (a range of rows), merged afterwards; parameter gradients."""
     n_N_spatial = g[0]  # size of N·spatial0·spatial1
@@ -230,7 +231,7 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
                 sums[k + 1] = b_c[j]
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, scratch_dt, g, blk_lo, blk_hi):
     """dx = c0 * dy * weight + c1 * (x - mu) + c2, with per-column coefficients."""
     n_N_spatial = g[0]  # size of N·spatial0·spatial1

@@ -3,7 +3,7 @@
 # spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 # plan:      forward · float32 · columns · groups () · rows (N·spatial0·spatial1) · columns C
 # loop dims: N·spatial0·spatial1(R) C(K)
-# key:       b29a03618cbf8e3c5a7860873db7a177
+# key:       84424e33c401f927ead77fa22d312e6b
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -16,12 +16,13 @@ from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_ad
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
-# Kernels release the GIL: the host runs ranges of blocks on several threads.
+# Kernels release the GIL: the host runs ranges of blocks on several threads. Division
+# follows IEEE (error_model="numpy"): 1/0 is inf, not an exception.
 REDUCE_FM = {"reassoc", "contract", "arcp", "nsz"}
 APPLY_FM = {"contract"}
 
 
-@njit(cache=True, nogil=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
     mu = mean
@@ -31,8 +32,8 @@ def _finalize(n, mean, m2, eps):
     return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
-def forward_fused(x, y, weight, bias, moments, scratch, scratch_dt, g, eps, blk_lo, blk_hi):
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
+def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, eps, blk_lo, blk_hi):
     """Per unit (columns of C): moments over N·spatial0·spatial1, then normalize."""
     n_N_spatial = g[0]  # size of N·spatial0·spatial1
     n_C = g[1]  # size of C
@@ -104,6 +105,9 @@ def forward_fused(x, y, weight, bias, moments, scratch, scratch_dt, g, eps, blk_
                 moments[k + 1] = a_mean[j]
                 moments[k + 2] = a_m2[j]
                 mu_hi, mu_lo, rstd = _finalize(n, a_mean[j], a_m2[j], eps)
+                kstats[k] = mu_hi
+                kstats[k + 1] = mu_lo
+                kstats[k + 2] = rstd
                 e = j
                 p = p_u + j * ps_C
                 sc = float64(rstd) * weight[p]
@@ -116,7 +120,7 @@ def forward_fused(x, y, weight, bias, moments, scratch, scratch_dt, g, eps, blk_
                 affine_row(y[y_r:y_r + L], x[x_r:x_r + L], hi_e, sc_e, sh_e)
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
     """Moments of each part (a range of rows) of each column; parts are merged afterwards."""
     n_N_spatial = g[0]  # size of N·spatial0·spatial1
@@ -184,7 +188,7 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
                 moments[k + 2] = a_m2[j]
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, scratch_dt, g, blk_lo, blk_hi):
     """Normalize with given statistics (merged parts, mixtures, or running statistics)."""
     n_N_spatial = g[0]  # size of N·spatial0·spatial1

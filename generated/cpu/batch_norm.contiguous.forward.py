@@ -3,7 +3,7 @@
 # spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 # plan:      forward · float32 · rows · groups (C) · rows (N) · inner spatial0·spatial1
 # loop dims: N(R) C(K) spatial0·spatial1(R)
-# key:       6dd9af396ab10622a0e5f799908a9fba
+# key:       e78bf37b305a3855ea13d0d91d965868
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -16,12 +16,13 @@ from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_ad
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
-# Kernels release the GIL: the host runs ranges of blocks on several threads.
+# Kernels release the GIL: the host runs ranges of blocks on several threads. Division
+# follows IEEE (error_model="numpy"): 1/0 is inf, not an exception.
 REDUCE_FM = {"reassoc", "contract", "arcp", "nsz"}
 APPLY_FM = {"contract"}
 
 
-@njit(cache=True, nogil=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
     mu = mean
@@ -31,8 +32,8 @@ def _finalize(n, mean, m2, eps):
     return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
-def forward_fused(x, y, weight, bias, moments, g, eps, blk_lo, blk_hi):
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
+def forward_fused(x, y, weight, bias, moments, kstats, g, eps, blk_lo, blk_hi):
     """Per group (C): moments over N, spatial0·spatial1, then normalize the group."""
     n_N = g[0]  # size of N
     n_C = g[1]  # size of C
@@ -80,6 +81,9 @@ def forward_fused(x, y, weight, bias, moments, g, eps, blk_lo, blk_hi):
             moments[3 * s_u + 1] = mean
             moments[3 * s_u + 2] = m2
             mu_hi, mu_lo, rstd = _finalize(n, mean, m2, eps)
+            kstats[3 * s_u] = mu_hi
+            kstats[3 * s_u + 1] = mu_lo
+            kstats[3 * s_u + 2] = rstd
             for c in range(c_lo, c_hi):  # chunks: rows of N × segments of spatial0·spatial1
                 q = c // n_segs
                 s_lo = (c - q * n_segs) * seg
@@ -97,7 +101,7 @@ def forward_fused(x, y, weight, bias, moments, g, eps, blk_lo, blk_hi):
                     y_v[i] = ((x_v[i] - mu_hi) - mu_lo) * sc + b_0
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def forward_partial(x, moments, g, blk_lo, blk_hi):
     """Moments of each part of each group; parts are merged afterwards (Chan)."""
     n_N = g[0]  # size of N
@@ -148,7 +152,7 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
             moments[k + 2] = m2
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
     """Normalize with given statistics (merged parts, mixtures, or running statistics)."""
     n_N = g[0]  # size of N

@@ -3,7 +3,7 @@
 # spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 # plan:      backward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 # loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-# key:       e943e0581bfb5ebfda0637cb333346c6
+# key:       02844d5ab832c606cd48518d054c7dae
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -16,12 +16,13 @@ from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_ad
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
-# Kernels release the GIL: the host runs ranges of blocks on several threads.
+# Kernels release the GIL: the host runs ranges of blocks on several threads. Division
+# follows IEEE (error_model="numpy"): 1/0 is inf, not an exception.
 REDUCE_FM = {"reassoc", "contract", "arcp", "nsz"}
 APPLY_FM = {"contract"}
 
 
-@njit(cache=True, nogil=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
     mu = mean
@@ -31,7 +32,7 @@ def _finalize(n, mean, m2, eps):
     return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, scratch_dt, g, blk_lo, blk_hi):
     """Per unit (columns of G for one N): the two sums per column over spatial0·spatial1, then dx."""
     n_N = g[0]  # size of N
@@ -165,7 +166,7 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
                 grad_row(dx[dx_r:dx_r + L], x[x_r:x_r + L], dy[dy_r:dy_r + L], hi_e, c0w_e, c1_e, c2_e)
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratch, g, blk_lo, blk_hi):
     """The two sums per column for each part (a range of rows), merged afterwards; parameter gradients."""
     n_N = g[0]  # size of N
@@ -273,7 +274,7 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
                 sums[k + 1] = b_c[j]
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, scratch_dt, g, blk_lo, blk_hi):
     """dx = c0 * dy * weight + c1 * (x - mu) + c2, with per-column coefficients."""
     n_N = g[0]  # size of N

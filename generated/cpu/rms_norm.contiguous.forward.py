@@ -3,7 +3,7 @@
 # spec:      rms_norm (rms_norm.toml: input '*batch *normalized', kept '*batch'), center none, scale rms
 # plan:      forward · float32 · rows · groups (batch) · inner normalized
 # loop dims: batch(K) normalized(R)
-# key:       97751bc879b46d2badef620573d095b6
+# key:       ff5a26f1ea4d7573a8103562c3d6e6ac
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -16,12 +16,13 @@ from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_ad
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
-# Kernels release the GIL: the host runs ranges of blocks on several threads.
+# Kernels release the GIL: the host runs ranges of blocks on several threads. Division
+# follows IEEE (error_model="numpy"): 1/0 is inf, not an exception.
 REDUCE_FM = {"reassoc", "contract", "arcp", "nsz"}
 APPLY_FM = {"contract"}
 
 
-@njit(cache=True, nogil=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(sum(x^2) / n + eps)."""
     mu = 0.0
@@ -31,8 +32,8 @@ def _finalize(n, mean, m2, eps):
     return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
-def forward_fused(x, y, weight, bias, moments, g, eps, blk_lo, blk_hi):
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
+def forward_fused(x, y, weight, bias, moments, kstats, g, eps, blk_lo, blk_hi):
     """Per group (batch): moments over normalized, then normalize the group."""
     n_batch = g[0]  # size of batch
     n_normalized = g[1]  # size of normalized
@@ -74,6 +75,9 @@ def forward_fused(x, y, weight, bias, moments, g, eps, blk_lo, blk_hi):
             moments[3 * s_u + 1] = mean
             moments[3 * s_u + 2] = m2
             mu_hi, mu_lo, rstd = _finalize(n, mean, m2, eps)
+            kstats[3 * s_u] = mu_hi
+            kstats[3 * s_u + 1] = mu_lo
+            kstats[3 * s_u + 2] = rstd
             for c in range(c_lo, c_hi):  # chunks: segments of normalized
                 q = c // n_segs
                 s_lo = (c - q * n_segs) * seg
@@ -88,7 +92,7 @@ def forward_fused(x, y, weight, bias, moments, g, eps, blk_lo, blk_hi):
                     y_v[i] = x_v[i] * rstd * w_v[i]
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def forward_partial(x, moments, g, blk_lo, blk_hi):
     """Moments of each part of each group; parts are merged afterwards (Chan)."""
     n_batch = g[0]  # size of batch
@@ -133,7 +137,7 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
             moments[k + 2] = m2
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
     """Normalize with given statistics (merged parts, mixtures, or running statistics)."""
     n_batch = g[0]  # size of batch

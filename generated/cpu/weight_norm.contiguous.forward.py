@@ -3,7 +3,7 @@
 # spec:      weight_norm (weight_norm.toml: input 'O *fan_in', kept 'O'), center none, scale l2
 # plan:      forward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 # loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-# key:       e02d264428692fb9213e20b49e4b9a2a
+# key:       847569c45d464df7d892793ecd1b9a72
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -16,12 +16,13 @@ from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_ad
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
-# Kernels release the GIL: the host runs ranges of blocks on several threads.
+# Kernels release the GIL: the host runs ranges of blocks on several threads. Division
+# follows IEEE (error_model="numpy"): 1/0 is inf, not an exception.
 REDUCE_FM = {"reassoc", "contract", "arcp", "nsz"}
 APPLY_FM = {"contract"}
 
 
-@njit(cache=True, nogil=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(sum(x_c^2) + eps)."""
     mu = 0.0
@@ -31,8 +32,8 @@ def _finalize(n, mean, m2, eps):
     return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
-def forward_fused(x, y, weight, bias, moments, g, eps, blk_lo, blk_hi):
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
+def forward_fused(x, y, weight, bias, moments, kstats, g, eps, blk_lo, blk_hi):
     """Per group (O): moments over fan_in0·fan_in1·fan_in2, then normalize the group."""
     n_O = g[0]  # size of O
     n_fan_in = g[1]  # size of fan_in0·fan_in1·fan_in2
@@ -74,6 +75,9 @@ def forward_fused(x, y, weight, bias, moments, g, eps, blk_lo, blk_hi):
             moments[3 * s_u + 1] = mean
             moments[3 * s_u + 2] = m2
             mu_hi, mu_lo, rstd = _finalize(n, mean, m2, eps)
+            kstats[3 * s_u] = mu_hi
+            kstats[3 * s_u + 1] = mu_lo
+            kstats[3 * s_u + 2] = rstd
             for c in range(c_lo, c_hi):  # chunks: segments of fan_in0·fan_in1·fan_in2
                 q = c // n_segs
                 s_lo = (c - q * n_segs) * seg
@@ -89,7 +93,7 @@ def forward_fused(x, y, weight, bias, moments, g, eps, blk_lo, blk_hi):
                     y_v[i] = x_v[i] * sc
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def forward_partial(x, moments, g, blk_lo, blk_hi):
     """Moments of each part of each group; parts are merged afterwards (Chan)."""
     n_O = g[0]  # size of O
@@ -134,7 +138,7 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
             moments[k + 2] = m2
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
     """Normalize with given statistics (merged parts, mixtures, or running statistics)."""
     n_O = g[0]  # size of O

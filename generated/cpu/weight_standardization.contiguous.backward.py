@@ -3,7 +3,7 @@
 # spec:      weight_standardization (weight_standardization.toml: input 'O *fan_in', kept 'O'), center mean, scale std
 # plan:      backward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 # loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-# key:       e1a7978a64e09287eb6f35bf2cd28c83
+# key:       4186d99947e4577687edd9aed7169b81
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -16,12 +16,13 @@ from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_ad
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
-# Kernels release the GIL: the host runs ranges of blocks on several threads.
+# Kernels release the GIL: the host runs ranges of blocks on several threads. Division
+# follows IEEE (error_model="numpy"): 1/0 is inf, not an exception.
 REDUCE_FM = {"reassoc", "contract", "arcp", "nsz"}
 APPLY_FM = {"contract"}
 
 
-@njit(cache=True, nogil=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
     mu = mean
@@ -31,7 +32,7 @@ def _finalize(n, mean, m2, eps):
     return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
 
 
-@njit(fastmath=REDUCE_FM, cache=True, nogil=True)
+@njit(fastmath=REDUCE_FM, error_model="numpy", cache=True, nogil=True)
 def _grad_sums(x_v, dy_v, w, mu, rstd):
     """Over one chunk: sum of g and of g * x_hat (g = dy * weight)."""
     a = 0.0
@@ -44,7 +45,7 @@ def _grad_sums(x_v, dy_v, w, mu, rstd):
     return a, b
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo, blk_hi):
     """Per group (O): the two sums over fan_in0·fan_in1·fan_in2, then dx."""
     n_O = g[0]  # size of O
@@ -112,7 +113,7 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo,
                     dx_v[i] = dy_v[i] * c0 + ((x_v[i] - mu_hi) - mu_lo) * c1 + c2
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk_lo, blk_hi):
     """The two sums of each part of each group (merged afterwards), and parameter gradients."""
     n_O = g[0]  # size of O
@@ -168,7 +169,7 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk
             sums[k + 1] = b
 
 
-@njit(fastmath=APPLY_FM, cache=True, nogil=True)
+@njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
 def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, blk_hi):
     """dx = c0 * dy * weight + c1 * (x - mu) + c2, with per-group coefficients."""
     n_O = g[0]  # size of O

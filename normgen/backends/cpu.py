@@ -135,15 +135,20 @@ def n_stat(plan: Plan) -> int:
     return max(1, math.prod(plan.binding.stats_shape))
 
 
-def forward_fused(plan: Plan, x, y, weight, bias, eps: float) -> np.ndarray:
-    """Statistics and normalization in one launch; returns moments [groups, 1, 3]."""
+def forward_fused(plan: Plan, x, y, weight, bias, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Statistics and normalization in one launch.
+
+    Returns moments [groups, 1, 3] (count, mean, M2 in float64) and what the kernels
+    normalized with, [groups, 3] (mean hi, mean lo, rstd in x's dtype).
+    """
     mod, g = module(plan), geometry(plan)
-    moments = np.zeros(n_stat(plan) * 3, np.float64)
-    args = (flat(x), flat(y), _param(weight, x.dtype), _param(bias, x.dtype), moments)
+    moments = np.empty(n_stat(plan) * 3, np.float64)
+    kstats = np.empty(n_stat(plan) * 3, x.dtype)
+    args = (flat(x), flat(y), _param(weight, x.dtype), _param(bias, x.dtype), moments, kstats)
     if plan.kernel.strategy is Strategy.COLUMNS:
         args += _scratch(plan, x.dtype)
     launch(mod.forward_fused, plan, *args, g, float(eps))
-    return moments.reshape(-1, 1, 3)
+    return moments.reshape(-1, 1, 3), kstats.reshape(-1, 3)
 
 
 def forward_partial(plan: Plan, x) -> np.ndarray:

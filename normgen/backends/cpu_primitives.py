@@ -13,7 +13,7 @@ from numba import float64, njit
 REDUCE_FM = {"reassoc", "contract", "arcp", "nsz"}
 
 
-@njit(fastmath=REDUCE_FM, cache=True, nogil=True)
+@njit(fastmath=REDUCE_FM, error_model="numpy", cache=True, nogil=True)
 def sum_f64(v):
     """Sum of v in float64."""
     s = 0.0
@@ -22,7 +22,7 @@ def sum_f64(v):
     return s
 
 
-@njit(fastmath=REDUCE_FM, cache=True, nogil=True)
+@njit(fastmath=REDUCE_FM, error_model="numpy", cache=True, nogil=True)
 def dev_sums(v, m):
     """Sum of (v - m) and of (v - m)^2, in float64."""
     s1 = 0.0
@@ -34,7 +34,7 @@ def dev_sums(v, m):
     return s1, s2
 
 
-@njit(cache=True, nogil=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def chan(na, ma, m2a, nb, mb, m2b):
     """Chan et al.: merge (count, mean, M2) of two disjoint parts."""
     n = na + nb
@@ -45,7 +45,7 @@ def chan(na, ma, m2a, nb, mb, m2b):
     return n, ma + d * w, m2a + m2b + d * d * na * w
 
 
-@njit(cache=True, nogil=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def add_chunk(n, mean, m2, v):
     """Exact two-pass moments of the chunk v (held in cache), merged into (n, mean, M2).
 
@@ -63,21 +63,21 @@ def add_chunk(n, mean, m2, v):
 # group of rows. None of these reassociate: each element's sum has a fixed order.
 
 
-@njit(cache=True, nogil=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def col_add(t, v):
     """t[e] += v[e]: one row of a column reduction."""
     for e in range(v.shape[0]):
         t[e] += v[e]
 
 
-@njit(cache=True, nogil=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def col_add4(t, v0, v1, v2, v3):
     """t[e] += v0[e] + v1[e] + v2[e] + v3[e]: four rows at once."""
     for e in range(v0.shape[0]):
         t[e] += (float64(v0[e]) + float64(v1[e])) + (float64(v2[e]) + float64(v3[e]))
 
 
-@njit(cache=True, nogil=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def col_dev(s1, s2, v, m):
     """s1[e] += v[e] - m[e]; s2[e] += (v[e] - m[e])^2, in float64."""
     for e in range(v.shape[0]):
@@ -86,7 +86,7 @@ def col_dev(s1, s2, v, m):
         s2[e] += d * d
 
 
-@njit(cache=True, nogil=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def col_dev2(s1, s2, v0, v1, m):
     """col_dev for two rows at once."""
     for e in range(v0.shape[0]):
@@ -96,7 +96,7 @@ def col_dev2(s1, s2, v0, v1, m):
         s2[e] += d0 * d0 + d1 * d1
 
 
-@njit(cache=True, nogil=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def col_grad(p, q, x, dy, mu, rs):
     """p[e] += dy[e] * x_hat[e]; q[e] += dy[e] (x_hat = (x - mu) * rs, float64)."""
     for e in range(x.shape[0]):
@@ -105,7 +105,7 @@ def col_grad(p, q, x, dy, mu, rs):
         q[e] += dy[e]
 
 
-@njit(cache=True, nogil=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def col_grad2(p, q, x0, dy0, x1, dy1, mu, rs):
     """col_grad for two rows at once."""
     for e in range(x0.shape[0]):
@@ -115,14 +115,14 @@ def col_grad2(p, q, x0, dy0, x1, dy1, mu, rs):
         q[e] += float64(dy0[e]) + float64(dy1[e])
 
 
-@njit(fastmath={"contract"}, cache=True, nogil=True)
+@njit(fastmath={"contract"}, error_model="numpy", cache=True, nogil=True)
 def affine_row(y, x, hi, sc, sh):
     """y[e] = (x[e] - hi[e]) * sc[e] + sh[e]: normalize one row with expanded constants."""
     for e in range(x.shape[0]):
         y[e] = (x[e] - hi[e]) * sc[e] + sh[e]
 
 
-@njit(fastmath={"contract"}, cache=True, nogil=True)
+@njit(fastmath={"contract"}, error_model="numpy", cache=True, nogil=True)
 def grad_row(dx, x, dy, hi, c0w, c1, c2):
     """dx[e] = dy[e] * c0w[e] + (x[e] - hi[e]) * c1[e] + c2[e]: the backward of one row."""
     for e in range(x.shape[0]):
