@@ -21,7 +21,7 @@ class Location:
     """Where a spec token lives: file, key, and (when known) its line and column."""
 
     file: str  # a path, or "<python>" for specs built in code
-    key: str  # the spec key, e.g. "kept" or "affine.axes"
+    key: str | None  # the spec key, e.g. "kept" or "affine.axes" (None: the file as a whole)
     line: int | None = None  # 1-based
     column: int | None = None  # 1-based, of the first character of the token
     source_line: str | None = None  # the text of that line, for the caret
@@ -33,7 +33,7 @@ class Location:
             where += f":{self.line}"
             if self.column is not None:
                 where += f":{self.column}"
-        return f"{where}: key '{self.key}'"
+        return f"{where}: key '{self.key}'" if self.key else where
 
     def caret_lines(self) -> list[str]:
         if self.source_line is None or self.column is None:

@@ -56,6 +56,7 @@ RESERVED_ARGS = frozenset(
      "num_batches_tracked", "mean_weight", "var_weight", "weight", "bias"}
 )
 
+MAX_SPEC_CHARS = 1_000_000
 TOP_KEYS = ("name", "doc", "input", "kept", "center", "scale", "eps", "sizes", "affine", "running")
 TABLE_KEYS = {"affine": ("axes", "weight", "bias"), "running": ("axes", "momentum")}
 
@@ -168,9 +169,10 @@ def load_spec(path: str | Path) -> Spec:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise SpecError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise SpecError(f"not UTF-8 text ({e.reason} at byte {e.start})", location=Location(str(path), None),
+                        allowed="a TOML text file in UTF-8") from None
     except OSError as e:
-        raise SpecError(f"{path}: cannot read spec file ({e.strerror or e})") from None
+        raise SpecError(f"cannot read spec file ({e.strerror or e})", location=Location(str(path), None)) from None
     return parse_spec(text, str(path), default_name=path.stem)
 
 
@@ -182,10 +184,16 @@ def parse_spec(text: str, file: str = "<string>", *, default_name: str | None = 
         loc = Location(file, key, again.line, _key_column(again), again.text, len(key.split(".")[-1]))
         raise SpecError(f"duplicate key '{key}' (first set at line {first.line})", location=loc,
                         allowed="each key once")
+    if len(text) > MAX_SPEC_CHARS:
+        raise SpecError(f"a spec file of {len(text)} characters is too large", location=Location(file, None),
+                        allowed=f"at most {MAX_SPEC_CHARS} characters")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise _toml_error(e, text, file) from None
+    except RecursionError:
+        raise SpecError("not valid for a spec: arrays or tables nested too deeply", location=Location(file, None),
+                        allowed="a flat TOML file: key = value lines and [tables]") from None
     checker = _Checker(file, pos, text)
     return checker.spec(data, default_name)
 
@@ -524,16 +532,15 @@ def _toml_error(e: tomllib.TOMLDecodeError, text: str, file: str) -> SpecError:
 
     msg = str(e)
     m = re.search(r"\(at line (\d+), column (\d+)\)$", msg)
-    if not m:
+    allowed = "TOML: key = value lines, [tables], strings in double quotes"
+    lines = text.splitlines()
+    if not m:  # "at end of document": point past the last line
         m2 = re.search(r"\(at end of document\)$", msg)
         base = msg[: m2.start()].strip() if m2 else msg
-        return SpecError(f"{file}: not valid TOML: {base}", allowed="TOML: key = value lines, [tables], "
-                         "strings in double quotes")
+        return SpecError(f"not valid TOML: {base} (at end of file)", allowed=allowed,
+                         location=Location(file, None, len(lines) or 1))
     line, col = int(m.group(1)), int(m.group(2))
-    lines = text.splitlines()
     src = lines[line - 1] if 0 < line <= len(lines) else ""
     km = re.match(r"\s*([A-Za-z0-9_\-]+)\s*=", src)
-    key = km.group(1) if km else "?"
-    loc = Location(file, key, line, col, src)
-    return SpecError(f"not valid TOML: {msg[: m.start()].strip()}", location=loc,
-                     allowed="TOML: key = value lines, [tables], strings in double quotes")
+    loc = Location(file, km.group(1) if km else None, line, col, src)
+    return SpecError(f"not valid TOML: {msg[: m.start()].strip()}", location=loc, allowed=allowed)

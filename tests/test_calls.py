@@ -1,0 +1,46 @@
+"""Bad calls: every one is a CallError that says what was expected and what was received,
+and running statistics are exactly as they were after any failed call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import normgen
+from normgen import CallError, ops
+from normgen.hostile import BAD_CALLS
+
+X = np.random.default_rng(0).standard_normal((4, 6, 5)).astype(np.float32)
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_bad_calls_raise_clear_errors(case):
+    call, pattern = BAD_CALLS[case]
+    with pytest.raises(CallError, match=pattern):
+        call()
+
+
+def test_failed_calls_leave_running_statistics_unchanged():
+    op = normgen.load("batch_norm")
+    rm = np.arange(6, dtype=np.float32)
+    rv = np.arange(1, 7, dtype=np.float32)
+    before = (rm.copy(), rv.copy())
+    failing = [
+        dict(weight=np.ones(5, np.float32)),
+        dict(out=np.empty((1,), np.float32)),
+        dict(momentum=2.0),
+        dict(bias=np.zeros(6, np.float64)),
+    ]
+    for kw in failing:
+        with pytest.raises(CallError):
+            op.forward(X, running_mean=rm, running_var=rv, training=True, **kw)
+        assert np.array_equal(rm, before[0]) and np.array_equal(rv, before[1])
+    with pytest.raises(CallError):  # a zero-norm weight fails after the kernel ran: nothing else changed
+        ops.weight_norm(np.zeros((3, 4), np.float32), np.ones(3, np.float32))
+
+
+def test_empty_batch_is_an_empty_result():
+    y = ops.layer_norm(np.zeros((0, 5), np.float32), (5,))
+    assert y.shape == (0, 5)
+    fwd = normgen.load("group_norm").forward(np.zeros((0, 6, 3), np.float32), num_groups=3)
+    assert fwd.y.shape == (0, 6, 3) and fwd.mean.shape == (0, 3)
