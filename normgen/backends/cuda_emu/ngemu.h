@@ -681,14 +681,19 @@ NGEMU_LDG_OK(__nv_bfloat162)
 template <class T, std::enable_if_t<ngemu::detail::ldg_ok<T>::value, int> = 0>
 inline T __ldg(const T* p) { return *p; }
 
-// Device assert and __trap become launch errors naming the block and thread, not an abort()
-// of the Python process. As in CUDA, NDEBUG turns assert off.
-#undef assert
-#ifdef NDEBUG
-#define assert(e) ((void)0)
-#else
-#define assert(e) ((e) ? (void)0 : ::ngemu::detail::trap("assertion failed: " #e, __FILE__, __LINE__))
-#endif
+// Device assert() and __trap() become launch errors naming the block and thread, not an
+// abort() of the Python process. glibc's and musl's assert() expand to a call of
+// __assert_fail; <cassert> above has already declared it, so redefining the name as a macro
+// reroutes every later expansion of assert(), also after a later #include <assert.h> (which
+// redefines only the assert macro). As in CUDA, NDEBUG turns assert() off.
+namespace ngemu {
+namespace detail {
+[[noreturn]] inline void assert_fail(const char* expr, const char* file, unsigned line) {
+  trap((std::string("assertion failed: ") + expr).c_str(), file, static_cast<int>(line));
+}
+}  // namespace detail
+}  // namespace ngemu
+#define __assert_fail(expr, file, line, func) ::ngemu::detail::assert_fail(expr, file, line)
 #define __trap() ::ngemu::detail::trap("__trap() called", __FILE__, __LINE__)
 
 // ---------------------------------------------------------------------------------------
@@ -775,8 +780,16 @@ inline std::string type_name() {
   else if (std::is_same<U, bool>::value) base = "bool";
   else if (std::is_same<U, char>::value) base = "char";
   else if (std::is_floating_point<U>::value) base = sizeof(U) == 4 ? "float" : sizeof(U) == 8 ? "double" : "long double";
-  else if (std::is_integral<U>::value)
-    base = std::string(std::is_signed<U>::value ? "int" : "uint") + std::to_string(8 * sizeof(U)) + "_t";
+  else if (std::is_same<U, signed char>::value) base = "signed char";
+  else if (std::is_same<U, unsigned char>::value) base = "unsigned char";
+  else if (std::is_same<U, short>::value) base = "short";
+  else if (std::is_same<U, unsigned short>::value) base = "unsigned short";
+  else if (std::is_same<U, int>::value) base = "int";
+  else if (std::is_same<U, unsigned int>::value) base = "unsigned int";
+  else if (std::is_same<U, long>::value) base = "long";
+  else if (std::is_same<U, unsigned long>::value) base = "unsigned long";
+  else if (std::is_same<U, long long>::value) base = "long long";
+  else if (std::is_same<U, unsigned long long>::value) base = "unsigned long long";
   else base = "struct(" + std::to_string(sizeof(U)) + " bytes)";
   return (std::is_const<T>::value ? "const " : "") + base;
 }
