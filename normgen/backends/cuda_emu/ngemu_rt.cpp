@@ -436,12 +436,16 @@ SharedArrayInfo* declare_shared(const char* name, const char* type_name, size_t 
                                 long long count, const char* file, int line) {
   view(file, line);
   Block* b = current()->block;
-  auto matches = [&](const SharedArrayInfo* a) { return a->name == name && same_site(a->file, a->line, file, line); };
+  // One array per site, name and shape: two template instances of one NG_SHARED line with
+  // different counts are different arrays, as on the GPU.
+  auto matches = [&](const SharedArrayInfo* a) {
+    return a->count == count && a->elem_size == elem_size && a->name == name && same_site(a->file, a->line, file, line);
+  };
   for (SharedArrayInfo* a : b->arrays)
     if (matches(a)) return a;
   SharedArrayInfo* a = nullptr;
   for (auto& c : b->W->arrays)
-    if (matches(c.get()) && c->count == count && c->elem_size == elem_size) a = c.get();
+    if (matches(c.get())) a = c.get();
   if (!a) {
     auto made = std::make_unique<SharedArrayInfo>();
     made->name = name;
