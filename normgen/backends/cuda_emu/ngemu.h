@@ -181,26 +181,28 @@ inline float bf16_to_float(uint16_t h) { return bits_as<float>(static_cast<uint3
 }  // namespace fp
 }  // namespace ngemu
 
-struct __attribute__((aligned(2))) __half {
+namespace ngemu {
+namespace fp {
+// A 16-bit float with E exponent bits and M fraction bits: __half is <5, 10>, __nv_bfloat16
+// <8, 7>. As in CUDA, it converts implicitly from and to float, and keeps its bits in __x.
+template <int E, int M>
+struct __attribute__((aligned(2))) Float16 {
   unsigned short __x;
-  __half() = default;
-  __half(float f) : __x(ngemu::fp::round_double<5, 10>(f)) {}
-  __half(double d) : __x(ngemu::fp::round_double<5, 10>(d)) {}
-  operator float() const { return ngemu::fp::half_to_float(__x); }
+  Float16() = default;
+  Float16(float f) : __x(round_double<E, M>(f)) {}
+  Float16(double d) : __x(round_double<E, M>(d)) {}
+  operator float() const { return E == 5 ? half_to_float(__x) : bf16_to_float(__x); }
 };
-struct __attribute__((aligned(4))) __half2 {
-  __half x, y;
+template <class H>
+struct __attribute__((aligned(4))) Pair16 {
+  H x, y;
 };
-struct __attribute__((aligned(2))) __nv_bfloat16 {
-  unsigned short __x;
-  __nv_bfloat16() = default;
-  __nv_bfloat16(float f) : __x(ngemu::fp::round_double<8, 7>(f)) {}
-  __nv_bfloat16(double d) : __x(ngemu::fp::round_double<8, 7>(d)) {}
-  operator float() const { return ngemu::fp::bf16_to_float(__x); }
-};
-struct __attribute__((aligned(4))) __nv_bfloat162 {
-  __nv_bfloat16 x, y;
-};
+}  // namespace fp
+}  // namespace ngemu
+using __half = ngemu::fp::Float16<5, 10>;
+using __nv_bfloat16 = ngemu::fp::Float16<8, 7>;
+using __half2 = ngemu::fp::Pair16<__half>;
+using __nv_bfloat162 = ngemu::fp::Pair16<__nv_bfloat16>;
 
 namespace ngemu {
 namespace fp {
