@@ -562,9 +562,9 @@ inline T shared_update(const SharedPtr<T>& p, F f, const char* file, int line) {
 }  // namespace ngemu
 
 #define NGEMU_ATOMIC(NAME, T, EXPR)                                                                 \
-  inline T NAME(T* a, T v) { return ngemu::detail::atomic_update(a, [&](T o) -> T { return EXPR; }); } \
+  inline T NAME(T* a, T v) { return ngemu::detail::atomic_update(a, [&](T o) -> T { (void)o; return EXPR; }); } \
   inline T NAME(ngemu::SharedPtr<T> a, T v, const char* f = __builtin_FILE(), int l = __builtin_LINE()) { \
-    return ngemu::detail::shared_update(a, [&](T o) -> T { return EXPR; }, f, l);                    \
+    return ngemu::detail::shared_update(a, [&](T o) -> T { (void)o; return EXPR; }, f, l);                    \
   }
 NGEMU_ATOMIC(atomicAdd, int, o + v)
 NGEMU_ATOMIC(atomicAdd, unsigned int, o + v)
