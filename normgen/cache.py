@@ -36,7 +36,8 @@ from . import __version__
 from .paths import templates_dir
 
 #: the modules whose code decides what is generated: a change to any of them is a new key
-CODEGEN_SOURCES = ("plan.py", "render.py", "bind.py", "cache.py", "backends/cpu_primitives.py")
+CODEGEN_SOURCES = ("plan.py", "render.py", "bind.py", "cache.py", "backends/cpu_primitives.py",
+                   "backends/cuda_emu/prelude.cuh")
 _lock = threading.Lock()
 _loaded: dict[str, types.ModuleType] = {}
 

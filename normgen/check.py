@@ -19,12 +19,14 @@ import numpy as np
 
 from . import oracle
 from .bind import bind
+from .bf16 import from_bits, to_bits
 from .layouts import LAYOUTS, make_array
 from .op import Op
 from .spec import Spec
 
 DTYPES = ("float32", "float64")
-TOLERANCE = {"float32": 2e-4, "float64": 1e-9}
+CUDA_DTYPES = ("float16", "bfloat16", "float32", "float64")
+TOLERANCE = {"float32": 2e-4, "float64": 1e-9, "float16": 5e-3, "bfloat16": 3e-2}
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,53 @@ def _err(a: Any, b: Any) -> float:
     return float(np.nanmax(diff)) / scale if not np.all(np.isnan(diff)) else 0.0
 
 
-def run_case(op: Op, case: Case, layout: str, dtype: str, training: bool, seed: int = 0) -> Result:
-    """One forward + backward against the oracle."""
+def _typed(values: np.ndarray, layout: str, dtype: str):
+    """values in `dtype` and `layout`: (the array for the op, its exact values as float64)."""
+    if dtype == "bfloat16":
+        from .backends.cuda import BF16
+
+        bits = make_array(to_bits(values), layout, np.uint16)
+        return BF16(bits), from_bits(bits).astype(np.float64)
+    a = make_array(values, layout, dtype)
+    return a, a.astype(np.float64)
+
+
+def _values(a) -> np.ndarray:
+    bits = getattr(a, "bits", None)
+    if bits is not None:
+        return from_bits(_host(bits))
+    return _host(a)
+
+
+def _host(a) -> np.ndarray:
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def _on_gpu(a):
+    """A CuPy copy of a NumPy array (or BF16 of one) with the same strides, gaps included."""
+    import cupy
+
+    from .backends.cuda import BF16
+
+    if isinstance(a, BF16):
+        return BF16(_on_gpu(a.bits))
+    if a.ndim == 0 or a.size == 0:
+        return cupy.asarray(a)
+    extent = 1 + sum((n - 1) * s for n, s in zip(a.shape, a.strides)) // a.itemsize  # strides are >= 0 here
+    window = np.lib.stride_tricks.as_strided(a, shape=(extent,), strides=(a.itemsize,))
+    return cupy.lib.stride_tricks.as_strided(cupy.asarray(window), shape=a.shape, strides=a.strides)
+
+
+def run_case(op: Op, case: Case, layout: str, dtype: str, training: bool, seed: int = 0,
+             target: str = "cpu") -> Result:
+    """One forward + backward against the oracle.
+
+    target="cuda" runs the CUDA kernels: on the GPU when CuPy has one, else on the emulator.
+    """
+    from .backends.cuda import cupy_device
+
+    gpu = target == "cuda" and cupy_device() is not None
+    dev = _on_gpu if gpu else (lambda a: a)
     spec = op.spec
     rng = np.random.default_rng(seed)
     sizes = dict(case.sizes)
@@ -140,47 +187,54 @@ def run_case(op: Op, case: Case, layout: str, dtype: str, training: bool, seed: 
     res = Result(spec.name, f"{case.label} {case.shape}", layout, dtype, mode, "", tol=TOLERANCE[dtype])
     try:
         binding = bind(spec, case.shape, sizes)
-        dt = np.dtype(dtype)
-        x = make_array(rng.standard_normal(case.shape) * 2.0 + 3.0, layout, dtype)
-        params = {p: (rng.standard_normal(binding.param_shape) * 0.5 + 1.0).astype(dt)
-                  for p in (spec.affine.params if spec.affine else ())}
+        stat = "float64" if dtype == "float64" else "float32"
+        x, x64 = _typed(rng.standard_normal(case.shape) * 2.0 + 3.0, layout, dtype)
+        typed = {p: _typed(rng.standard_normal(binding.param_shape) * 0.5 + 1.0, "contiguous", dtype)
+                 for p in (spec.affine.params if spec.affine else ())}
+        params = {p: dev(t[0]) for p, t in typed.items()}
+        params64 = {p: t[1] for p, t in typed.items()}
         kw: dict[str, Any] = {}
         if spec.running is not None:
-            kw["running_mean"] = rng.standard_normal(binding.running_shape).astype(dt)
-            kw["running_var"] = (rng.random(binding.running_shape) + 0.5).astype(dt)
+            kw["running_mean"] = rng.standard_normal(binding.running_shape).astype(stat)
+            kw["running_var"] = (rng.random(binding.running_shape) + 0.5).astype(stat)
         if spec.is_mixture:
             k = len(spec.kept)
             kw["mean_weight"] = rng.standard_normal(k)
             kw["var_weight"] = rng.standard_normal(k)
         okw = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
-        res.plan = _plan_label(op, x, sizes)
-        fwd = op.forward(x, training=training, **params, **kw, **sizes)
-        ref = oracle.forward(spec, x, params, sizes=sizes, training=training, **okw)
-        res.errors["y"] = _err(fwd.y, ref.y)
+        eps = {"eps": float(np.finfo(np.float16).eps) if dtype == "float16" else 2.0 ** -7} \
+            if spec.eps == "dtype" and dtype in ("float16", "bfloat16") else {}
+        res.plan = _plan_label(op, x64, sizes, target, dtype)
+        kw = {k: (dev(v) if isinstance(v, np.ndarray) and k.startswith("running") else v) for k, v in kw.items()}
+        fwd = op.forward(dev(x), training=training, target=target, **params, **kw, **sizes)
+        ref = oracle.forward(spec, x64, params64, sizes=sizes, training=training, **okw, **eps)
+        res.errors["y"] = _err(_values(fwd.y), ref.y)
         if fwd.mean is not None:
-            res.errors["mean"] = _err(fwd.mean, ref.mean)
-        res.errors["rstd"] = _err(fwd.rstd, ref.rstd)
+            res.errors["mean"] = _err(_values(fwd.mean), ref.mean)
+        res.errors["rstd"] = _err(_values(fwd.rstd), ref.rstd)
         if training and ref.running_mean is not None:
-            res.errors["running_mean"] = _err(kw["running_mean"], ref.running_mean)
-            res.errors["running_var"] = _err(kw["running_var"], ref.running_var)
-        dy = make_array(rng.standard_normal(case.shape), layout, dtype)
-        grads = op.backward(dy, fwd)
-        oref = oracle.backward(spec, dy, x, params, sizes=sizes, training=training, **okw)
-        res.errors["dx"] = _err(grads.dx, oref["x"])
+            res.errors["running_mean"] = _err(_host(kw["running_mean"]), ref.running_mean)
+            res.errors["running_var"] = _err(_host(kw["running_var"]), ref.running_var)
+        dy, dy64 = _typed(rng.standard_normal(case.shape), layout, dtype)
+        grads = op.backward(dev(dy), fwd)
+        oref = oracle.backward(spec, dy64, x64, params64, sizes=sizes, training=training, **okw, **eps)
+        res.errors["dx"] = _err(_values(grads.dx), oref["x"])
         for name in list(params) + (["mean_weight", "var_weight"] if spec.is_mixture else []):
-            res.errors["d" + name] = _err(grads[name], oref[name])
+            res.errors["d" + name] = _err(_values(grads[name]), oref[name])
     except Exception as e:  # a crash is a failed check, reported with the case
         res.error = f"{type(e).__name__}: {e}"
     return res
 
 
-def _plan_label(op: Op, x: np.ndarray, sizes: dict[str, Any]) -> str:
-    plan = op.plan(x, **sizes)
+def _plan_label(op: Op, x64: np.ndarray, sizes: dict[str, Any], target: str, dtype: str) -> str:
+    from .backends.cpu import elem_strides
+
+    plan = op.plan(x64.shape, strides=elem_strides(x64), dtype=dtype, target=target, **sizes)
     return f"{plan.kernel.strategy.value}/{'fused' if plan.launch.fused else f'{plan.launch.n_parts} parts'}"
 
 
 def check_spec(op: Op, *, layouts: tuple[str, ...] = LAYOUTS, dtypes: tuple[str, ...] = DTYPES,
-               progress: Callable[[Result], None] | None = None) -> list[Result]:
+               progress: Callable[[Result], None] | None = None, target: str = "cpu") -> list[Result]:
     """Every case x layout x dtype x mode of one spec."""
     results = []
     modes = (True, False) if op.spec.running is not None else (True,)
@@ -190,7 +244,7 @@ def check_spec(op: Op, *, layouts: tuple[str, ...] = LAYOUTS, dtypes: tuple[str,
             for dtype in dtypes:
                 for training in modes:
                     seed += 1
-                    r = run_case(op, case, layout, dtype, training, seed)
+                    r = run_case(op, case, layout, dtype, training, seed, target)
                     results.append(r)
                     if progress:
                         progress(r)

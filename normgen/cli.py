@@ -99,20 +99,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.reference:
         root = repo_root()
         outdir = Path(args.output) if args.output else (root / "generated" if root else Path("generated"))
-        files = generate.reference_sources()
+        files = generate.all_reference_sources()
     else:
         if not args.spec or not args.shape:
             raise NormgenError("generate needs SPEC and --shape (or --reference for the bundled reference plans)")
         outdir = Path(args.output or ".")
         op = _op(args.spec)
-        files = generate.sources(op, args.shape, layout=args.layout, dtype=args.dtype, sizes=dict(args.size))
+        files = generate.sources(op, args.shape, layout=args.layout, dtype=args.dtype, sizes=dict(args.size),
+                                 target=args.target)
     for path, written in generate.write(outdir, files):
         print(f"{'wrote    ' if written else 'unchanged'} {path}")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .check import DTYPES, check_spec
+    from .check import CUDA_DTYPES, DTYPES, TOLERANCE, check_spec
     from .layouts import LAYOUTS
     from .library import bundled_names
 
@@ -120,7 +121,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not names:
         raise NormgenError("check needs SPEC or --all")
     layouts = tuple(args.layout) if args.layout else LAYOUTS
-    dtypes = tuple(args.dtype) if args.dtype else DTYPES
+    dtypes = tuple(args.dtype) if args.dtype else CUDA_DTYPES if args.target == "cuda" else DTYPES
+    if args.target == "cuda":
+        print(_cuda_runner_note(), flush=True)
     print(f"{'spec':<24} {'checks':>6} {'failed':>6}  {'max error fwd':>13}  {'max error bwd':>13}  {'time':>6}")
     total_fail = 0
     t_all = time.perf_counter()
@@ -139,7 +142,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             elif sys.stdout.isatty():
                 print(f"  {_n}: {done[0]} checks ...", end="\r", flush=True)
 
-        results = check_spec(op, layouts=layouts, dtypes=dtypes, progress=progress)
+        results = check_spec(op, layouts=layouts, dtypes=dtypes, progress=progress, target=args.target)
         failed = [r for r in results if not r.ok]
         fwd = max((v for r in results for k, v in r.errors.items() if not k.startswith("d")), default=0.0)
         bwd = max((v for r in results for k, v in r.errors.items() if k.startswith("d")), default=0.0)
@@ -152,9 +155,16 @@ def cmd_check(args: argparse.Namespace) -> int:
                   + (r.error or f"{key} = {val:.2e} > {r.tol:.0e}"))
         total_fail += len(failed)
     print(f"{'all' if args.all else names[0]}: {'OK' if not total_fail else f'{total_fail} FAILED'} "
-          f"(errors are max |kernel - oracle| / max(1, max |oracle|); tolerance float32 2e-4, float64 1e-9; "
-          f"{time.perf_counter() - t_all:.0f}s)")
+          f"(errors are max |kernel - oracle| / max(1, max |oracle|); tolerance "
+          + ", ".join(f"{d} {TOLERANCE[d]:.0e}" for d in dtypes) + f"; {time.perf_counter() - t_all:.0f}s)")
     return 1 if total_fail else 0
+
+
+def _cuda_runner_note() -> str:
+    from .backends import cuda
+
+    where = cuda.device_name()
+    return f"CUDA kernels run on: {where}"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -164,24 +174,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # PyTorch's OpenMP workers spin after every call by default, taking the cores from
     # whichever provider runs next; waiting passively leaves PyTorch's own times unchanged.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from . import bench
+    from . import bench, bench_gpu
     from .paths import repo_root
 
+    if args.target == "cuda":
+        bench_gpu.require_gpu()
     if args.shape:
         if len(args.spec or []) != 1:
             raise NormgenError("bench --shape needs exactly one --spec")
         cases = [bench.Case(f"{args.spec[0]} {list(args.shape)} {args.layout}", args.spec[0], args.shape,
                             args.layout, tuple(args.size), "eval" if args.eval else "train")]
     else:
-        cases = [c for c in bench.reference_cases()
+        every = bench_gpu.gpu_cases() if args.target == "cuda" else bench.reference_cases()
+        cases = [c for c in every
                  if (not args.spec or c.spec in args.spec) and (not args.case or any(k in c.name for k in args.case))]
     if not cases:
         raise NormgenError("no benchmark case matches", allowed=", ".join(sorted({c.spec for c in bench.reference_cases()})))
     directions = ("forward",) if args.forward else ("backward",) if args.backward else ("forward", "backward")
-    with_out = (False,) if args.no_out else (False, True)
-    providers = tuple(args.providers.split(","))
-    print(f"normgen bench: {len(cases)} case(s), {args.dtype}, median of {args.repeat} after {args.warmup} "
-          "warm-up runs, providers interleaved", flush=True)
+    with_out = (False,) if args.no_out or args.target == "cuda" else (False, True)
+    providers = tuple(args.providers.split(",")) if args.providers else \
+        ("normgen", "torch", "copy") if args.target == "cuda" else ("normgen", "torch", "numpy", "copy")
+    where = bench_gpu.machine()["gpu"] if args.target == "cuda" else "CPU"
+    print(f"normgen bench: {len(cases)} case(s) on {where}, {args.dtype}, median of {args.repeat} after "
+          f"{args.warmup} warm-up runs, providers interleaved", flush=True)
     results = []
 
     def progress(m) -> None:
@@ -191,17 +206,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"  {m.case:<38} {m.direction:<8} out={'yes' if m.with_out else 'no ':<3} normgen {m.ms['normgen']:8.2f} ms "
               f"{m.gbps['normgen']:6.1f} GB/s  x torch {vs:5.2f}  of copy {copy:4.0%}", flush=True)
 
-    bench.run_cases(cases, directions=directions, dtype=args.dtype, threads=args.threads, repeat=args.repeat,
-                    warmup=args.warmup, providers=providers, with_out=with_out, progress=progress)
+    if args.target == "cuda":
+        bench_gpu.run_cases(cases, directions=directions, dtype=args.dtype, repeat=args.repeat, warmup=args.warmup,
+                            providers=providers, progress=progress)
+    else:
+        bench.run_cases(cases, directions=directions, dtype=args.dtype, threads=args.threads, repeat=args.repeat,
+                        warmup=args.warmup, providers=providers, with_out=with_out, progress=progress)
     print()
     print(bench.table(results))
     if args.json is not None:
         root = repo_root() or Path(".")
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path(args.json) if args.json else root / "bench" / "results" / f"cpu-{stamp}.json"
+        path = Path(args.json) if args.json else root / "bench" / "results" / f"{args.target}-{stamp}.json"
         from .backends import cpu
 
-        bench.save_json(results, path, {"dtype": args.dtype, "threads": cpu.threads(), "repeat": args.repeat})
+        extra = {"dtype": args.dtype, "repeat": args.repeat, "target": args.target}
+        extra.update({"gpu": where} if args.target == "cuda" else {"threads": cpu.threads()})
+        bench.save_json(results, path, extra)
         print(f"wrote {path}")
     if args.plot:
         bench.plot(results, Path(args.plot))
@@ -236,7 +257,8 @@ def parser() -> argparse.ArgumentParser:
 
         s.add_argument("--shape", type=_parse_ints, required=required, help="shape of x, e.g. 32,128,56,56")
         s.add_argument("--layout", default="contiguous", choices=LAYOUTS, help="memory layout of x")
-        s.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+        s.add_argument("--dtype", default="float32", choices=("float32", "float64", "float16", "bfloat16"))
+        s.add_argument("--target", default="cpu", choices=("cpu", "cuda"), help="CPU (Numba) or CUDA kernels")
         s.add_argument("--size", type=_parse_size, action="append", default=[], metavar="NAME=VALUE",
                        help="a call-time size, e.g. num_groups=32 or normalized_shape=1024 (repeatable)")
 
@@ -259,7 +281,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("spec", nargs="?")
     s.add_argument("--all", action="store_true", help="every bundled spec")
     s.add_argument("--layout", action="append", help="only these layouts (repeatable)")
-    s.add_argument("--dtype", action="append", choices=("float32", "float64"), help="only these dtypes")
+    s.add_argument("--dtype", action="append", choices=("float32", "float64", "float16", "bfloat16"),
+                   help="only these dtypes (default: float32, float64; with --target cuda also float16, bfloat16)")
+    s.add_argument("--target", default="cpu", choices=("cpu", "cuda"),
+                   help="cpu: the Numba kernels; cuda: the CUDA kernels (on the GPU, or on the CPU emulator "
+                        "when there is none)")
     s.add_argument("-v", "--verbose", action="store_true", help="one line per check")
     s.add_argument("--show-failures", type=int, default=10, help="failures to detail per spec")
     s.set_defaults(fn=cmd_check)
@@ -275,8 +301,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--forward", action="store_true", help="forward only")
     s.add_argument("--backward", action="store_true", help="backward only")
     s.add_argument("--no-out", action="store_true", help="skip the out= runs")
-    s.add_argument("--providers", default="normgen,torch,numpy,copy")
-    s.add_argument("--json", nargs="?", const="", help="save results (default bench/results/cpu-DATE.json)")
+    s.add_argument("--providers", help="comma-separated (default: normgen,torch,numpy,copy on cpu; "
+                   "normgen,torch,copy on cuda)")
+    s.add_argument("--json", nargs="?", const="", help="save results (default bench/results/TARGET-DATE.json)")
     s.add_argument("--plot", help="draw GB/s per provider to this PNG")
     s.set_defaults(fn=cmd_bench)
 

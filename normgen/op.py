@@ -26,12 +26,6 @@ from .errors import CallError, NormgenError
 from .plan import Direction, Plan, make_plan
 from .spec import Center, Scale, Spec, load_spec
 
-def cpu_strides(a: np.ndarray):
-    from .backends.cpu import elem_strides
-
-    return elem_strides(a)
-
-
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _SPEC_DEFAULT: Any = object()
 
@@ -40,14 +34,14 @@ _SPEC_DEFAULT: Any = object()
 class Forward:
     """The result of a forward call: y, the statistics, and what backward needs.
 
-    The statistics are kept the way the kernels use them: the mean split into hi + lo in
-    x's dtype (for float32, hi alone loses the digits that x - mean needs), and rstd.
+    The kernels keep, per kept index, the mean split into hi + lo (for float32, hi alone
+    loses the digits that x - mean needs) and rstd: `kstats`, an array [groups, 3] of the
+    backend (NumPy on the CPU, CuPy on a GPU). `mean` and `rstd` are views of it.
     """
 
     y: Any
-    hi: np.ndarray = field(repr=False)  # per kept index (kept order), x's dtype
-    lo: np.ndarray = field(repr=False)
-    rs: np.ndarray = field(repr=False)
+    kstats: Any = field(repr=False)
+    backend: Any = field(repr=False)
     centered: bool = field(repr=False, default=True)
     # what backward needs
     x: Any = field(repr=False, default=None)
@@ -57,21 +51,33 @@ class Forward:
     eval_mode: bool = field(repr=False, default=False)
     eps: float = field(repr=False, default=0.0)
     mix: dict[str, Any] | None = field(repr=False, default=None)  # Switchable Norm intermediates
+    _host: np.ndarray | None = field(repr=False, default=None)
 
     @property
-    def mean(self) -> np.ndarray | None:
-        """The mean per kept index (kept order), in x's dtype; None without centering."""
-        return self.hi if self.centered else None
+    def mean(self):
+        """The mean per kept index (kept order); None without centering."""
+        return self.kstats[:, 0].reshape(self.binding.stats_shape) if self.centered else None
 
     @property
-    def rstd(self) -> np.ndarray:
-        """1 / sigma per kept index (kept order), in x's dtype."""
-        return self.rs
+    def rstd(self):
+        """1 / sigma per kept index (kept order)."""
+        return self.kstats[:, 2].reshape(self.binding.stats_shape)
+
+    def host(self) -> np.ndarray:
+        """kstats on the host (copied once from a GPU)."""
+        if self._host is None:
+            self._host = self.backend.to_host(self.kstats)
+        return self._host
 
     @property
     def mu64(self) -> np.ndarray:
-        """The mean in float64 (hi + lo)."""
-        return self.hi.astype(np.float64) + self.lo
+        """The mean in float64 (hi + lo), on the host, in the statistics' shape."""
+        h = self.host()
+        return (h[:, 0].astype(np.float64) + h[:, 1]).reshape(self.binding.stats_shape)
+
+    @property
+    def rstd64(self) -> np.ndarray:
+        return self.host()[:, 2].astype(np.float64).reshape(self.binding.stats_shape)
 
 
 @dataclass
@@ -130,43 +136,53 @@ class Op:
                             f"allowed: {', '.join(allowed)}")
         return sizes
 
-    def _check_x(self, x: Any, what: str = "x") -> np.ndarray:
-        if not isinstance(x, np.ndarray):
-            if type(x).__module__.startswith("cupy"):
-                raise CallError(f"{self.name}: CuPy arrays need the cuda backend, which is not built yet")
-            raise CallError(f"{self.name}: {what} must be a NumPy array, got {type(x).__name__}")
-        if x.dtype not in FLOAT_DTYPES:
-            raise CallError(f"{self.name}: {what} has dtype {x.dtype}; the cpu backend takes float32 or float64")
+    def _backend(self, x: Any, target: str | None):
+        """The backend that owns x: NumPy -> cpu, CuPy -> cuda (target="cuda" runs NumPy
+        arrays through the CUDA kernels on the CPU emulator, for testing)."""
+        from .backends import select
+
+        try:
+            return select(x, target)
+        except TypeError as e:
+            raise CallError(f"{self.name}: {e}") from None
+
+    def _check_x(self, x: Any, backend, what: str = "x"):
+        if not backend.owns(x):
+            raise CallError(f"{self.name}: {what} must be a {_kind(backend)} array, got {type(x).__name__}")
+        dtype = backend.dtype(x)
+        if dtype not in backend.dtypes:
+            raise CallError(f"{self.name}: {what} has dtype {dtype}; the {backend.name} backend takes "
+                            + " or ".join(backend.dtypes))
         return x
 
-    def _check_param(self, name: str, p: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        if not isinstance(p, np.ndarray):
-            raise CallError(f"{self.name}: {name} must be a NumPy array, got {type(p).__name__}")
-        if p.shape != shape:
-            raise CallError(f"{self.name}: {name} has shape {p.shape}, expected {shape}")
-        if p.dtype != dtype:
-            raise CallError(f"{self.name}: {name} has dtype {p.dtype}, expected {dtype} (the dtype of x)")
-        return np.ascontiguousarray(p)
+    def _check_param(self, name: str, p: Any, shape: tuple[int, ...], dtype: str, backend):
+        if not backend.owns(p):
+            raise CallError(f"{self.name}: {name} must be a {_kind(backend)} array, got {type(p).__name__}")
+        if tuple(p.shape) != shape:
+            raise CallError(f"{self.name}: {name} has shape {tuple(p.shape)}, expected {shape}")
+        if backend.dtype(p) != dtype:
+            raise CallError(f"{self.name}: {name} has dtype {backend.dtype(p)}, expected {dtype} (the dtype of x)")
+        return backend.contiguous(p) if backend.strides(p) != _dense(p.shape) else p
 
-    def _check_out(self, out: Any, like: np.ndarray, *inputs: np.ndarray) -> np.ndarray:
+    def _check_out(self, out: Any, like, backend, *inputs):
         if out is None:
-            return alloc.empty_like(like)
-        if not isinstance(out, np.ndarray):
-            raise CallError(f"{self.name}: out must be a NumPy array, got {type(out).__name__}")
-        if out.shape != like.shape or out.dtype != like.dtype:
-            raise CallError(f"{self.name}: out has shape {out.shape} and dtype {out.dtype}, "
-                            f"expected {like.shape} and {like.dtype}")
-        if not out.flags.writeable:
+            return backend.empty_like(like)
+        if not backend.owns(out):
+            raise CallError(f"{self.name}: out must be a {_kind(backend)} array, got {type(out).__name__}")
+        if tuple(out.shape) != tuple(like.shape) or backend.dtype(out) != backend.dtype(like):
+            raise CallError(f"{self.name}: out has shape {tuple(out.shape)} and dtype {backend.dtype(out)}, "
+                            f"expected {tuple(like.shape)} and {backend.dtype(like)}")
+        if not backend.writeable(out):
             raise CallError(f"{self.name}: out is read-only")
-        if cpu_strides(out) is None:
-            raise CallError(f"{self.name}: out has strides {out.strides} that the kernels cannot write "
+        if backend.strides(out) is None:
+            raise CallError(f"{self.name}: out has strides {_bits_of(out).strides} that the kernels cannot write "
                             "(negative, zero or not a multiple of the item size)")
         for a in inputs:
-            if np.may_share_memory(out, a):
+            if backend.overlaps(out, a):
                 raise CallError(f"{self.name}: out overlaps an input; pass a separate array")
         return out
 
-    def _check_running(self, binding: Binding, running_mean: Any, running_var: Any, dtype: np.dtype):
+    def _check_running(self, binding: Binding, running_mean: Any, running_var: Any, backend):
         spec = self.spec
         if running_mean is None and running_var is None:
             return None, None
@@ -175,19 +191,19 @@ class Op:
         if running_mean is None or running_var is None:
             raise CallError(f"{self.name}: give both running_mean and running_var, or neither")
         for name, r in (("running_mean", running_mean), ("running_var", running_var)):
-            if not isinstance(r, np.ndarray):
-                raise CallError(f"{self.name}: {name} must be a NumPy array, got {type(r).__name__}")
-            if r.shape != binding.running_shape:
-                raise CallError(f"{self.name}: {name} has shape {r.shape}, expected {binding.running_shape}")
-            if r.dtype not in FLOAT_DTYPES:
-                raise CallError(f"{self.name}: {name} has dtype {r.dtype}, expected float32 or float64")
-            if not r.flags.writeable:
+            if not backend.owns(r):
+                raise CallError(f"{self.name}: {name} must be a {_kind(backend)} array, got {type(r).__name__}")
+            if tuple(r.shape) != binding.running_shape:
+                raise CallError(f"{self.name}: {name} has shape {tuple(r.shape)}, expected {binding.running_shape}")
+            if backend.dtype(r) not in ("float32", "float64"):
+                raise CallError(f"{self.name}: {name} has dtype {backend.dtype(r)}, expected float32 or float64")
+            if not backend.writeable(r):
                 raise CallError(f"{self.name}: {name} is read-only; running statistics are updated in place")
         return running_mean, running_var
 
-    def _eps(self, eps: Any, dtype: np.dtype) -> float:
+    def _eps(self, eps: Any, dtype: str) -> float:
         if eps is None or eps is _SPEC_DEFAULT:
-            return float(np.finfo(dtype).eps) if self.spec.eps == "dtype" else float(self.spec.eps)
+            return float(_machine_eps(dtype)) if self.spec.eps == "dtype" else float(self.spec.eps)
         eps = float(eps)
         if not math.isfinite(eps) or eps < 0:
             raise CallError(f"{self.name}: eps must be a finite number >= 0, got {eps}")
@@ -199,46 +215,47 @@ class Op:
     def _bind(self, shape: tuple[int, ...], sizes: dict[str, Any]) -> Binding:
         """bind(), remembered per (shape, sizes): calls repeat their shapes."""
         try:
-            key = (shape, tuple(sorted((k, v if np.isscalar(v) else tuple(v)) for k, v in sizes.items())))
+            key = (tuple(shape), tuple(sorted((k, v if np.isscalar(v) else tuple(v)) for k, v in sizes.items())))
             hash(key)
         except TypeError:
-            return bind(self.spec, shape, sizes)
+            return bind(self.spec, tuple(shape), sizes)
         found = self._bindings.get(key)
         if found is None:
-            found = self._bindings[key] = bind(self.spec, shape, sizes)
+            found = self._bindings[key] = bind(self.spec, tuple(shape), sizes)
             if len(self._bindings) > 256:
                 self._bindings.pop(next(iter(self._bindings)))
         return found
 
-    def _plan(self, binding: Binding, strides: dict[str, tuple[int, ...]], direction: Direction, dtype: np.dtype,
-              has_w: bool, has_b: bool) -> Plan:
-        """make_plan(), remembered per call structure (the planner is pure)."""
+    def _plan(self, backend, binding: Binding, strides: dict[str, tuple[int, ...]], direction: Direction,
+              dtype: str, has_w: bool, has_b: bool, reduce_by: str = "stats") -> Plan:
+        """The backend's plan for a call, remembered per call structure (planning is pure)."""
         from . import plan as planner
         from .backends import cpu
 
-        key = (id(binding), tuple(strides.items()), direction, str(dtype), has_w, has_b, cpu.threads(),
-               planner.FORCE_PARTS)
+        key = (backend.name, id(getattr(backend, "device", None)), id(binding), tuple(strides.items()), direction,
+               dtype, has_w, has_b, reduce_by, cpu.threads(), planner.FORCE_PARTS)
         found = self._plans.get(key)
         if found is None or found.binding is not binding:
-            found = self._plans[key] = make_plan(binding, strides, direction=direction, dtype=str(dtype),
-                                                 has_weight=has_w, has_bias=has_b, threads=cpu.threads())
+            found = self._plans[key] = backend.plan(binding, strides, direction, dtype, has_w, has_b, reduce_by)
             if len(self._plans) > 256:
                 self._plans.pop(next(iter(self._plans)))
         return found
 
     def plan(self, x: np.ndarray | tuple[int, ...], *, direction: str = "forward", params: bool = True,
-             strides: tuple[int, ...] | None = None, dtype: str | None = None, **sizes: Any) -> Plan:
+             strides: tuple[int, ...] | None = None, dtype: str | None = None, target: str = "cpu",
+             **sizes: Any) -> Plan:
         """The plan a call would use, for an array `x` or a shape with element `strides`.
 
         The output (y or dx) and dy are taken dense in x's dimension order, as a call
         that allocates them would. Used by `normgen plan` and `normgen generate`.
         """
-        from .backends import cpu
+        from .backends import select
         from .layouts import layout_strides, like_strides
 
+        backend = select(None, target)
         if isinstance(x, np.ndarray):
             shape, dtype = x.shape, str(x.dtype)
-            strides = cpu.elem_strides(x)
+            strides = backend.strides(x)
             if strides is None:
                 raise CallError(f"{self.name}: x has strides the kernels cannot walk; it would be copied")
         else:
@@ -251,91 +268,90 @@ class Op:
         out = like_strides(shape, strides)
         unit = tuple(0 if n == 1 else s for n, s in zip(shape, strides))
         arrays = ({"x": unit, "y": out} if direction == "forward" else {"x": unit, "dy": out, "dx": out})
-        return make_plan(binding, arrays, direction=Direction(direction), dtype=dtype,
-                         has_weight=has_w, has_bias=has_b, threads=cpu.threads())
+        return backend.plan(binding, arrays, Direction(direction), dtype, has_w, has_b)
 
     # ---- forward ----------------------------------------------------------------------
     def forward(self, x, *params, out=None, training: bool = True, running_mean=None, running_var=None,
                 momentum: Any = _SPEC_DEFAULT, eps: Any = None, num_batches_tracked: Any = None,
-                mean_weight=None, var_weight=None, **kwargs) -> Forward:
+                mean_weight=None, var_weight=None, target: str | None = None, **kwargs) -> Forward:
         """Normalize x. Returns a Forward with y, mean and rstd (statistics in kept order).
 
         training=False with running statistics normalizes with them (evaluation mode).
+        NumPy arrays run on the CPU, CuPy arrays on the GPU; target="cuda" runs NumPy
+        arrays through the CUDA kernels on the CPU emulator (for testing).
         """
-        from .backends import cpu
-
         spec = self.spec
+        backend = self._backend(x, target)
         pvals = self._params(params, kwargs)
         sizes = self._sizes(kwargs)
-        x = self._check_x(x)
+        x = self._check_x(x, backend)
+        dtype = backend.dtype(x)
         binding = self._bind(x.shape, sizes)
-        checked = {n: self._check_param(n, p, binding.param_shape, x.dtype) for n, p in pvals.items()}
-        running_mean, running_var = self._check_running(binding, running_mean, running_var, x.dtype)
-        e = self._eps(eps, x.dtype)
+        checked = {n: self._check_param(n, p, binding.param_shape, dtype, backend) for n, p in pvals.items()}
+        running_mean, running_var = self._check_running(binding, running_mean, running_var, backend)
+        e = self._eps(eps, dtype)
         eval_mode = running_mean is not None and not training
         mix = self._check_mix(mean_weight, var_weight)
         factor = self._momentum(momentum, num_batches_tracked) if (running_mean is not None and training) else None
-        y = self._check_out(out, x, x)
+        y = self._check_out(out, x, backend, x)
         n = binding.group_size
         if binding.n_groups == 0 or x.size == 0:
             if n == 0 and binding.n_groups:
-                raise CallError(f"{self.name}: the reduced axes of input {x.shape} have no elements "
+                raise CallError(f"{self.name}: the reduced axes of input {tuple(x.shape)} have no elements "
                                 f"(statistics over 0 values)")
-            return self._empty_forward(x, y, binding)
+            return self._empty_forward(x, y, binding, backend)
         if factor is not None and n == 1:
             raise CallError(f"{self.name}: expected more than 1 value per statistic when training "
-                            f"(input {x.shape} has 1); running variance needs n - 1 > 0")
-        xk = x if cpu.elem_strides(x) is not None else np.ascontiguousarray(x)
+                            f"(input {tuple(x.shape)} has 1); running variance needs n - 1 > 0")
+        xk = x if backend.strides(x) is not None else backend.contiguous(x)
         w = checked.get(spec.affine.weight) if spec.affine and spec.affine.weight else None
         b = checked.get(spec.affine.bias) if spec.affine and spec.affine.bias else None
-        yk = y
-        plan = self._plan(binding, {"x": cpu.elem_strides(xk), "y": cpu.elem_strides(yk)}, Direction.FORWARD,
-                          x.dtype, w is not None, b is not None)
-        shape = binding.stats_shape
+        plan = self._plan(backend, binding, {"x": backend.strides(xk), "y": backend.strides(y)}, Direction.FORWARD,
+                          dtype, w is not None, b is not None)
+        sdt = backend.stat_dtype(dtype)
         mix_info = None
         new_running = None
         if eval_mode and not spec.is_mixture:
-            rstd = 1.0 / np.sqrt(_broadcast_running(binding, running_var) + e)
-            hi, lo = st.split_mean(_broadcast_running(binding, running_mean), x.dtype)
-            rs = rstd.astype(x.dtype)
-            cpu.forward_apply(plan, xk, yk, w, b, hi, lo, rs)
-        elif plan.launch.fused and not spec.is_mixture:
-            moments, kstats = cpu.forward_fused(plan, xk, yk, w, b, e)
-            hi, lo, rs = (kstats[:, k].reshape(shape) for k in range(3))
-            if spec.scale is Scale.L2 and e == 0 and not np.isfinite(rs).all():
-                self._zero_norm(np.isinf(rs))
+            rstd = 1.0 / np.sqrt(_broadcast_running(binding, backend.to_host(running_var)) + e)
+            kstats = backend.from_host(_kstats(_broadcast_running(binding, backend.to_host(running_mean)), rstd, sdt))
+            backend.apply(plan, xk, y, w, b, kstats)
+        elif not spec.is_mixture:
+            moments, kstats = backend.train_forward(plan, xk, y, w, b, e,
+                                                    lambda m: _kstats_of(spec, m, e, sdt, binding))
+            if spec.scale is Scale.L2 and e == 0:
+                rs = backend.to_host(kstats)[:, 2]
+                if not np.isfinite(rs).all():
+                    self._zero_norm(np.isinf(rs).reshape(binding.stats_shape))
             if factor is not None:
-                cnt, mean, m2 = (moments[:, 0, k].reshape(shape) for k in range(3))
-                norm = st.normalizer(spec, cnt, mean, m2, e)
-                new_running = self._running(binding, norm, None, n, factor, running_mean, running_var)
+                m = backend.to_host(moments).reshape(binding.stats_shape + (3,))
+                norm = st.normalizer(spec, m[..., 0], m[..., 1], m[..., 2], e)
+                new_running = self._running(binding, norm, None, n, factor, running_mean, running_var, backend)
         else:
-            cnt, mean, m2 = (a.reshape(shape) for a in st.merge_parts(cpu.forward_partial(plan, xk)))
-            norm = st.normalizer(spec, cnt, mean, m2, e)
-            if spec.is_mixture:
-                norm, mix_info = self._mix(binding, norm, mix, eval_mode, running_mean, running_var, e)
-            if spec.scale is Scale.L2 and e == 0 and np.any(norm.var == 0):
-                self._zero_norm(norm.var == 0)
-            hi, lo = st.split_mean(norm.mean, x.dtype)
-            rs = norm.rstd.astype(x.dtype)
-            cpu.forward_apply(plan, xk, yk, w, b, hi, lo, rs)
+            m = backend.moments(plan, xk).reshape(binding.stats_shape + (3,))
+            norm = st.normalizer(spec, m[..., 0], m[..., 1], m[..., 2], e)
+            norm, mix_info = self._mix(binding, norm, mix, eval_mode, backend.to_host(running_mean)
+                                       if running_mean is not None else None,
+                                       backend.to_host(running_var) if running_var is not None else None, e)
+            kstats = backend.from_host(_kstats(norm.mean, norm.rstd, sdt))
+            backend.apply(plan, xk, y, w, b, kstats)
             if factor is not None:
-                new_running = self._running(binding, norm, mix_info, n, factor, running_mean, running_var)
+                new_running = self._running(binding, norm, mix_info, n, factor, running_mean, running_var, backend)
         if new_running is not None:  # every kernel has run: now update in place, both or neither
-            running_mean[...] = new_running[0]
-            running_var[...] = new_running[1]
+            running_mean[...] = backend.from_host(new_running[0])
+            running_var[...] = backend.from_host(new_running[1])
             if isinstance(num_batches_tracked, np.ndarray):
                 num_batches_tracked += 1
-        return Forward(y=y, hi=hi, lo=lo, rs=rs, centered=spec.center is Center.MEAN, x=xk, params=checked,
-                       sizes=sizes, binding=binding, eval_mode=eval_mode, eps=e, mix=mix_info)
+        return Forward(y=y, kstats=kstats, backend=backend, centered=spec.center is Center.MEAN, x=xk,
+                       params=checked, sizes=sizes, binding=binding, eval_mode=eval_mode, eps=e, mix=mix_info)
 
     def _zero_norm(self, bad: np.ndarray) -> None:
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise CallError(f"{self.name}: the group at kept index {where} has zero norm, so v / ||v|| is "
                         "undefined (eps = 0)")
 
-    def _empty_forward(self, x, y, binding) -> Forward:
-        z = np.zeros(binding.stats_shape, x.dtype)
-        return Forward(y=y, hi=z, lo=z.copy(), rs=z.copy(), centered=self.spec.center is Center.MEAN, x=x,
+    def _empty_forward(self, x, y, binding, backend) -> Forward:
+        kstats = backend.from_host(np.zeros((0, 3), backend.stat_dtype(backend.dtype(x))))
+        return Forward(y=y, kstats=kstats, backend=backend, centered=self.spec.center is Center.MEAN, x=x,
                        binding=binding)
 
     def _momentum(self, momentum: Any, num_batches_tracked: Any) -> float:
@@ -390,7 +406,7 @@ class Op:
         return st.Normalizer(mu, var, 1.0 / np.sqrt(var + eps)), info
 
     def _running(self, binding: Binding, norm: st.Normalizer, mix_info, n: int, factor: float,
-                 running_mean, running_var):
+                 running_mean, running_var, backend):
         """New running statistics (PyTorch's formulas); the caller assigns them."""
         if mix_info is not None:  # a mixture tracks the component whose kept set the running axes are
             k = next(i for i, c in enumerate(self.spec.kept) if set(c) == set(self.spec.running.axes))
@@ -403,23 +419,24 @@ class Op:
         dims = binding.running_dims
         mean_b = st.average_to(np.asarray(mean), dims, dims)
         var_b = st.average_to(np.asarray(var) * (count / (count - 1)), dims, dims)
-        new_mean = st.running_update(running_mean, mean_b.reshape(running_mean.shape), factor)
-        new_var = st.running_update(running_var, var_b.reshape(running_var.shape), factor)
-        return new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)
+        old_mean, old_var = backend.to_host(running_mean), backend.to_host(running_var)
+        new_mean = st.running_update(old_mean, mean_b.reshape(old_mean.shape), factor)
+        new_var = st.running_update(old_var, var_b.reshape(old_var.shape), factor)
+        return new_mean.astype(old_mean.dtype), new_var.astype(old_var.dtype)
 
     # ---- backward ---------------------------------------------------------------------
     def backward(self, dy, fwd: Forward, *, out=None) -> Grads:
         """Gradients of sum(dy * y) for x and every parameter the forward call was given."""
-        from .backends import cpu
-
         spec = self.spec
+        backend = fwd.backend
         x = fwd.x
-        dy = self._check_x(dy, "dy")
-        if dy.shape != x.shape or dy.dtype != x.dtype:
-            raise CallError(f"{self.name}: dy has shape {dy.shape} and dtype {dy.dtype}, expected "
-                            f"{x.shape} and {x.dtype} (those of x)")
-        dyk = dy if cpu.elem_strides(dy) is not None else np.ascontiguousarray(dy)
-        dx = self._check_out(out, x, x, dy)
+        dy = self._check_x(dy, backend, "dy")
+        dtype = backend.dtype(x)
+        if tuple(dy.shape) != tuple(x.shape) or backend.dtype(dy) != dtype:
+            raise CallError(f"{self.name}: dy has shape {tuple(dy.shape)} and dtype {backend.dtype(dy)}, expected "
+                            f"{tuple(x.shape)} and {dtype} (those of x)")
+        dyk = dy if backend.strides(dy) is not None else backend.contiguous(dy)
+        dx = self._check_out(out, x, backend, x, dy)
         binding = fwd.binding
         w = fwd.params.get(spec.affine.weight) if spec.affine and spec.affine.weight else None
         b = fwd.params.get(spec.affine.bias) if spec.affine and spec.affine.bias else None
@@ -427,40 +444,44 @@ class Op:
         if x.size == 0:
             dx[...] = 0
             for name, p in fwd.params.items():
-                grads[name] = np.zeros_like(p)
+                grads[name] = backend.from_host(np.zeros(tuple(p.shape), backend.stat_dtype(dtype)))
             return Grads(dx, grads)
-        plan = self._plan(binding, {"x": cpu.elem_strides(x), "dy": cpu.elem_strides(dyk), "dx": cpu.elem_strides(dx)},
-                          Direction.BACKWARD, x.dtype, w is not None, b is not None)
-        hi, lo = fwd.hi, fwd.lo
-        shape = binding.stats_shape
-        if plan.launch.fused and not spec.is_mixture and not fwd.eval_mode:
-            dparams = cpu.backward_fused(plan, x, dyk, dx, w, hi, lo, fwd.rs)
+        strides = {"x": backend.strides(x), "dy": backend.strides(dyk), "dx": backend.strides(dx)}
+        has_w, has_b = w is not None, b is not None
+        plan = self._plan(backend, binding, strides, Direction.BACKWARD, dtype, has_w, has_b)
+        extra = {}
+        if backend.name == "cuda":  # its parameter gradients may need a second reduction, planned on demand
+            extra["param_plan"] = lambda: self._plan(backend, binding, strides, Direction.BACKWARD, dtype, has_w,
+                                                     has_b, "params")
+        kstats = fwd.kstats
+        n = binding.group_size
+        if not spec.is_mixture and not fwd.eval_mode:
+            def coefficients(a, bsum):
+                return np.stack(st.backward_coefficients(spec, n, fwd.rstd64.reshape(-1), a, bsum), axis=1)
+
+            dw, db = backend.train_backward(plan, x, dyk, dx, w, kstats, coefficients, **extra)
         else:
-            rstd = fwd.rs.astype(np.float64)
-            sums, dparams = cpu.backward_partial(plan, x, dyk, w, hi, lo, fwd.rs)
-            a = sums[:, :, 0].sum(axis=1).reshape(shape)
-            bsum = sums[:, :, 1].sum(axis=1).reshape(shape)
-            n = binding.group_size
-            if fwd.eval_mode and not spec.is_mixture:
-                c0, c1, c2 = rstd, np.zeros_like(rstd), np.zeros_like(rstd)
-            elif spec.is_mixture:
-                (c0, c1, c2), mix_grads = self._mix_backward(binding, fwd, a, bsum)
+            a, bsum, dw, db = backend.grad_sums(plan, x, dyk, w, kstats, **extra)
+            rstd = fwd.rstd64.reshape(-1)
+            if spec.is_mixture:
+                shape = binding.stats_shape
+                (c0, c1, c2), mix_grads = self._mix_backward(binding, fwd, a.reshape(shape), bsum.reshape(shape))
                 grads.update(mix_grads)
-            else:
-                c0, c1, c2 = st.backward_coefficients(spec, n, rstd, a, bsum)
-            cpu.backward_apply(plan, x, dyk, dx, w, hi, lo, c0, c1, c2)
-        if w is not None or b is not None:
-            dw, db = cpu.reduce_dparams(plan, dparams)
-            if w is not None:
-                grads[spec.affine.weight] = dw.reshape(binding.param_shape).astype(x.dtype)
-            if b is not None:
-                grads[spec.affine.bias] = db.reshape(binding.param_shape).astype(x.dtype)
+                coef = np.stack([np.asarray(c).reshape(-1) for c in (c0, c1, c2)], axis=1)
+            else:  # evaluation: the statistics are constants
+                coef = np.stack([rstd, np.zeros_like(rstd), np.zeros_like(rstd)], axis=1)
+            backend.grad_apply(plan, x, dyk, dx, w, kstats, coef)
+        pdt = backend.stat_dtype(dtype) if dtype in ("float16", "bfloat16") else np.dtype(dtype)
+        if w is not None:
+            grads[spec.affine.weight] = backend.from_host(dw.reshape(binding.param_shape).astype(pdt))
+        if b is not None:
+            grads[spec.affine.bias] = backend.from_host(db.reshape(binding.param_shape).astype(pdt))
         return Grads(dx, grads)
 
     def _mix_backward(self, binding: Binding, fwd: Forward, a: np.ndarray, b: np.ndarray):
         """Chain rule through the Switchable Norm mix (see DESIGN.md and oracle.backward)."""
         info = fwd.mix
-        rstd = fwd.rs.astype(np.float64)
+        rstd = fwd.rstd64
         n = binding.group_size
         d_mu = -rstd * a
         d_var = -0.5 * b * rstd * rstd
@@ -483,6 +504,37 @@ class Op:
         grads = {"mean_weight": (mw * (d_mw - np.dot(mw, d_mw))).astype(info["mean_weight"].dtype),
                  "var_weight": (vw * (d_vw - np.dot(vw, d_vw))).astype(info["var_weight"].dtype)}
         return (rstd, np.broadcast_to(c1, rstd.shape), np.broadcast_to(c2, rstd.shape)), grads
+
+
+def _kind(backend) -> str:
+    return "NumPy" if backend.name == "cpu" else "CuPy (or NumPy, with target='cuda')"
+
+
+def _bits_of(a):
+    return getattr(a, "bits", a)
+
+
+def _dense(shape) -> tuple[int, ...]:
+    out, s = [], 1
+    for n in reversed(tuple(shape)):
+        out.append(0 if n == 1 else s)
+        s *= n
+    return tuple(reversed(out))
+
+
+def _machine_eps(dtype: str) -> float:
+    return {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}.get(dtype) or float(np.finfo(np.dtype(dtype)).eps)
+
+
+def _kstats(mean: np.ndarray, rstd: np.ndarray, sdt: np.dtype) -> np.ndarray:
+    """[groups, 3]: (mean hi, mean lo, rstd) in the statistics dtype, from float64 values."""
+    hi, lo = st.split_mean(np.asarray(mean, np.float64).reshape(-1), sdt)
+    return np.stack([hi, lo, np.asarray(rstd, np.float64).reshape(-1).astype(sdt)], axis=1)
+
+
+def _kstats_of(spec: Spec, moments: np.ndarray, eps: float, sdt: np.dtype, binding: Binding) -> np.ndarray:
+    norm = st.normalizer(spec, moments[:, 0], moments[:, 1], moments[:, 2], eps)
+    return _kstats(norm.mean, norm.rstd, sdt)
 
 
 def _broadcast_running(binding: Binding, running: np.ndarray, keep_dims: tuple[int, ...] | None = None) -> np.ndarray:

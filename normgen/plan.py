@@ -96,6 +96,7 @@ class Kernel:
     scale: Scale
     has_weight: bool
     has_bias: bool
+    reduce_by: str = "stats"  # "params": groups are parameter indices (the parameter-gradient reduction)
 
     def stride_class(self, array: str, dim: int | None) -> str:
         """'1' contiguous, '0' constant, 's' strided: how `array` moves along `dim`."""
@@ -113,7 +114,7 @@ class Kernel:
         return (f"spec={self.spec}|from={self.spec_from}|dir={self.direction.value}|target={self.target}|dtype={self.dtype}|"
                 f"strategy={self.strategy.value}|dims={dims}|groups={self.groups}|rows={self.rows}|"
                 f"inner={self.inner}|tail={self.tail}|strides={self.unit_stride}|center={self.center.value}|"
-                f"scale={self.scale.value}|w={self.has_weight}|b={self.has_bias}")
+                f"scale={self.scale.value}|w={self.has_weight}|b={self.has_bias}|by={self.reduce_by}")
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class Launch:
     seg: int  # rows: elements per chunk of a row; columns: columns per unit
     row_chunk: int  # columns: rows per two-pass chunk
     threads: int
+    gpu: tuple[int, ...] = ()  # cuda: (grid, block x, block y, threads per unit)
 
     @property
     def fused(self) -> bool:
@@ -165,14 +167,20 @@ class _LDim:
         return dict(self.strides)[array]
 
 
-def logical_dims(binding: Binding, arrays: dict[str, tuple[int, ...]]) -> list[_LDim]:
-    """Pass 1: one _LDim per logical dim, with strides in x-like arrays, stats and params."""
+def logical_dims(binding: Binding, arrays: dict[str, tuple[int, ...]], reduce_by: str = "stats") -> list[_LDim]:
+    """Pass 1: one _LDim per logical dim, with strides in x-like arrays, stats and params.
+
+    reduce_by="params" plans the parameter-gradient reduction: its groups are the affine
+    axes (sum over every element with the same parameter index), a second reduction with a
+    different kept set that gets the same care as the first.
+    """
     per_array = {name: binding.strides(s) for name, s in arrays.items()}
     out = []
     for i, d in enumerate(binding.dims):
         strides = [(name, per_array[name][i]) for name in arrays]
         strides += [("stat", d.stat_stride), ("param", d.param_stride)]
-        out.append(_LDim(d.name, (d.name,), d.size, d.kept, tuple(strides)))
+        kept = d.kept if reduce_by == "stats" else d.param_stride != 0
+        out.append(_LDim(d.name, (d.name,), d.size, kept, tuple(strides)))
     return out
 
 
@@ -297,19 +305,61 @@ def spec_from(spec: Spec) -> str:
     return f"{Path(spec.source).name}: input '{spec.input}', kept '{kept}'"
 
 
+def choose_gpu_launch(strategy: Strategy, dims: list[_LDim], groups: tuple[int, ...], rows: tuple[int, ...],
+                      inner: int, tail: int | None, sms: int) -> tuple[int, tuple[int, ...]]:
+    """(n_parts, (grid, block x, block y, threads per unit)) for the CUDA kernels.
+
+    rows: a warp per group when a group has at most 4096 elements (8 groups a block),
+    else a block of 256 or 512 threads per group; groups are split into parts when there
+    are too few to fill every SM twice. columns: a 2-D block, x over a tile of whole
+    columns (with their tail), y over rows; rows are split into parts to fill the GPU.
+    """
+    n_groups = math.prod(dims[i].size for i in groups)
+    n_rows = math.prod(dims[i].size for i in rows)
+    want = 2 * sms
+    if strategy is Strategy.ROWS:
+        elems = n_rows * dims[inner].size
+        tpu = 32 if elems <= 4096 else (512 if elems >= 65536 else 256)
+        block = 256 if tpu == 32 else tpu
+        per_block = block // tpu
+        n_parts = 1
+        if FORCE_PARTS is not None:
+            n_parts = max(1, min(FORCE_PARTS, elems))
+        elif n_groups * 1 < want * per_block and elems >= 8 * tpu:
+            n_parts = max(1, min(-(-want * per_block // max(n_groups, 1)), elems // (4 * tpu)))
+        grid = -(-n_groups * n_parts // per_block)
+        return n_parts, (grid, block, 1, tpu)
+    tail_size = dims[tail].size if tail is not None else 1
+    per_tile = max(1, 32 // tail_size)
+    bx = min(per_tile, dims[inner].size) * tail_size
+    by = max(1, min(8, 1024 // bx))
+    tiles = -(-dims[inner].size // per_tile) * n_groups
+    if FORCE_PARTS is not None:
+        n_parts = max(1, min(FORCE_PARTS, n_rows))
+    else:
+        n_parts = max(1, min(-(-2 * want // tiles), max(1, n_rows // (4 * by))))
+    return n_parts, (tiles * n_parts, bx, by, bx * by)
+
+
 def make_plan(binding: Binding, arrays: dict[str, tuple[int, ...]], *, direction: Direction, dtype: str,
-              has_weight: bool, has_bias: bool, target: str = "cpu", threads: int = 1) -> Plan:
+              has_weight: bool, has_bias: bool, target: str = "cpu", threads: int = 1, sms: int = 132,
+              reduce_by: str = "stats") -> Plan:
     """Plan one call. `arrays` maps each x-like array to its element strides.
 
     >>> plan = make_plan(bind(spec, (32, 128, 56, 56)), {"x": ..., "y": ...},
     ...                  direction=Direction.FORWARD, dtype="float32", has_weight=True, has_bias=True)
     """
-    dims = logical_dims(binding, arrays)
+    dims = logical_dims(binding, arrays, reduce_by)
     dims = drop_unit_dims(dims)
     dims = memory_order(dims)
     dims = coalesce(dims, binding)
     strategy, groups, rows, inner, tail = choose_strategy(dims)
-    n_parts, n_blocks, seg, row_chunk = choose_launch(strategy, dims, groups, rows, inner, tail, threads)
+    gpu: tuple[int, ...] = ()
+    if target == "cuda":
+        n_parts, gpu = choose_gpu_launch(strategy, dims, groups, rows, inner, tail, sms)
+        n_blocks, seg, row_chunk = gpu[0], 0, 0
+    else:
+        n_parts, n_blocks, seg, row_chunk = choose_launch(strategy, dims, groups, rows, inner, tail, threads)
 
     all_arrays = tuple(arrays) + ("stat", "param")
     loop_inner = [inner] + ([tail] if tail is not None else [])
@@ -320,11 +370,11 @@ def make_plan(binding: Binding, arrays: dict[str, tuple[int, ...]], *, direction
         dims=tuple(Dim(d.name, d.axes, d.kept, d.s("param") != 0) for d in dims),
         groups=groups, rows=rows, inner=inner, tail=tail, unit_stride=unit,
         center=spec.center, scale=spec.scale,
-        has_weight=has_weight, has_bias=has_bias)
+        has_weight=has_weight, has_bias=has_bias, reduce_by=reduce_by)
     launch = Launch(
         sizes=tuple(d.size for d in dims),
         strides=tuple((a, tuple(d.s(a) for d in dims)) for a in all_arrays),
-        n_parts=n_parts, n_blocks=n_blocks, seg=seg, row_chunk=row_chunk, threads=threads)
+        n_parts=n_parts, n_blocks=n_blocks, seg=seg, row_chunk=row_chunk, threads=threads, gpu=gpu)
     return Plan(kernel, launch, binding)
 
 
@@ -333,6 +383,7 @@ def make_plan(binding: Binding, arrays: dict[str, tuple[int, ...]], *, direction
 #: prefix of each array's stride variables in generated code
 STRIDE_PREFIX = {"x": "xs", "y": "ys", "dy": "dys", "dx": "dxs", "stat": "ss", "param": "ps"}
 LAUNCH_FIELDS = ("n_parts", "n_blocks", "seg", "row_chunk", "n_param")
+GPU_LAUNCH_FIELDS = ("n_parts", "threads_per_unit", "n_param")
 
 
 def geometry_names(kernel: Kernel) -> list[str]:
@@ -345,7 +396,7 @@ def geometry_names(kernel: Kernel) -> list[str]:
     names = [f"n_{d.name}" for d in kernel.dims]
     for a in kernel.arrays + ("stat", "param"):
         names += [f"{STRIDE_PREFIX[a]}_{d.name}" for d in kernel.dims]
-    return names + list(LAUNCH_FIELDS)
+    return names + list(GPU_LAUNCH_FIELDS if kernel.target == "cuda" else LAUNCH_FIELDS)
 
 
 def geometry_values(plan: Plan) -> list[int]:
@@ -355,4 +406,6 @@ def geometry_values(plan: Plan) -> list[int]:
     for a in k.arrays + ("stat", "param"):
         values += la.stride(a)
     n_param = math.prod(plan.binding.param_shape) if plan.binding.param_shape else 0
+    if k.target == "cuda":
+        return values + [la.n_parts, la.gpu[3], n_param]
     return values + [la.n_parts, la.n_blocks, la.seg, la.row_chunk, n_param]

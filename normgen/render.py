@@ -21,6 +21,7 @@ from .spec import Center, Scale
 _GEOM_DOC = {"n": "size of {}", "xs": "x stride along {}", "ys": "y stride along {}", "dys": "dy stride along {}",
              "dxs": "dx stride along {}", "ss": "statistics stride along {}", "ps": "parameter stride along {}"}
 _LAUNCH_DOC = {"n_parts": "parts per group (1: fused)", "n_blocks": "parallel blocks of units",
+               "threads_per_unit": "threads per unit: 32 (a warp) or the block",
                "seg": "elements per chunk (rows) / columns per unit (columns)",
                "row_chunk": "rows per two-pass chunk (columns)", "n_param": "elements per parameter"}
 
@@ -38,7 +39,24 @@ def environment() -> jinja2.Environment:
 
 
 def template_name(kernel: Kernel) -> str:
-    return f"{kernel.target}/{kernel.strategy.value}.py.j2"
+    ext = "cu" if kernel.target == "cuda" else "py"
+    return f"{kernel.target}/{kernel.strategy.value}.{ext}.j2"
+
+
+#: CUDA storage type, compute type, load and store of each dtype
+CUDA_TYPES = {
+    "float32": ("float", "float", "p[i]", "v"),
+    "float64": ("double", "double", "p[i]", "v"),
+    "float16": ("__half", "float", "__half2float(p[i])", "__float2half_rn(v)"),
+    "bfloat16": ("__nv_bfloat16", "float", "__bfloat162float(p[i])", "__float2bfloat16_rn(v)"),
+}
+
+
+def _cuda_context(k: Kernel) -> dict[str, Any]:
+    from .backends.cuda_emu import PRELUDE
+
+    ctype, compute, load, store = CUDA_TYPES[k.dtype]
+    return {"prelude": PRELUDE, "ctype": ctype, "compute": compute, "load_expr": load, "store_expr": store}
 
 
 def context(k: Kernel, key: str) -> dict[str, Any]:
@@ -84,7 +102,8 @@ def context(k: Kernel, key: str) -> dict[str, Any]:
         "geom": geom, "has_weight": k.has_weight, "has_bias": k.has_bias, "affine": has_params,
         "affine_inner": cls["param"] != "0",
         "centered": k.center is Center.MEAN, "split": k.dtype == "float32" and k.center is Center.MEAN,
-        "per_count": k.scale in (Scale.STD, Scale.RMS),
+        "per_count": k.scale in (Scale.STD, Scale.RMS), "reduce_by": k.reduce_by,
+        **(_cuda_context(k) if k.target == "cuda" else {}),
     }
 
 

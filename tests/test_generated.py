@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from normgen.generate import reference_sources
+from normgen.generate import all_reference_sources
 
 GENERATED = Path(__file__).resolve().parent.parent / "generated"
 
 
 def test_generated_sources_are_up_to_date():
-    expected = reference_sources()
-    on_disk = {p.relative_to(GENERATED).as_posix(): p.read_text() for p in GENERATED.rglob("*.py")}
+    expected = all_reference_sources()
+    on_disk = {p.relative_to(GENERATED).as_posix(): p.read_text() for p in GENERATED.rglob("*")
+               if p.suffix in (".py", ".cu")}
     stale = sorted(k for k in expected if on_disk.get(k) != expected[k])
     extra = sorted(set(on_disk) - set(expected))
     assert not stale and not extra, (

@@ -3,7 +3,7 @@
 # spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 # plan:      backward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 # loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-# key:       02844d5ab832c606cd48518d054c7dae
+# key:       73c21691a7a856c277e173a151fefcd0
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

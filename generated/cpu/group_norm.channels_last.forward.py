@@ -3,7 +3,7 @@
 # spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 # plan:      forward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 # loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-# key:       72c27539545cf91f38d5b530552e7581
+# key:       c46a8fa6fa435fcb1890cd69860be6d4
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

@@ -3,7 +3,7 @@
 # spec:      rms_norm (rms_norm.toml: input '*batch *normalized', kept '*batch'), center none, scale rms
 # plan:      forward · float32 · rows · groups (batch) · inner normalized
 # loop dims: batch(K) normalized(R)
-# key:       ff5a26f1ea4d7573a8103562c3d6e6ac
+# key:       3661283770c94d9d322990c5ee64b0bd
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

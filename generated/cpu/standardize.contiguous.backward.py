@@ -3,7 +3,7 @@
 # spec:      standardize (standardize.toml: input 'N F', kept 'F'), center mean, scale std
 # plan:      backward · float32 · columns · groups () · rows (N) · columns F
 # loop dims: N(R) F(K)
-# key:       08142698ce6bfd14d6351b730fa67d3d
+# key:       e57446e49340fe963a045cac3d2b590f
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

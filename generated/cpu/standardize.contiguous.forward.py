@@ -3,7 +3,7 @@
 # spec:      standardize (standardize.toml: input 'N F', kept 'F'), center mean, scale std
 # plan:      forward · float32 · columns · groups () · rows (N) · columns F
 # loop dims: N(R) F(K)
-# key:       76083b346f2b263dba0467c7ccbb9d58
+# key:       908d224da49bc993a3b75d624b2b33c7
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

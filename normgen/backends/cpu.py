@@ -222,3 +222,96 @@ def backward_apply(plan: Plan, x, dy, dx, weight, mu_hi, mu_lo, c0, c1, c2) -> N
     if plan.kernel.strategy is Strategy.COLUMNS:
         args += _scratch(plan, x.dtype)
     launch(mod.backward_apply, plan, *args, g)
+
+
+class CpuBackend:
+    """NumPy arrays on the CPU: Numba kernels, statistics merged and finalized on the host."""
+
+    name = "cpu"
+    dtypes = ("float32", "float64")
+
+    def owns(self, a) -> bool:
+        return isinstance(a, np.ndarray)
+
+    def dtype(self, a) -> str:
+        return a.dtype.name
+
+    def stat_dtype(self, dtype: str) -> np.dtype:
+        return np.dtype(dtype)
+
+    def strides(self, a):
+        return elem_strides(a)
+
+    def contiguous(self, a):
+        return np.ascontiguousarray(a)
+
+    def empty_like(self, a):
+        from ..alloc import empty_like
+
+        return empty_like(a)
+
+    def overlaps(self, a, b) -> bool:
+        return np.may_share_memory(a, b)
+
+    def writeable(self, a) -> bool:
+        return a.flags.writeable
+
+    def to_host(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    def from_host(self, a: np.ndarray, like=None):
+        return a
+
+    def plan(self, binding, arrays, direction, dtype, has_weight, has_bias, reduce_by="stats") -> Plan:
+        from ..plan import make_plan
+
+        return make_plan(binding, arrays, direction=direction, dtype=dtype, has_weight=has_weight,
+                         has_bias=has_bias, threads=threads(), reduce_by=reduce_by)
+
+    # ---- forward ----
+    def train_forward(self, plan: Plan, x, y, w, b, eps: float, finalize):
+        """Statistics and normalization. Returns (merged moments [g, 3] on the host, kstats [g, 3]).
+
+        `finalize(moments) -> kstats` turns merged moments into what the kernels use.
+        """
+        if plan.launch.fused:
+            moments, kstats = forward_fused(plan, x, y, w, b, eps)
+            return moments[:, 0, :], kstats
+        moments = self.moments(plan, x)
+        kstats = finalize(moments)
+        self.apply(plan, x, y, w, b, kstats)
+        return moments, kstats
+
+    def moments(self, plan: Plan, x) -> np.ndarray:
+        from ..stats import merge_parts
+
+        return np.stack(merge_parts(forward_partial(plan, x)), axis=1)
+
+    def apply(self, plan: Plan, x, y, w, b, kstats) -> None:
+        forward_apply(plan, x, y, w, b, kstats[:, 0], kstats[:, 1], kstats[:, 2])
+
+    # ---- backward ----
+    def train_backward(self, plan: Plan, x, dy, dx, w, kstats, coefficients):
+        """dx and (dweight, dbias) for training mode; `coefficients(sums) -> [g, 3]` when phased."""
+        if plan.launch.fused:
+            dparams = backward_fused(plan, x, dy, dx, w, kstats[:, 0], kstats[:, 1], kstats[:, 2])
+            return self._dparams(plan, dparams)
+        a, b, dw, db = self.grad_sums(plan, x, dy, w, kstats)
+        self.grad_apply(plan, x, dy, dx, w, kstats, coefficients(a, b))
+        return dw, db
+
+    def grad_sums(self, plan: Plan, x, dy, w, kstats):
+        """(sum g, sum g x_hat) per group on the host, and (dweight, dbias)."""
+        sums, dparams = backward_partial(plan, x, dy, w, kstats[:, 0], kstats[:, 1], kstats[:, 2])
+        return sums[:, :, 0].sum(axis=1), sums[:, :, 1].sum(axis=1), *self._dparams(plan, dparams)
+
+    def grad_apply(self, plan: Plan, x, dy, dx, w, kstats, coef: np.ndarray) -> None:
+        backward_apply(plan, x, dy, dx, w, kstats[:, 0], kstats[:, 1], coef[:, 0], coef[:, 1], coef[:, 2])
+
+    def _dparams(self, plan: Plan, dparams):
+        if not (plan.kernel.has_weight or plan.kernel.has_bias):
+            return None, None
+        return reduce_dparams(plan, dparams)
+
+
+BACKEND = CpuBackend()
