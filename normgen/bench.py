@@ -16,9 +16,10 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -150,15 +151,21 @@ def _copy_runner(src: np.ndarray, nbytes: int) -> Callable[[], None]:
     return lambda: cpu.split(_COPY_KERNEL, n, a, b)
 
 
-def _torch_runner(case: Case, direction: str, x, p, sizes, training, dy):
+def _torch_runner(case: Case, direction: str, x, p, sizes, training, dy, device=None, dtype=None):
+    """PyTorch's call for the case (on `device` in `dtype` when given; strides are kept)."""
     try:
         import torch
     except ImportError:
         return None
     F = torch.nn.functional
     backward = direction == "backward"
-    tx = torch.from_numpy(x).clone().requires_grad_(True) if backward else torch.from_numpy(x)
-    tp = {k: torch.from_numpy(v).clone().requires_grad_(backward and k in ("weight", "bias", "g"))
+
+    def tensor(a):
+        t = torch.from_numpy(a)
+        return t.to(device=device, dtype=dtype) if device is not None else t
+
+    tx = tensor(x).clone().requires_grad_(True) if backward else tensor(x)
+    tp = {k: tensor(v).clone().requires_grad_(backward and k in ("weight", "bias", "g"))
           for k, v in p.items()}
     w, b = tp.get("weight"), tp.get("bias")
     spec = case.spec
@@ -182,7 +189,8 @@ def _torch_runner(case: Case, direction: str, x, p, sizes, training, dy):
             v = t.var(dim=tuple(range(1, t.ndim)), keepdim=True, unbiased=False)
             return (t - m) / torch.sqrt(v + 1e-5)
     elif spec == "standardize":
-        rm0, rv0 = torch.zeros(x.shape[1], dtype=tx.dtype), torch.ones(x.shape[1], dtype=tx.dtype)
+        rm0 = torch.zeros(x.shape[1], dtype=tx.dtype, device=tx.device)
+        rv0 = torch.ones(x.shape[1], dtype=tx.dtype, device=tx.device)
         def f(t): return F.batch_norm(t, rm0, rv0, None, None, training=True)
     else:
         return None
@@ -190,7 +198,7 @@ def _torch_runner(case: Case, direction: str, x, p, sizes, training, dy):
         return lambda: f(tx)
     inputs = [tx] + [v for v in tp.values() if v.requires_grad]
     y = f(tx)
-    tdy = torch.from_numpy(dy)
+    tdy = tensor(dy)
     return lambda: torch.autograd.grad(y, inputs, tdy, retain_graph=True)
 
 
