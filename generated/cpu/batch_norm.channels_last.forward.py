@@ -3,7 +3,7 @@
 # spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 # plan:      forward · float32 · columns · groups () · rows (N·spatial0·spatial1) · columns C
 # loop dims: N·spatial0·spatial1(R) C(K)
-# key:       832360dc4a66be4a05cce264c668e524
+# key:       e7c6b561178ba0a71d7faa76ae1f944d
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

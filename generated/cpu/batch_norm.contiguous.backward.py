@@ -3,7 +3,7 @@
 # spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 # plan:      backward · float32 · rows · groups (C) · rows (N) · inner spatial0·spatial1
 # loop dims: N(R) C(K) spatial0·spatial1(R)
-# key:       d998399d7aa415087ed810502c773b6d
+# key:       2ae33191a59b4b1d3c18541a69858161
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

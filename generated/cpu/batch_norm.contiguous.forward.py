@@ -3,7 +3,7 @@
 # spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 # plan:      forward · float32 · rows · groups (C) · rows (N) · inner spatial0·spatial1
 # loop dims: N(R) C(K) spatial0·spatial1(R)
-# key:       4fdbd32a6e267e0afa9a7b7dd39f5599
+# key:       a5ed316b27b261294caa1f4cd1983b0f
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

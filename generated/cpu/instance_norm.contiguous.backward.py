@@ -3,7 +3,7 @@
 # spec:      instance_norm (instance_norm.toml: input 'N C *spatial', kept 'N C'), center mean, scale std
 # plan:      backward · float32 · rows · groups (N, C) · inner spatial0·spatial1
 # loop dims: N(K) C(K) spatial0·spatial1(R)
-# key:       1d7c88029bcc2f96a0d55e468d39fdfa
+# key:       7475785719b86149804d27eaf2a69bb0
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

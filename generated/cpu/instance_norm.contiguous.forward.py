@@ -3,7 +3,7 @@
 # spec:      instance_norm (instance_norm.toml: input 'N C *spatial', kept 'N C'), center mean, scale std
 # plan:      forward · float32 · rows · groups (N, C) · inner spatial0·spatial1
 # loop dims: N(K) C(K) spatial0·spatial1(R)
-# key:       067c3b3873592bb6b337046013726c0f
+# key:       29b1c855a16ec8a00a489fad1053b437
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

@@ -3,7 +3,7 @@
 # spec:      layer_norm (layer_norm.toml: input '*batch *normalized', kept '*batch'), center mean, scale std
 # plan:      backward · float32 · rows · groups (batch) · inner normalized
 # loop dims: batch(K) normalized(R)
-# key:       d1a55991043d0a7418e1e6c0f9d264f3
+# key:       e6c623447072b7e9918291b3f23645ca
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

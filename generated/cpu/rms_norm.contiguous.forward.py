@@ -3,7 +3,7 @@
 # spec:      rms_norm (rms_norm.toml: input '*batch *normalized', kept '*batch'), center none, scale rms
 # plan:      forward · float32 · rows · groups (batch) · inner normalized
 # loop dims: batch(K) normalized(R)
-# key:       f32414e146967fb033ee0c87f98adf3a
+# key:       861cc8d93eeda670c161671cfb728592
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

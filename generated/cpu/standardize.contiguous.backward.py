@@ -3,7 +3,7 @@
 # spec:      standardize (standardize.toml: input 'N F', kept 'F'), center mean, scale std
 # plan:      backward · float32 · columns · groups () · rows (N) · columns F
 # loop dims: N(R) F(K)
-# key:       d3d3752035a30cc8310298efc2471843
+# key:       a067f5a5b2fb7f85b53fb72c6d7d943b
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

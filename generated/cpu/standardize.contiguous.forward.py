@@ -3,7 +3,7 @@
 # spec:      standardize (standardize.toml: input 'N F', kept 'F'), center mean, scale std
 # plan:      forward · float32 · columns · groups () · rows (N) · columns F
 # loop dims: N(R) F(K)
-# key:       9f89f893c17bf5f5fe43f5635df9e1b9
+# key:       e9119160de61352e9a50ffc6d18d532b
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

@@ -3,7 +3,7 @@
 # spec:      switchable_norm (switchable_norm.toml: input 'N C *spatial', kept 'N C | N | C'), center mean, scale std
 # plan:      forward · float32 · rows · groups (N, C) · inner spatial0·spatial1
 # loop dims: N(K) C(K) spatial0·spatial1(R)
-# key:       72d4c3b175b30d84e2c76ef07d6e32ce
+# key:       0047cb708f8f98150c41ebc6c9549eb9
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

@@ -3,7 +3,7 @@
 # spec:      weight_norm (weight_norm.toml: input 'O *fan_in', kept 'O'), center none, scale l2
 # plan:      forward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 # loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-# key:       62b63dd4789144a36e66958eef00d883
+# key:       175b03f05b3bdf35f723e2440c332b90
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

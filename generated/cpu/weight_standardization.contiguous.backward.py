@@ -3,7 +3,7 @@
 # spec:      weight_standardization (weight_standardization.toml: input 'O *fan_in', kept 'O'), center mean, scale std
 # plan:      backward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 # loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-# key:       c7ffed4b1d618962c8dd5714e026b847
+# key:       294a561cbb6e45e802ba66839bb55121
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

@@ -3,7 +3,7 @@
 # spec:      weight_standardization (weight_standardization.toml: input 'O *fan_in', kept 'O'), center mean, scale std
 # plan:      forward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 # loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-# key:       8aff114925454befdbafa53af094a3b1
+# key:       43679068ab5ed5e61213907b5a6d1032
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
