@@ -398,7 +398,7 @@ class SpecNorm(nn.Module):
         s = self.spec
         parts = [s.name]
         parts += [f"{k}={v}" for k, v in self.sizes.items()]
-        parts += [f"eps={self.eps}", f"affine={self.affine}"]
+        parts += [f"eps={self.eps if self.eps is not None else s.eps}", f"affine={self.affine}"]
         if s.running is not None:
             parts += [f"momentum={self.momentum}", f"track_running_stats={self.track_running_stats}"]
         return ", ".join(parts)
