@@ -570,16 +570,20 @@ class _WeightNorm(nn.Module):
 
     def right_inverse(self, weight: Tensor) -> tuple[Tensor, Tensor]:
         # g = ||weight|| shaped like torch.norm_except_dim's result, so state_dicts match torch's
-        # (the kernels' rstd is 1 / ||v||)
-        with torch.no_grad():
-            if self.dim == -1:
-                rstd = load("weight_norm").forward(_array(weight, "weight").reshape(1, -1)).rstd
-                return torch.from_numpy(1.0 / rstd).reshape(()).to(weight.dtype), weight
-            dim = self.dim % weight.dim()
-            rstd = load("weight_norm").forward(_array(weight.movedim(dim, 0), "weight")).rstd
-            shape = [1] * weight.dim()
-            shape[dim] = weight.shape[dim]
-            return torch.from_numpy(1.0 / rstd).reshape(shape), weight
+        if self.dim == -1:  # one norm: a 0-d g
+            return _norms(weight, -1).reshape(()), weight
+        shape = [1] * weight.dim()
+        shape[self.dim] = weight.shape[self.dim]
+        return _norms(weight, self.dim).reshape(shape), weight
+
+
+def _norms(v: Tensor, dim: int) -> Tensor:
+    """||v|| per index of `dim` (dim=-1: one norm), from the kernels' rstd = 1 / ||v||."""
+    with torch.no_grad():
+        rows = v.reshape(1, -1) if dim == -1 else v.movedim(dim % v.dim(), 0)
+        # with g = 1 the call uses the same kernel as the forward with g (no extra compile)
+        fwd = load("weight_norm").forward(_array(rows, "weight"), np.ones(rows.shape[0], _array(v, "weight").dtype))
+        return torch.from_numpy(1.0 / fwd.rstd)
 
 
 class _WeightStandardization(nn.Module):
