@@ -51,6 +51,8 @@ class Forward:
     eval_mode: bool = field(repr=False, default=False)
     eps: float = field(repr=False, default=0.0)
     mix: dict[str, Any] | None = field(repr=False, default=None)  # Switchable Norm intermediates
+    group: Any = field(repr=False, default=None)  # distributed.Group whose ranks share the statistics
+    count: np.ndarray | None = field(repr=False, default=None)  # elements per group, over all ranks
     _host: np.ndarray | None = field(repr=False, default=None)
 
     @property
@@ -273,12 +275,16 @@ class Op:
     # ---- forward ----------------------------------------------------------------------
     def forward(self, x, *params, out=None, training: bool = True, running_mean=None, running_var=None,
                 momentum: Any = _SPEC_DEFAULT, eps: Any = None, num_batches_tracked: Any = None,
-                mean_weight=None, var_weight=None, target: str | None = None, **kwargs) -> Forward:
+                mean_weight=None, var_weight=None, target: str | None = None, process_group: Any = None,
+                comm: Any = None, **kwargs) -> Forward:
         """Normalize x. Returns a Forward with y, mean and rstd (statistics in kept order).
 
         training=False with running statistics normalizes with them (evaluation mode).
         NumPy arrays run on the CPU, CuPy arrays on the GPU; target="cuda" runs NumPy
         arrays through the CUDA kernels on the CPU emulator (for testing).
+        process_group (torch.distributed) or comm (mpi4py): x is this rank's shard of the
+        reduced axes; statistics cover every rank's shard (see normgen.distributed), and
+        so does the backward of this Forward.
         """
         spec = self.spec
         backend = self._backend(x, target)
@@ -295,6 +301,10 @@ class Op:
         factor = self._momentum(momentum, num_batches_tracked) if (running_mean is not None and training) else None
         y = self._check_out(out, x, backend, x)
         n = binding.group_size
+        group = self._group(process_group, comm, eval_mode)
+        if group is not None and binding.n_groups:
+            return self._forward_across(group, backend, binding, x, y, checked, e, backend.stat_dtype(dtype),
+                                        factor, running_mean, running_var, num_batches_tracked, sizes)
         if binding.n_groups == 0 or x.size == 0:
             if n == 0 and binding.n_groups:
                 raise CallError(f"{self.name}: the reduced axes of input {tuple(x.shape)} have no elements "
@@ -343,6 +353,56 @@ class Op:
                 num_batches_tracked += 1
         return Forward(y=y, kstats=kstats, backend=backend, centered=spec.center is Center.MEAN, x=xk,
                        params=checked, sizes=sizes, binding=binding, eval_mode=eval_mode, eps=e, mix=mix_info)
+
+    def _group(self, process_group: Any, comm: Any, eval_mode: bool):
+        """The ranks to share statistics with (None: this process alone, or evaluation mode,
+        whose statistics are the running ones: nothing to share)."""
+        if process_group is None and comm is None:
+            return None
+        from .distributed import group_of
+
+        group = group_of(process_group, comm)
+        if self.spec.is_mixture:
+            raise CallError(f"{self.name}: statistics across processes are not supported for mixtures (their "
+                            "components keep different axes, so no single axis can be split across ranks)")
+        return None if eval_mode else group
+
+    def _forward_across(self, group, backend, binding: Binding, x, y, params: dict[str, Any], e: float, sdt,
+                        factor: float | None, running_mean, running_var, num_batches_tracked, sizes) -> Forward:
+        """Training forward over a shard: local moments -> every rank's merged -> local apply."""
+        from .distributed import merge_moments
+
+        spec = self.spec
+        xk = x if backend.strides(x) is not None else backend.contiguous(x)
+        w = params.get(spec.affine.weight) if spec.affine and spec.affine.weight else None
+        b = params.get(spec.affine.bias) if spec.affine and spec.affine.bias else None
+        plan = None
+        local = np.zeros((binding.n_groups, 3))  # a rank without elements contributes count 0
+        if x.size:
+            plan = self._plan(backend, binding, {"x": backend.strides(xk), "y": backend.strides(y)},
+                              Direction.FORWARD, backend.dtype(x), w is not None, b is not None)
+            local = backend.moments(plan, xk)
+        moments = merge_moments(group, local, self.name)  # the same on every rank
+        count = moments[:, 0]
+        if np.any(count == 0):
+            raise CallError(f"{self.name}: a statistics group has no elements on any rank of the process group")
+        if factor is not None and np.any(count == 1):
+            raise CallError(f"{self.name}: expected more than 1 value per statistic when training (the ranks of "
+                            "the process group have 1 in all); running variance needs n - 1 > 0")
+        kstats = _kstats_of(spec, moments, e, sdt, binding)
+        if plan is not None:
+            backend.apply(plan, xk, y, w, b, kstats)
+        if factor is not None:
+            shape = binding.stats_shape
+            norm = st.normalizer(spec, *(moments[:, i].reshape(shape) for i in range(3)), e)
+            new = self._running(binding, norm, None, count.reshape(shape), factor, running_mean, running_var,
+                                backend)
+            running_mean[...] = backend.from_host(new[0])
+            running_var[...] = backend.from_host(new[1])
+            if isinstance(num_batches_tracked, np.ndarray):
+                num_batches_tracked += 1
+        return Forward(y=y, kstats=backend.from_host(kstats), backend=backend, centered=spec.center is Center.MEAN,
+                       x=xk, params=params, sizes=sizes, binding=binding, eps=e, group=group, count=count)
 
     def _zero_norm(self, bad: np.ndarray) -> None:
         where = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -441,6 +501,8 @@ class Op:
         w = fwd.params.get(spec.affine.weight) if spec.affine and spec.affine.weight else None
         b = fwd.params.get(spec.affine.bias) if spec.affine and spec.affine.bias else None
         grads: dict[str, Any] = {}
+        if fwd.group is not None:
+            return self._backward_across(fwd, backend, x, dyk, dx, w, b, dtype)
         if x.size == 0:
             dx[...] = 0
             for name, p in fwd.params.items():
@@ -476,6 +538,40 @@ class Op:
             grads[spec.affine.weight] = backend.from_host(dw.reshape(binding.param_shape).astype(pdt))
         if b is not None:
             grads[spec.affine.bias] = backend.from_host(db.reshape(binding.param_shape).astype(pdt))
+        return Grads(dx, grads)
+
+    def _backward_across(self, fwd: Forward, backend, x, dy, dx, w, b, dtype: str) -> Grads:
+        """Training backward over a shard: local sums -> every rank's total -> local apply.
+
+        Parameter gradients are this rank's share (add them over the ranks when the
+        parameters are replicated; they are exact when the parameters are sharded too)."""
+        from .distributed import sum_ranks
+
+        spec, binding = self.spec, fwd.binding
+        sums = np.zeros((binding.n_groups, 2))
+        dw = db = None
+        plan = None
+        if x.size:
+            strides = {"x": backend.strides(x), "dy": backend.strides(dy), "dx": backend.strides(dx)}
+            plan = self._plan(backend, binding, strides, Direction.BACKWARD, dtype, w is not None, b is not None)
+            extra = {}
+            if backend.name == "cuda":
+                extra["param_plan"] = lambda: self._plan(backend, binding, strides, Direction.BACKWARD, dtype,
+                                                         w is not None, b is not None, "params")
+            a, bsum, dw, db = backend.grad_sums(plan, x, dy, w, fwd.kstats, **extra)
+            sums = np.stack([a, bsum], axis=1)
+        total = sum_ranks(fwd.group, sums, self.name)
+        coef = np.stack(st.backward_coefficients(spec, fwd.count, fwd.rstd64.reshape(-1), total[:, 0], total[:, 1]),
+                        axis=1)
+        if plan is not None:
+            backend.grad_apply(plan, x, dy, dx, w, fwd.kstats, coef)
+        pdt = backend.stat_dtype(dtype) if dtype in ("float16", "bfloat16") else np.dtype(dtype)
+        grads = {}
+        for name, g in ((spec.affine.weight if spec.affine else None, dw), (spec.affine.bias if spec.affine else None,
+                                                                            db)):
+            if name is not None and name in fwd.params:
+                g = np.zeros(binding.param_shape) if g is None else g.reshape(binding.param_shape)
+                grads[name] = backend.from_host(np.asarray(g).astype(pdt))
         return Grads(dx, grads)
 
     def _mix_backward(self, binding: Binding, fwd: Forward, a: np.ndarray, b: np.ndarray):

@@ -27,6 +27,7 @@ modules' buffers.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -57,8 +58,10 @@ __all__ = [
     "SwitchableNorm1d",
     "SwitchableNorm2d",
     "SwitchableNorm3d",
+    "SyncBatchNorm",
     "batch_norm",
     "convert",
+    "convert_sync",
     "from_spec",
     "group_norm",
     "instance_norm",
@@ -71,6 +74,7 @@ __all__ = [
 ]
 
 _FLOATS = (torch.float32, torch.float64)
+_CUDA_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 #: "use the spec's default momentum" (None already means a cumulative average)
 _SPEC_MOMENTUM: Any = object()
 
@@ -78,19 +82,46 @@ _SPEC_MOMENTUM: Any = object()
 # ---- tensors <-> arrays -----------------------------------------------------------------------
 
 
-def _array(t: Tensor, what: str) -> np.ndarray:
-    """A zero-copy NumPy view of a CPU tensor (strides, offset and all)."""
-    if t.device.type != "cpu":
-        # CUDA hook: once normgen has a cuda backend, a CUDA tensor goes to CuPy without a copy
-        # here (cupy.from_dlpack(t), or cupy.asarray(t) through __cuda_array_interface__),
-        # and the Op dispatches on the array type. Until then, say so plainly.
-        raise CallError(f"normgen.torch: {what} is on device '{t.device}', but normgen's cuda backend is not "
-                        "available yet; the kernels run on CPU tensors only (move the layer and its input "
-                        "with .cpu(), or keep torch.nn's layer on the GPU)")
-    if t.dtype not in _FLOATS:
-        raise CallError(f"normgen.torch: {what} has dtype {t.dtype}; the cpu backend takes torch.float32 or "
-                        "torch.float64")
-    return t.detach().numpy()
+def _array(t: Tensor, what: str) -> Any:
+    """A zero-copy view of a tensor for the kernels: NumPy for CPU tensors, CuPy for CUDA ones
+    (through DLPack; bfloat16 as a BF16 view of its bits). Strides and offset are kept."""
+    t = t.detach()
+    if t.device.type == "cpu":
+        if t.dtype not in _FLOATS:
+            raise CallError(f"normgen.torch: {what} has dtype {t.dtype}; the cpu backend takes torch.float32 or "
+                            "torch.float64 (float16 and bfloat16 run on CUDA tensors)")
+        return t.numpy()
+    if t.device.type != "cuda":
+        raise CallError(f"normgen.torch: {what} is on device '{t.device}'; normgen runs CPU and CUDA tensors")
+    if t.dtype not in _CUDA_FLOATS:
+        raise CallError(f"normgen.torch: {what} has dtype {t.dtype}; the cuda backend takes float16, bfloat16, "
+                        "float32 or float64")
+    import cupy
+
+    if t.dtype == torch.bfloat16:  # CuPy has no bfloat16: pass the bits
+        from .backends.cuda import BF16
+
+        return BF16(cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16))
+    return cupy.from_dlpack(t)
+
+
+def _tensor(a: Any) -> Tensor:
+    """The kernels' result as a tensor, without a copy (the inverse of `_array`)."""
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(a)
+    bits = getattr(a, "bits", None)
+    if bits is not None:  # BF16 on the GPU
+        return torch.from_dlpack(bits.view("int16")).view(torch.bfloat16)
+    return torch.from_dlpack(a)
+
+
+def _on_stream(t: Tensor):
+    """CuPy launches on the current PyTorch stream for CUDA tensors (nothing to do on CPU)."""
+    if t.device.type != "cuda":
+        return contextlib.nullcontext()
+    import cupy
+
+    return cupy.cuda.ExternalStream(torch.cuda.current_stream(t.device).cuda_stream)
 
 
 class _Call:
@@ -106,32 +137,37 @@ class _NormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call: _Call, x: Tensor, *params: Tensor) -> Tensor:
         arrays = {name: _array(p, name) for name, p in zip(call.names, params)}
-        fwd = call.op.forward(_array(x, "input"), **arrays, **call.kwargs)
+        with _on_stream(x):
+            fwd = call.op.forward(_array(x, "input"), **arrays, **call.kwargs)
         ctx.call, ctx.fwd = call, fwd
         # Saved so that autograd notices an in-place change of x or a parameter before backward:
         # fwd holds NumPy views of the same memory, which autograd cannot watch.
         ctx.save_for_backward(x, *params)
-        return torch.from_numpy(fwd.y)
+        return _tensor(fwd.y)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: Tensor):
         _ = ctx.saved_tensors  # raises if a saved input was modified in place since forward
-        grads = ctx.call.op.backward(_array(dy, "grad_output"), ctx.fwd)
+        with _on_stream(dy):
+            grads = ctx.call.op.backward(_array(dy, "grad_output"), ctx.fwd)
         need = ctx.needs_input_grad
-        dx = torch.from_numpy(grads.dx) if need[1] else None
-        dparams = [torch.from_numpy(grads.params[n]) if need[2 + i] else None for i, n in enumerate(ctx.call.names)]
+        dx = _tensor(grads.dx) if need[1] else None
+        dparams = [_tensor(grads.params[n]) if need[2 + i] else None for i, n in enumerate(ctx.call.names)]
         return (None, dx, *dparams)
 
 
 def normalize(op: Op | str, input: Tensor, params: Mapping[str, Tensor | None] | None = None, *,
               running_mean: Tensor | None = None, running_var: Tensor | None = None, training: bool = True,
-              momentum: float | None = _SPEC_MOMENTUM, eps: float | None = None, **sizes: Any) -> Tensor:
+              momentum: float | None = _SPEC_MOMENTUM, eps: float | None = None, process_group: Any = None,
+              comm: Any = None, **sizes: Any) -> Tensor:
     """Apply any normgen Op to a tensor, differentiably (the torch face of `Op.forward`).
 
     `params` maps the spec's parameter names (and `mean_weight`/`var_weight` for a mixture)
     to tensors; None entries are left out. Running statistics are updated in place when
     `training`; `training=False` with running statistics normalizes with them.
+    `process_group` (torch.distributed) or `comm` (mpi4py): `input` is this rank's shard of
+    the reduced axes, and the statistics (forward and backward) cover every rank's shard.
 
     >>> y = normalize("group_norm", x, {"weight": w, "bias": b}, num_groups=4)
     """
@@ -143,6 +179,8 @@ def normalize(op: Op | str, input: Tensor, params: Mapping[str, Tensor | None] |
         kwargs["running_var"] = None if running_var is None else _array(running_var, "running_var")
     if momentum is not _SPEC_MOMENTUM:
         kwargs["momentum"] = momentum
+    if process_group is not None or comm is not None:
+        kwargs.update(process_group=process_group, comm=comm)
     return _NormFunction.apply(_Call(op, tuple(params), kwargs), input, *params.values())
 
 
@@ -151,17 +189,21 @@ def normalize(op: Op | str, input: Tensor, params: Mapping[str, Tensor | None] |
 
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None = None,
                bias: Tensor | None = None, training: bool = False, momentum: float = 0.1,
-               eps: float = 1e-5) -> Tensor:
+               eps: float = 1e-5, *, process_group: Any = None) -> Tensor:
     """F.batch_norm on normgen's kernels: statistics per channel over (N, *spatial).
+
+    With `process_group` (a torch.distributed group, or a normgen.distributed.Group), the
+    batch is split across its ranks and training statistics cover all of it.
 
     >>> y = batch_norm(x, rm, rv, w, b, training=True)   # updates rm and rv in place
     """
-    if training:
+    if training and process_group is None:  # across ranks, the op checks the global count
         size = input.shape[0] * int(np.prod(input.shape[2:]))
         if size == 1:
             raise CallError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
     return normalize("batch_norm", input, {"weight": weight, "bias": bias}, running_mean=running_mean,
-                     running_var=running_var, training=training, momentum=momentum, eps=eps)
+                     running_var=running_var, training=training, momentum=momentum, eps=eps,
+                     process_group=process_group)
 
 
 def instance_norm(input: Tensor, running_mean: Tensor | None = None, running_var: Tensor | None = None,
@@ -259,6 +301,60 @@ class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
 
 class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
     """torch.nn.BatchNorm3d on normgen's kernels. >>> BatchNorm3d(8)(torch.randn(2, 8, 4, 4, 4))"""
+
+
+class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
+    """torch.nn.SyncBatchNorm on normgen's kernels, on CPU (gloo) as well as GPU (NCCL).
+
+    In training, with more than one rank in `process_group` (None: the default group), each
+    rank normalizes its share of the batch with statistics over the whole batch: only
+    per-channel moments (count, mean, M2) and the backward's two per-channel sums travel,
+    merged in rank order, so every rank computes the same running statistics even with
+    unequal or empty batches. Otherwise it is a BatchNorm. Same arguments and state_dict
+    as torch.nn.SyncBatchNorm.
+
+    >>> bn = SyncBatchNorm(64)            # inside an initialized torch.distributed job
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        group = self._group() if self.training else None
+        if group is None:
+            return super().forward(input)
+        factor = _momentum_step(self)
+        keep = self.track_running_stats
+        return batch_norm(input, self.running_mean if keep else None, self.running_var if keep else None,
+                          self.weight, self.bias, True, factor, self.eps, process_group=group)
+
+    def _group(self):
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        from .distributed import TorchGroup
+
+        pg = self.process_group if self.process_group is not None else dist.group.WORLD
+        return TorchGroup(pg) if dist.get_world_size(pg) > 1 else None
+
+
+def convert_sync(module: nn.Module, process_group: Any = None) -> nn.Module:
+    """Replace every BatchNorm*d (torch.nn's or normgen's) in `module` with normgen's
+    SyncBatchNorm over `process_group`, sharing parameters and buffers, keeping the mode
+    (as torch.nn.SyncBatchNorm.convert_sync_batchnorm does).
+
+    >>> model = convert_sync(model)       # then wrap in DistributedDataParallel
+    """
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+        out = _twin(module, SyncBatchNorm)
+        out.process_group = process_group
+    for name, child in module.named_children():
+        out.add_module(name, convert_sync(child, process_group))
+    return out
 
 
 class _InstanceNorm:
@@ -582,8 +678,10 @@ def _norms(v: Tensor, dim: int) -> Tensor:
     with torch.no_grad():
         rows = v.reshape(1, -1) if dim == -1 else v.movedim(dim % v.dim(), 0)
         # with g = 1 the call uses the same kernel as the forward with g (no extra compile)
-        fwd = load("weight_norm").forward(_array(rows, "weight"), np.ones(rows.shape[0], _array(v, "weight").dtype))
-        return torch.from_numpy(1.0 / fwd.rstd)
+        g = torch.ones(rows.shape[0], dtype=v.dtype, device=v.device)
+        with _on_stream(v):
+            fwd = load("weight_norm").forward(_array(rows, "weight"), _array(g, "g"))
+        return 1.0 / _tensor(fwd.rstd).to(v.dtype)
 
 
 class _WeightStandardization(nn.Module):
