@@ -43,3 +43,27 @@ def test_batch_norm_running_stats_on_device_match_cpu():
         op.forward(cp.asarray(x), running_mean=grm, running_var=grv, training=True)
     np.testing.assert_allclose(grm.get(), rm, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grv.get(), rv, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_torch_modules_on_cuda_tensors_match_torch_nn(dtype):
+    """normgen.torch layers on CUDA tensors (DLPack to CuPy, current stream), channels_last kept."""
+    torch = pytest.importorskip("torch")
+    import normgen.torch as nt
+
+    tdt = getattr(torch, dtype)
+    tol = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 6e-2}[dtype]
+    torch.manual_seed(0)
+    x = torch.randn(8, 32, 9, 9, device="cuda", dtype=tdt).to(memory_format=torch.channels_last)
+    for ours, ref in ((nt.GroupNorm(4, 32), torch.nn.GroupNorm(4, 32)), (nt.BatchNorm2d(32), torch.nn.BatchNorm2d(32)),
+                      (nt.LayerNorm([32, 9, 9]), torch.nn.LayerNorm([32, 9, 9]))):
+        ours, ref = ours.cuda().to(tdt), ref.cuda().to(tdt)
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ya, yb = ours(xa), ref(xb)
+        assert ya.is_cuda and ya.dtype == tdt and ya.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(ya.float(), yb.float(), atol=tol, rtol=tol)
+        dy = torch.randn_like(ya)
+        ya.backward(dy)
+        yb.backward(dy)
+        torch.testing.assert_close(xa.grad.float(), xb.grad.float(), atol=tol * 10, rtol=tol * 10)
+        torch.testing.assert_close(ours.weight.grad.float(), ref.weight.grad.float(), atol=tol * 50, rtol=tol * 10)
