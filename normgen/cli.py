@@ -87,7 +87,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if len(strides) != len(shape):
         raise NormgenError(f"--strides has {len(strides)} entries for a shape of {len(shape)} dims")
     plan = op.plan(shape, strides=strides, dtype=args.dtype, direction="backward" if args.backward else "forward",
-                   params=not args.no_params, **dict(args.size))
+                   params=not args.no_params, target=args.target, **dict(args.size))
     print(plan)
     return 0
 

@@ -13,7 +13,7 @@ def describe_plan(plan: Plan) -> str:
              f"  strategy {k.strategy.value}, " + (f"fused (statistics and normalize in one visit per unit)"
                                                   if la.fused else f"phased ({la.n_parts} parts per group, "
                                                   "merged with Chan's formula, then normalize)"),
-             f"  parallel {la.n_blocks} blocks over {la.threads} thread(s)",
+             _parallel(plan),
              "  loop dims (outer -> inner, after coalescing):"]
     arrays = [a for a, _ in la.strides]
     for i, d in enumerate(k.dims):
@@ -25,6 +25,17 @@ def describe_plan(plan: Plan) -> str:
     lines.append("  loop nest:")
     lines.extend("    " + line for line in loop_nest(plan))
     return "\n".join(lines)
+
+
+def _parallel(plan: Plan) -> str:
+    la = plan.launch
+    if plan.kernel.target != "cuda":
+        return f"  parallel {la.n_blocks} blocks over {la.threads} thread(s)"
+    grid, bx, by, tpu = la.gpu
+    who = ("a warp" if tpu == 32 else f"{tpu} threads") if plan.kernel.strategy is Strategy.ROWS else \
+        f"a {bx}x{by} tile of threads"
+    return (f"  grid     {grid} blocks of {bx * by} threads ({bx}x{by}); {who} per unit of work"
+            + (f"; {la.n_parts} parts per group, merged by a second kernel" if la.n_parts > 1 else ""))
 
 
 def loop_nest(plan: Plan) -> list[str]:
