@@ -153,3 +153,19 @@ def test_mpirun_two_ranks():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     oks = [line for line in proc.stdout.splitlines() if line.startswith("rank ") and " ok: " in line]
     assert len(oks) == 2 and all("rms_norm (hidden split)" in line for line in oks), proc.stdout
+
+
+def test_convert_sync_shares_tensors_and_is_batch_norm_outside_a_group():
+    torch = pytest.importorskip("torch")
+    import normgen.torch as nt
+
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Sequential(torch.nn.BatchNorm2d(4, momentum=None))).double()
+    ref[1].running_mean.fill_(0.5)
+    model = nt.convert_sync(ref, process_group=None)
+    assert isinstance(model[1], nt.SyncBatchNorm) and isinstance(model[3][0], nt.SyncBatchNorm)
+    assert model[1].weight is ref[1].weight and model[1].running_mean is ref[1].running_mean
+    assert model[3][0].momentum is None and model[1].training
+    x = torch.randn(4, 3, 7, 7, dtype=torch.float64)
+    expect = torch.nn.functional.batch_norm(ref[0](x), None, None, ref[1].weight, ref[1].bias, training=True)
+    torch.testing.assert_close(model[1](ref[0](x)), expect)
