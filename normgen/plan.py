@@ -44,6 +44,14 @@ COL_CHUNK = 32768
 ROW_MIN = 64
 #: columns accumulated together by one unit in the columns strategy
 COL_SEG = 1024
+#: columns strategy, apply passes: when whole rows lie back to back, this many elements of
+#: consecutive rows are normalized in one vector loop (short rows cost a call each otherwise)
+COL_APPLY = 1024
+
+
+def col_apply_rows(tile: int) -> int:
+    """Rows per apply step when rows are back to back (the kernels and their scratch agree)."""
+    return max(1, COL_APPLY // max(tile, 1))
 #: tests set this to split every reduction into parts (exercising the phased kernels on small shapes)
 FORCE_PARTS: int | None = None
 

@@ -14,7 +14,7 @@ import jinja2
 
 from . import __version__
 from .paths import templates_dir
-from .plan import STRIDE_PREFIX, Kernel, Strategy, geometry_names
+from .plan import COL_APPLY, STRIDE_PREFIX, Kernel, Strategy, geometry_names
 from .spec import Center, Scale
 
 #: how each geometry entry is described in the generated unpack block
@@ -102,7 +102,7 @@ def context(k: Kernel, key: str) -> dict[str, Any]:
         "geom": geom, "has_weight": k.has_weight, "has_bias": k.has_bias, "affine": has_params,
         "affine_inner": cls["param"] != "0",
         "centered": k.center is Center.MEAN, "split": k.dtype == "float32" and k.center is Center.MEAN,
-        "per_count": k.scale in (Scale.STD, Scale.RMS), "reduce_by": k.reduce_by,
+        "per_count": k.scale in (Scale.STD, Scale.RMS), "reduce_by": k.reduce_by, "col_apply": COL_APPLY,
         **(_cuda_context(k) if k.target == "cuda" else {}),
     }
 

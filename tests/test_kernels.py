@@ -49,6 +49,29 @@ def test_phased_path_on_small_shapes(name, monkeypatch):
     _assert_all_ok(results)
 
 
+BLOCKED = [("batch_norm", (6, 16, 13, 11), (), "channels_last"), ("standardize", (1501, 24), (), "contiguous"),
+           ("group_norm", (3, 12, 9, 10), (("num_groups", 4),), "channels_last")]
+
+
+@pytest.mark.parametrize("name, shape, sizes, layout", BLOCKED, ids=[b[0] for b in BLOCKED])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_columns_with_rows_back_to_back_in_blocks(name, shape, sizes, layout, dtype):
+    """Narrow column tiles whose rows lie back to back are reduced and applied KB rows per
+    vector loop (then the leftover rows one by one): shapes where both happen, against the oracle."""
+    from normgen.check import Case
+    from normgen.layouts import layout_strides
+
+    op = normgen.load(name)
+    plan = op.plan(shape, strides=layout_strides(shape, layout), dtype=dtype, **dict(sizes))
+    la, k = plan.launch, plan.kernel
+    tile = la.seg * (la.sizes[k.tail] if k.tail is not None else 1)
+    rows_per_part = min(la.sizes[i] for i in k.rows) // la.n_parts
+    assert k.strategy is planner.Strategy.COLUMNS and len(k.rows) == 1
+    assert rows_per_part > planner.col_apply_rows(tile) > 1  # blocks of rows, and some left over
+    modes = (True, False) if op.spec.running is not None else (True,)
+    _assert_all_ok([run_case(op, Case("blocked", shape, sizes), layout, dtype, t, seed=3) for t in modes])
+
+
 def test_no_parameters_and_out(rng):
     op = normgen.load("group_norm")
     x = rng.standard_normal((2, 6, 4, 4)).astype(np.float32)

@@ -3,7 +3,7 @@
 # spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 # plan:      forward · float32 · columns · groups () · rows (N·spatial0·spatial1) · columns C
 # loop dims: N·spatial0·spatial1(R) C(K)
-# key:       a52e72fddc50e63c9b67f122974b254f
+# key:       8917fba009eea991bacd69fb32937e2e
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -54,9 +54,11 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
     n_csegs = (n_C + seg - 1) // seg
     n_units = 1 * n_csegs * n_parts
     TL = seg * 1  # scratch per tile array
+    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
+    TD = TL * KB  # scratch per tile array: KB rows of the tile
     for blk in range(blk_lo, blk_hi):
-        f64s = scratch[blk * (5 * TL + 2 * seg):(blk + 1) * (5 * TL + 2 * seg)]
-        dts = scratch_dt[blk * 3 * TL:(blk + 1) * 3 * TL]
+        f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
+        dts = scratch_dt[blk * 3 * TD:(blk + 1) * 3 * TD]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
             rest = unit // n_parts
@@ -72,16 +74,29 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
             s_u = 0 + c_lo * ss_C
             p_u = 0 + c_lo * ps_C
             k_e = f64s[0:L]
-            s1 = f64s[TL:TL + L]
-            s2 = f64s[2 * TL:2 * TL + L]
-            a_mean = f64s[3 * TL:3 * TL + nc]
-            a_m2 = f64s[3 * TL + seg:3 * TL + seg + nc]
+            s1 = f64s[TD:TD + L]
+            s2 = f64s[2 * TD:2 * TD + L]
+            a_mean = f64s[3 * TD:3 * TD + nc]
+            a_m2 = f64s[3 * TD + seg:3 * TD + seg + nc]
             x_r = x_u + (r_lo) * xs_N_spatial
             for e in range(L):
                 k_e[e] = x[x_r + e]
             s1[:] = 0.0
             s2[:] = 0.0
             q = r_lo
+            if KB > 1 and n_csegs == 1 and xs_N_spatial == L:  # rows back to back: KB per loop
+                LK = L * KB
+                for k in range(1, KB):
+                    f64s[k * L:(k + 1) * L] = k_e
+                f64s[TD:TD + LK] = 0.0
+                f64s[2 * TD:2 * TD + LK] = 0.0
+                while q + KB <= r_hi:
+                    x_r = x_u + (q) * xs_N_spatial
+                    col_dev(f64s[TD:TD + LK], f64s[2 * TD:2 * TD + LK], x[x_r:x_r + LK], f64s[0:LK])
+                    q += KB
+                for k in range(1, KB):  # fold the KB copies of each tile element
+                    col_add(s1, f64s[TD + k * L:TD + (k + 1) * L])
+                    col_add(s2, f64s[2 * TD + k * L:2 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: N·spatial0·spatial1, two at a time
                 x_r0 = x_u + (q) * xs_N_spatial
                 x_r1 = x_u + (q + 1) * xs_N_spatial
@@ -97,8 +112,8 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
                 a_mean[j] = k_e[j] + s1[j] / nr
                 a_m2[j] = max(s2[j] - s1[j] * s1[j] / nr, 0.0)
             hi_e = dts[0:L]
-            sc_e = dts[TL:TL + L]
-            sh_e = dts[2 * TL:2 * TL + L]
+            sc_e = dts[TD:TD + L]
+            sh_e = dts[2 * TD:2 * TD + L]
             for j in range(nc):
                 k = 3 * (s_u + j * ss_C)
                 moments[k] = n
@@ -114,7 +129,18 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
                 hi_e[e] = mu_hi
                 sc_e[e] = dt(sc)
                 sh_e[e] = dt(bias[p] - float64(mu_lo) * sc)
-            for q in range(r_lo, r_hi):  # rows: N·spatial0·spatial1
+            q0 = r_lo
+            if KB > 1 and n_csegs == 1 and xs_N_spatial == L and ys_N_spatial == L:
+                for t in range(3):
+                    for k in range(1, KB):
+                        dts[t * TD + k * L:t * TD + (k + 1) * L] = dts[t * TD:t * TD + L]
+                LK = L * KB
+                while q0 + KB <= r_hi:
+                    x_r = x_u + (q0) * xs_N_spatial
+                    y_r = y_u + (q0) * ys_N_spatial
+                    affine_row(y[y_r:y_r + LK], x[x_r:x_r + LK], dts[0:LK], dts[TD:TD + LK], dts[2 * TD:2 * TD + LK])
+                    q0 += KB
+            for q in range(q0, r_hi):  # rows: N·spatial0·spatial1
                 x_r = x_u + (q) * xs_N_spatial
                 y_r = y_u + (q) * ys_N_spatial
                 affine_row(y[y_r:y_r + L], x[x_r:x_r + L], hi_e, sc_e, sh_e)
@@ -142,8 +168,10 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
     n_csegs = (n_C + seg - 1) // seg
     n_units = 1 * n_csegs * n_parts
     TL = seg * 1  # scratch per tile array
+    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
+    TD = TL * KB  # scratch per tile array: KB rows of the tile
     for blk in range(blk_lo, blk_hi):
-        f64s = scratch[blk * (5 * TL + 2 * seg):(blk + 1) * (5 * TL + 2 * seg)]
+        f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
             rest = unit // n_parts
@@ -157,16 +185,29 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
             x_u = 0 + c_lo * xs_C
             s_u = 0 + c_lo * ss_C
             k_e = f64s[0:L]
-            s1 = f64s[TL:TL + L]
-            s2 = f64s[2 * TL:2 * TL + L]
-            a_mean = f64s[3 * TL:3 * TL + nc]
-            a_m2 = f64s[3 * TL + seg:3 * TL + seg + nc]
+            s1 = f64s[TD:TD + L]
+            s2 = f64s[2 * TD:2 * TD + L]
+            a_mean = f64s[3 * TD:3 * TD + nc]
+            a_m2 = f64s[3 * TD + seg:3 * TD + seg + nc]
             x_r = x_u + (r_lo) * xs_N_spatial
             for e in range(L):
                 k_e[e] = x[x_r + e]
             s1[:] = 0.0
             s2[:] = 0.0
             q = r_lo
+            if KB > 1 and n_csegs == 1 and xs_N_spatial == L:  # rows back to back: KB per loop
+                LK = L * KB
+                for k in range(1, KB):
+                    f64s[k * L:(k + 1) * L] = k_e
+                f64s[TD:TD + LK] = 0.0
+                f64s[2 * TD:2 * TD + LK] = 0.0
+                while q + KB <= r_hi:
+                    x_r = x_u + (q) * xs_N_spatial
+                    col_dev(f64s[TD:TD + LK], f64s[2 * TD:2 * TD + LK], x[x_r:x_r + LK], f64s[0:LK])
+                    q += KB
+                for k in range(1, KB):  # fold the KB copies of each tile element
+                    col_add(s1, f64s[TD + k * L:TD + (k + 1) * L])
+                    col_add(s2, f64s[2 * TD + k * L:2 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: N·spatial0·spatial1, two at a time
                 x_r0 = x_u + (q) * xs_N_spatial
                 x_r1 = x_u + (q + 1) * xs_N_spatial
@@ -210,8 +251,10 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, scratch_dt, g, blk_
     n_csegs = (n_C + seg - 1) // seg
     n_units = 1 * n_csegs * n_parts
     TL = seg * 1  # scratch per tile array
+    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
+    TD = TL * KB  # scratch per tile array: KB rows of the tile
     for blk in range(blk_lo, blk_hi):
-        dts = scratch_dt[blk * 3 * TL:(blk + 1) * 3 * TL]
+        dts = scratch_dt[blk * 3 * TD:(blk + 1) * 3 * TD]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
             rest = unit // n_parts
@@ -227,8 +270,8 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, scratch_dt, g, blk_
             s_u = 0 + c_lo * ss_C
             p_u = 0 + c_lo * ps_C
             hi_e = dts[0:L]
-            sc_e = dts[TL:TL + L]
-            sh_e = dts[2 * TL:2 * TL + L]
+            sc_e = dts[TD:TD + L]
+            sh_e = dts[2 * TD:2 * TD + L]
             for j in range(nc):
                 mu_hi = mu_his[s_u + j * ss_C]
                 mu_lo = mu_los[s_u + j * ss_C]
@@ -239,7 +282,18 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, scratch_dt, g, blk_
                 hi_e[e] = mu_hi
                 sc_e[e] = dt(sc)
                 sh_e[e] = dt(bias[p] - float64(mu_lo) * sc)
-            for q in range(r_lo, r_hi):  # rows: N·spatial0·spatial1
+            q0 = r_lo
+            if KB > 1 and n_csegs == 1 and xs_N_spatial == L and ys_N_spatial == L:
+                for t in range(3):
+                    for k in range(1, KB):
+                        dts[t * TD + k * L:t * TD + (k + 1) * L] = dts[t * TD:t * TD + L]
+                LK = L * KB
+                while q0 + KB <= r_hi:
+                    x_r = x_u + (q0) * xs_N_spatial
+                    y_r = y_u + (q0) * ys_N_spatial
+                    affine_row(y[y_r:y_r + LK], x[x_r:x_r + LK], dts[0:LK], dts[TD:TD + LK], dts[2 * TD:2 * TD + LK])
+                    q0 += KB
+            for q in range(q0, r_hi):  # rows: N·spatial0·spatial1
                 x_r = x_u + (q) * xs_N_spatial
                 y_r = y_u + (q) * ys_N_spatial
                 affine_row(y[y_r:y_r + L], x[x_r:x_r + L], hi_e, sc_e, sh_e)

@@ -3,7 +3,7 @@
 # spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 # plan:      backward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 # loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-# key:       73c21691a7a856c277e173a151fefcd0
+# key:       84e9cbd825666d2ca54c4fd02d4623f1
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -68,11 +68,13 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
     n_csegs = (n_G + seg - 1) // seg
     n_units = n_N * n_csegs * n_parts
     TL = seg * n_c  # scratch per tile array
+    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
+    TD = TL * KB  # scratch per tile array: KB rows of the tile
     for blk in range(blk_lo, blk_hi):
-        f64s = scratch[blk * (5 * TL + 2 * seg):(blk + 1) * (5 * TL + 2 * seg)]
+        f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         dw_o = 2 * blk * n_param
         db_o = dw_o + n_param
-        dts = scratch_dt[blk * 4 * TL:(blk + 1) * 4 * TL]
+        dts = scratch_dt[blk * 4 * TD:(blk + 1) * 4 * TD]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
             rest = unit // n_parts
@@ -90,8 +92,8 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             s_u = 0 + i_N * ss_N + c_lo * ss_G
             p_u = 0 + c_lo * ps_G
             mu_e = f64s[0:L]
-            rs_e = f64s[TL:TL + L]
-            w_e = f64s[2 * TL:2 * TL + L]
+            rs_e = f64s[TD:TD + L]
+            w_e = f64s[2 * TD:2 * TD + L]
             for j in range(nc):
                 mu = float64(mu_his[s_u + j * ss_G]) + float64(mu_los[s_u + j * ss_G])
                 rs = float64(rstds[s_u + j * ss_G])
@@ -101,11 +103,29 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
                     mu_e[e] = mu
                     rs_e[e] = rs
                     w_e[e] = weight[p]
-            pq_p = f64s[3 * TL:3 * TL + L]
-            pq_q = f64s[4 * TL:4 * TL + L]
+            pq_p = f64s[3 * TD:3 * TD + L]
+            pq_q = f64s[4 * TD:4 * TD + L]
             pq_p[:] = 0.0
             pq_q[:] = 0.0
             q = r_lo
+            if KB > 1 and n_csegs == 1 and xs_spatial == L and dys_spatial == L:
+                LK = L * KB  # rows back to back: KB per loop, then fold the copies
+                for k in range(1, KB):
+                    mu_e_k = f64s[k * L:(k + 1) * L]
+                    mu_e_k[:] = mu_e
+                    rs_e_k = f64s[TD + k * L:TD + (k + 1) * L]
+                    rs_e_k[:] = rs_e
+                f64s[3 * TD:3 * TD + LK] = 0.0
+                f64s[4 * TD:4 * TD + LK] = 0.0
+                while q + KB <= r_hi:
+                    x_r = x_u + (q) * xs_spatial
+                    dy_r = dy_u + (q) * dys_spatial
+                    col_grad(f64s[3 * TD:3 * TD + LK], f64s[4 * TD:4 * TD + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK],
+                             f64s[0:LK], f64s[TD:TD + LK])
+                    q += KB
+                for k in range(1, KB):
+                    col_add(pq_p, f64s[3 * TD + k * L:3 * TD + (k + 1) * L])
+                    col_add(pq_q, f64s[4 * TD + k * L:4 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: spatial0·spatial1, two at a time
                 x_r0 = x_u + (q) * xs_spatial
                 dy_r0 = dy_u + (q) * dys_spatial
@@ -118,8 +138,8 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
                 dy_r = dy_u + (q) * dys_spatial
                 col_grad(pq_p, pq_q, x[x_r:x_r + L], dy[dy_r:dy_r + L], mu_e, rs_e)
                 q += 1
-            a_c = f64s[5 * TL:5 * TL + nc]
-            b_c = f64s[5 * TL + seg:5 * TL + seg + nc]
+            a_c = f64s[5 * TD:5 * TD + nc]
+            b_c = f64s[5 * TD + seg:5 * TD + seg + nc]
             for j in range(nc):
                 acc = 0.0
                 for k in range(n_c):
@@ -144,9 +164,9 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
                 a_c[j] = -r * r * gb / count  # from here on: c1
                 b_c[j] = -r * ga / count  # from here on: c2
             hi_e = dts[0:L]
-            c0w_e = dts[TL:TL + L]
-            c1_e = dts[2 * TL:2 * TL + L]
-            c2_e = dts[3 * TL:3 * TL + L]
+            c0w_e = dts[TD:TD + L]
+            c1_e = dts[2 * TD:2 * TD + L]
+            c2_e = dts[3 * TD:3 * TD + L]
             for j in range(nc):
                 c0 = float64(rstds[s_u + j * ss_G])
                 c1 = a_c[j]
@@ -159,7 +179,20 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
                     c0w_e[e] = dt(c0 * w_e[e])
                     c1_e[e] = dt(c1)
                     c2_e[e] = dt(c2 - c1 * float64(mu_lo))
-            for q in range(r_lo, r_hi):  # rows: spatial0·spatial1
+            q0 = r_lo
+            if KB > 1 and n_csegs == 1 and xs_spatial == L and dys_spatial == L and dxs_spatial == L:
+                for t in range(4):
+                    for k in range(1, KB):
+                        dts[t * TD + k * L:t * TD + (k + 1) * L] = dts[t * TD:t * TD + L]
+                LK = L * KB
+                while q0 + KB <= r_hi:
+                    x_r = x_u + (q0) * xs_spatial
+                    dy_r = dy_u + (q0) * dys_spatial
+                    dx_r = dx_u + (q0) * dxs_spatial
+                    grad_row(dx[dx_r:dx_r + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK], dts[0:LK], dts[TD:TD + LK],
+                             dts[2 * TD:2 * TD + LK], dts[3 * TD:3 * TD + LK])
+                    q0 += KB
+            for q in range(q0, r_hi):  # rows: spatial0·spatial1
                 x_r = x_u + (q) * xs_spatial
                 dy_r = dy_u + (q) * dys_spatial
                 dx_r = dx_u + (q) * dxs_spatial
@@ -202,8 +235,10 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
     n_csegs = (n_G + seg - 1) // seg
     n_units = n_N * n_csegs * n_parts
     TL = seg * n_c  # scratch per tile array
+    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
+    TD = TL * KB  # scratch per tile array: KB rows of the tile
     for blk in range(blk_lo, blk_hi):
-        f64s = scratch[blk * (5 * TL + 2 * seg):(blk + 1) * (5 * TL + 2 * seg)]
+        f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         dw_o = 2 * blk * n_param
         db_o = dw_o + n_param
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
@@ -222,8 +257,8 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
             s_u = 0 + i_N * ss_N + c_lo * ss_G
             p_u = 0 + c_lo * ps_G
             mu_e = f64s[0:L]
-            rs_e = f64s[TL:TL + L]
-            w_e = f64s[2 * TL:2 * TL + L]
+            rs_e = f64s[TD:TD + L]
+            w_e = f64s[2 * TD:2 * TD + L]
             for j in range(nc):
                 mu = float64(mu_his[s_u + j * ss_G]) + float64(mu_los[s_u + j * ss_G])
                 rs = float64(rstds[s_u + j * ss_G])
@@ -233,11 +268,29 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
                     mu_e[e] = mu
                     rs_e[e] = rs
                     w_e[e] = weight[p]
-            pq_p = f64s[3 * TL:3 * TL + L]
-            pq_q = f64s[4 * TL:4 * TL + L]
+            pq_p = f64s[3 * TD:3 * TD + L]
+            pq_q = f64s[4 * TD:4 * TD + L]
             pq_p[:] = 0.0
             pq_q[:] = 0.0
             q = r_lo
+            if KB > 1 and n_csegs == 1 and xs_spatial == L and dys_spatial == L:
+                LK = L * KB  # rows back to back: KB per loop, then fold the copies
+                for k in range(1, KB):
+                    mu_e_k = f64s[k * L:(k + 1) * L]
+                    mu_e_k[:] = mu_e
+                    rs_e_k = f64s[TD + k * L:TD + (k + 1) * L]
+                    rs_e_k[:] = rs_e
+                f64s[3 * TD:3 * TD + LK] = 0.0
+                f64s[4 * TD:4 * TD + LK] = 0.0
+                while q + KB <= r_hi:
+                    x_r = x_u + (q) * xs_spatial
+                    dy_r = dy_u + (q) * dys_spatial
+                    col_grad(f64s[3 * TD:3 * TD + LK], f64s[4 * TD:4 * TD + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK],
+                             f64s[0:LK], f64s[TD:TD + LK])
+                    q += KB
+                for k in range(1, KB):
+                    col_add(pq_p, f64s[3 * TD + k * L:3 * TD + (k + 1) * L])
+                    col_add(pq_q, f64s[4 * TD + k * L:4 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: spatial0·spatial1, two at a time
                 x_r0 = x_u + (q) * xs_spatial
                 dy_r0 = dy_u + (q) * dys_spatial
@@ -250,8 +303,8 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
                 dy_r = dy_u + (q) * dys_spatial
                 col_grad(pq_p, pq_q, x[x_r:x_r + L], dy[dy_r:dy_r + L], mu_e, rs_e)
                 q += 1
-            a_c = f64s[5 * TL:5 * TL + nc]
-            b_c = f64s[5 * TL + seg:5 * TL + seg + nc]
+            a_c = f64s[5 * TD:5 * TD + nc]
+            b_c = f64s[5 * TD + seg:5 * TD + seg + nc]
             for j in range(nc):
                 acc = 0.0
                 for k in range(n_c):
@@ -310,9 +363,11 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, sc
     n_csegs = (n_G + seg - 1) // seg
     n_units = n_N * n_csegs * n_parts
     TL = seg * n_c  # scratch per tile array
+    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
+    TD = TL * KB  # scratch per tile array: KB rows of the tile
     for blk in range(blk_lo, blk_hi):
-        f64s = scratch[blk * (5 * TL + 2 * seg):(blk + 1) * (5 * TL + 2 * seg)]
-        dts = scratch_dt[blk * 4 * TL:(blk + 1) * 4 * TL]
+        f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
+        dts = scratch_dt[blk * 4 * TD:(blk + 1) * 4 * TD]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
             rest = unit // n_parts
@@ -329,16 +384,16 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, sc
             dx_u = 0 + i_N * dxs_N + c_lo * dxs_G
             s_u = 0 + i_N * ss_N + c_lo * ss_G
             p_u = 0 + c_lo * ps_G
-            w_e = f64s[2 * TL:2 * TL + L]
+            w_e = f64s[2 * TD:2 * TD + L]
             for j in range(nc):
                 for k in range(n_c):
                     e = j * n_c + k
                     p = p_u + j * ps_G + k * ps_c
                     w_e[e] = weight[p]
             hi_e = dts[0:L]
-            c0w_e = dts[TL:TL + L]
-            c1_e = dts[2 * TL:2 * TL + L]
-            c2_e = dts[3 * TL:3 * TL + L]
+            c0w_e = dts[TD:TD + L]
+            c1_e = dts[2 * TD:2 * TD + L]
+            c2_e = dts[3 * TD:3 * TD + L]
             for j in range(nc):
                 c0 = float64(c0s[s_u + j * ss_G])
                 c1 = float64(c1s[s_u + j * ss_G])
@@ -351,7 +406,20 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, sc
                     c0w_e[e] = dt(c0 * w_e[e])
                     c1_e[e] = dt(c1)
                     c2_e[e] = dt(c2 - c1 * float64(mu_lo))
-            for q in range(r_lo, r_hi):  # rows: spatial0·spatial1
+            q0 = r_lo
+            if KB > 1 and n_csegs == 1 and xs_spatial == L and dys_spatial == L and dxs_spatial == L:
+                for t in range(4):
+                    for k in range(1, KB):
+                        dts[t * TD + k * L:t * TD + (k + 1) * L] = dts[t * TD:t * TD + L]
+                LK = L * KB
+                while q0 + KB <= r_hi:
+                    x_r = x_u + (q0) * xs_spatial
+                    dy_r = dy_u + (q0) * dys_spatial
+                    dx_r = dx_u + (q0) * dxs_spatial
+                    grad_row(dx[dx_r:dx_r + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK], dts[0:LK], dts[TD:TD + LK],
+                             dts[2 * TD:2 * TD + LK], dts[3 * TD:3 * TD + LK])
+                    q0 += KB
+            for q in range(q0, r_hi):  # rows: spatial0·spatial1
                 x_r = x_u + (q) * xs_spatial
                 dy_r = dy_u + (q) * dys_spatial
                 dx_r = dx_u + (q) * dxs_spatial

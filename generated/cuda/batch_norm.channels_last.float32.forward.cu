@@ -3,7 +3,7 @@
 // spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 // plan:      forward · float32 · columns · groups () · rows (N·spatial0·spatial1) · columns C
 // loop dims: N·spatial0·spatial1(R) C(K)
-// key:       dbaa12cc22c7127a0b16b63a03466ea4
+// key:       a5c316c6002f00073c301e1a1016c4aa
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 // plan:      backward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 // loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-// key:       37372c0939f0a11966ce3695bb805351
+// key:       5ff722e42f2a211a6d13c0e76390061c
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 // plan:      backward · float32 · rows · groups (N, G) · rows (c) · inner spatial0·spatial1
 // loop dims: N(K) G(K) c(R) spatial0·spatial1(R)
-// key:       83bfad31dd9d551eec6340bfa3f45f57
+// key:       2567862a550477aac6790be45c1ebdd3
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

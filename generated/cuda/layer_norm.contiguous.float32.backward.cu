@@ -3,7 +3,7 @@
 // spec:      layer_norm (layer_norm.toml: input '*batch *normalized', kept '*batch'), center mean, scale std
 // plan:      backward · float32 · rows · groups (batch) · inner normalized
 // loop dims: batch(K) normalized(R)
-// key:       b84b3f24798571603d981382cd31fd1b
+// key:       b0a280d623987f9494d40e9f790295df
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      rms_norm (rms_norm.toml: input '*batch *normalized', kept '*batch'), center none, scale rms
 // plan:      backward · float32 · rows · groups (batch) · inner normalized
 // loop dims: batch(K) normalized(R)
-// key:       dad4fd489d1163f8f41d015d084032ea
+// key:       b7742a2b45130b29b39103a480860468
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

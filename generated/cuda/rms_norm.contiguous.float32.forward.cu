@@ -3,7 +3,7 @@
 // spec:      rms_norm (rms_norm.toml: input '*batch *normalized', kept '*batch'), center none, scale rms
 // plan:      forward · float32 · rows · groups (batch) · inner normalized
 // loop dims: batch(K) normalized(R)
-// key:       01fd6d4954301754f7a92781927fb18f
+// key:       37511b52b7d1b070e5b42b44557dff92
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import cache
-from ..plan import Plan, Strategy, geometry_values
+from ..plan import Plan, Strategy, col_apply_rows, geometry_values
 from ..render import render
 
 
@@ -127,8 +127,10 @@ def _scratch(plan: Plan, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     dtype-typed expanded constants, for a tile of seg columns x tail elements."""
     la, k = plan.launch, plan.kernel
     tile = la.seg * (la.sizes[k.tail] if k.tail is not None else 1)
-    return (np.empty(la.n_blocks * (5 * tile + 5 * la.seg), np.float64),
-            np.empty(la.n_blocks * 4 * tile, dtype))
+    # room for col_apply_rows(tile) rows of the tile (rows processed together when back to back)
+    rows = col_apply_rows(tile)
+    return (np.empty(la.n_blocks * (5 * tile * rows + 5 * la.seg), np.float64),
+            np.empty(la.n_blocks * 4 * tile * rows, dtype))
 
 
 def n_stat(plan: Plan) -> int:
