@@ -3,7 +3,7 @@
 # spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 # plan:      backward · float32 · columns · groups () · rows (N·spatial0·spatial1) · columns C
 # loop dims: N·spatial0·spatial1(R) C(K)
-# key:       21d85e452bff56d703ce7cbdd40a26da
+# key:       a15e352daf240987ec7add82dbd9ebdb
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

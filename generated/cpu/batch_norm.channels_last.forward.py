@@ -3,7 +3,7 @@
 # spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 # plan:      forward · float32 · columns · groups () · rows (N·spatial0·spatial1) · columns C
 # loop dims: N·spatial0·spatial1(R) C(K)
-# key:       8917fba009eea991bacd69fb32937e2e
+# key:       2f41e05e1abe58fcec50f8a0de78ec24
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -84,7 +84,7 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
             s1[:] = 0.0
             s2[:] = 0.0
             q = r_lo
-            if KB > 1 and n_csegs == 1 and xs_N_spatial == L:  # rows back to back: KB per loop
+            if KB > 1 and L <= 64 and n_csegs == 1 and xs_N_spatial == L:  # rows back to back: KB per loop
                 LK = L * KB
                 for k in range(1, KB):
                     f64s[k * L:(k + 1) * L] = k_e
@@ -195,7 +195,7 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
             s1[:] = 0.0
             s2[:] = 0.0
             q = r_lo
-            if KB > 1 and n_csegs == 1 and xs_N_spatial == L:  # rows back to back: KB per loop
+            if KB > 1 and L <= 64 and n_csegs == 1 and xs_N_spatial == L:  # rows back to back: KB per loop
                 LK = L * KB
                 for k in range(1, KB):
                     f64s[k * L:(k + 1) * L] = k_e

@@ -3,7 +3,7 @@
 # spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 # plan:      forward · float32 · rows · groups (C) · rows (N) · inner spatial0·spatial1
 # loop dims: N(R) C(K) spatial0·spatial1(R)
-# key:       8e21d66f7eaba0c29b61b85d6edb8da0
+# key:       ada360c15e857453e4c879cfc1f61495
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

@@ -3,7 +3,7 @@
 # spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 # plan:      forward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 # loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-# key:       9e44e7b6515ec7b60efa25a1b1d01d93
+# key:       905364aceee7ad4b33aab6ee9a5d0ac6
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -95,7 +95,7 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
             s1[:] = 0.0
             s2[:] = 0.0
             q = r_lo
-            if KB > 1 and n_csegs == 1 and xs_spatial == L:  # rows back to back: KB per loop
+            if KB > 1 and L <= 64 and n_csegs == 1 and xs_spatial == L:  # rows back to back: KB per loop
                 LK = L * KB
                 for k in range(1, KB):
                     f64s[k * L:(k + 1) * L] = k_e
@@ -229,7 +229,7 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
             s1[:] = 0.0
             s2[:] = 0.0
             q = r_lo
-            if KB > 1 and n_csegs == 1 and xs_spatial == L:  # rows back to back: KB per loop
+            if KB > 1 and L <= 64 and n_csegs == 1 and xs_spatial == L:  # rows back to back: KB per loop
                 LK = L * KB
                 for k in range(1, KB):
                     f64s[k * L:(k + 1) * L] = k_e

@@ -3,7 +3,7 @@
 # spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 # plan:      forward · float32 · rows · groups (N, G) · rows (c) · inner spatial0·spatial1
 # loop dims: N(K) G(K) c(R) spatial0·spatial1(R)
-# key:       a23cb493fb6a3034842b7670fecfe8c8
+# key:       523132e17c32479932ecd055abceaa4d
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

@@ -3,7 +3,7 @@
 # spec:      layer_norm (layer_norm.toml: input '*batch *normalized', kept '*batch'), center mean, scale std
 # plan:      forward · float32 · rows · groups (batch) · inner normalized
 # loop dims: batch(K) normalized(R)
-# key:       f4a67c24c8cd99fe69b2ff41d43d1230
+# key:       b32bdcabcbdb17b605f9919c13914f88
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

@@ -3,7 +3,7 @@
 # spec:      rms_norm (rms_norm.toml: input '*batch *normalized', kept '*batch'), center none, scale rms
 # plan:      forward · float32 · rows · groups (batch) · inner normalized
 # loop dims: batch(K) normalized(R)
-# key:       4745e2c707006cc493a9a0dd572dec24
+# key:       c5e8f569cb554bba0f1de71dacffa999
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

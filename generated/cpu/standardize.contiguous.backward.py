@@ -3,7 +3,7 @@
 # spec:      standardize (standardize.toml: input 'N F', kept 'F'), center mean, scale std
 # plan:      backward · float32 · columns · groups () · rows (N) · columns F
 # loop dims: N(R) F(K)
-# key:       dc4f0ac54154cf0d600c1d9a99132533
+# key:       b02bd867721694ca11167eeb1f61ea15
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

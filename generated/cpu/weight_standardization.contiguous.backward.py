@@ -3,7 +3,7 @@
 # spec:      weight_standardization (weight_standardization.toml: input 'O *fan_in', kept 'O'), center mean, scale std
 # plan:      backward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 # loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-# key:       6feaee4f11929b8cac4b80ed226ff115
+# key:       0911b25470b2717b2c0996193c045e8a
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

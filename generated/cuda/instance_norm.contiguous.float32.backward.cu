@@ -3,7 +3,7 @@
 // spec:      instance_norm (instance_norm.toml: input 'N C *spatial', kept 'N C'), center mean, scale std
 // plan:      backward · float32 · rows · groups (N, C) · inner spatial0·spatial1
 // loop dims: N(K) C(K) spatial0·spatial1(R)
-// key:       4818f8243a99e4b5a7b0a28171c5bc2e
+// key:       d43efd6495b1504d4523533ce165600e
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      standardize (standardize.toml: input 'N F', kept 'F'), center mean, scale std
 // plan:      forward · float32 · columns · groups () · rows (N) · columns F
 // loop dims: N(R) F(K)
-// key:       89f4a3f84930ab5e6286fa3c51c49709
+// key:       c36ff61011139fc7ad17c53d944459f2
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
