@@ -314,8 +314,7 @@ class Op:
             raise CallError(f"{self.name}: expected more than 1 value per statistic when training "
                             f"(input {tuple(x.shape)} has 1); running variance needs n - 1 > 0")
         xk = x if backend.strides(x) is not None else backend.contiguous(x)
-        w = checked.get(spec.affine.weight) if spec.affine and spec.affine.weight else None
-        b = checked.get(spec.affine.bias) if spec.affine and spec.affine.bias else None
+        w, b = self._affine(checked)
         plan = self._plan(backend, binding, {"x": backend.strides(xk), "y": backend.strides(y)}, Direction.FORWARD,
                           dtype, w is not None, b is not None)
         sdt = backend.stat_dtype(dtype)
@@ -347,10 +346,7 @@ class Op:
             if factor is not None:
                 new_running = self._running(binding, norm, mix_info, n, factor, running_mean, running_var, backend)
         if new_running is not None:  # every kernel has run: now update in place, both or neither
-            running_mean[...] = backend.from_host(new_running[0])
-            running_var[...] = backend.from_host(new_running[1])
-            if isinstance(num_batches_tracked, np.ndarray):
-                num_batches_tracked += 1
+            _commit_running(new_running, running_mean, running_var, num_batches_tracked, backend)
         return Forward(y=y, kstats=kstats, backend=backend, centered=spec.center is Center.MEAN, x=xk,
                        params=checked, sizes=sizes, binding=binding, eval_mode=eval_mode, eps=e, mix=mix_info)
 
@@ -374,8 +370,7 @@ class Op:
 
         spec = self.spec
         xk = x if backend.strides(x) is not None else backend.contiguous(x)
-        w = params.get(spec.affine.weight) if spec.affine and spec.affine.weight else None
-        b = params.get(spec.affine.bias) if spec.affine and spec.affine.bias else None
+        w, b = self._affine(params)
         plan = None
         local = np.zeros((binding.n_groups, 3))  # a rank without elements contributes count 0
         if x.size:
@@ -397,10 +392,7 @@ class Op:
             norm = st.normalizer(spec, *(moments[:, i].reshape(shape) for i in range(3)), e)
             new = self._running(binding, norm, None, count.reshape(shape), factor, running_mean, running_var,
                                 backend)
-            running_mean[...] = backend.from_host(new[0])
-            running_var[...] = backend.from_host(new[1])
-            if isinstance(num_batches_tracked, np.ndarray):
-                num_batches_tracked += 1
+            _commit_running(new, running_mean, running_var, num_batches_tracked, backend)
         return Forward(y=y, kstats=backend.from_host(kstats), backend=backend, centered=spec.center is Center.MEAN,
                        x=xk, params=params, sizes=sizes, binding=binding, eps=e, group=group, count=count)
 
@@ -498,23 +490,14 @@ class Op:
         dyk = dy if backend.strides(dy) is not None else backend.contiguous(dy)
         dx = self._check_out(out, x, backend, x, dy)
         binding = fwd.binding
-        w = fwd.params.get(spec.affine.weight) if spec.affine and spec.affine.weight else None
-        b = fwd.params.get(spec.affine.bias) if spec.affine and spec.affine.bias else None
+        w, b = self._affine(fwd.params)
         grads: dict[str, Any] = {}
         if fwd.group is not None:
             return self._backward_across(fwd, backend, x, dyk, dx, w, b, dtype)
         if x.size == 0:
             dx[...] = 0
-            for name, p in fwd.params.items():
-                grads[name] = backend.from_host(np.zeros(tuple(p.shape), backend.stat_dtype(dtype)))
-            return Grads(dx, grads)
-        strides = {"x": backend.strides(x), "dy": backend.strides(dyk), "dx": backend.strides(dx)}
-        has_w, has_b = w is not None, b is not None
-        plan = self._plan(backend, binding, strides, Direction.BACKWARD, dtype, has_w, has_b)
-        extra = {}
-        if backend.name == "cuda":  # its parameter gradients may need a second reduction, planned on demand
-            extra["param_plan"] = lambda: self._plan(backend, binding, strides, Direction.BACKWARD, dtype, has_w,
-                                                     has_b, "params")
+            return Grads(dx, self._param_grads(backend, binding, dtype, w, b, None, None))
+        plan, extra = self._backward_plan(backend, binding, x, dyk, dx, dtype, w, b)
         kstats = fwd.kstats
         n = binding.group_size
         if not spec.is_mixture and not fwd.eval_mode:
@@ -533,11 +516,7 @@ class Op:
             else:  # evaluation: the statistics are constants
                 coef = np.stack([rstd, np.zeros_like(rstd), np.zeros_like(rstd)], axis=1)
             backend.grad_apply(plan, x, dyk, dx, w, kstats, coef)
-        pdt = backend.stat_dtype(dtype) if dtype in ("float16", "bfloat16") else np.dtype(dtype)
-        if w is not None:
-            grads[spec.affine.weight] = backend.from_host(dw.reshape(binding.param_shape).astype(pdt))
-        if b is not None:
-            grads[spec.affine.bias] = backend.from_host(db.reshape(binding.param_shape).astype(pdt))
+        grads.update(self._param_grads(backend, binding, dtype, w, b, dw, db))
         return Grads(dx, grads)
 
     def _backward_across(self, fwd: Forward, backend, x, dy, dx, w, b, dtype: str) -> Grads:
@@ -552,12 +531,7 @@ class Op:
         dw = db = None
         plan = None
         if x.size:
-            strides = {"x": backend.strides(x), "dy": backend.strides(dy), "dx": backend.strides(dx)}
-            plan = self._plan(backend, binding, strides, Direction.BACKWARD, dtype, w is not None, b is not None)
-            extra = {}
-            if backend.name == "cuda":
-                extra["param_plan"] = lambda: self._plan(backend, binding, strides, Direction.BACKWARD, dtype,
-                                                         w is not None, b is not None, "params")
+            plan, extra = self._backward_plan(backend, binding, x, dy, dx, dtype, w, b)
             a, bsum, dw, db = backend.grad_sums(plan, x, dy, w, fwd.kstats, **extra)
             sums = np.stack([a, bsum], axis=1)
         total = sum_ranks(fwd.group, sums, self.name)
@@ -565,14 +539,36 @@ class Op:
                         axis=1)
         if plan is not None:
             backend.grad_apply(plan, x, dy, dx, w, fwd.kstats, coef)
+        return Grads(dx, self._param_grads(backend, binding, dtype, w, b, dw, db))
+
+    def _affine(self, params: dict[str, Any]):
+        """(weight, bias) among a call's parameters; None for those not given or not in the spec."""
+        a = self.spec.affine
+        return (params.get(a.weight) if a and a.weight else None), (params.get(a.bias) if a and a.bias else None)
+
+    def _backward_plan(self, backend, binding: Binding, x, dy, dx, dtype: str, w, b):
+        """The backward plan, and the backend's extra arguments: on CUDA, parameter gradients
+        may need a second reduction, planned on demand."""
+        strides = {"x": backend.strides(x), "dy": backend.strides(dy), "dx": backend.strides(dx)}
+        has_w, has_b = w is not None, b is not None
+        plan = self._plan(backend, binding, strides, Direction.BACKWARD, dtype, has_w, has_b)
+        extra = {}
+        if backend.name == "cuda":
+            extra["param_plan"] = lambda: self._plan(backend, binding, strides, Direction.BACKWARD, dtype, has_w,
+                                                     has_b, "params")
+        return plan, extra
+
+    def _param_grads(self, backend, binding: Binding, dtype: str, w, b, dw, db) -> dict[str, Any]:
+        """Gradients of the given weight and bias, shaped like them, in their dtype (float32 for
+        half types); None sums (no elements) are zeros."""
         pdt = backend.stat_dtype(dtype) if dtype in ("float16", "bfloat16") else np.dtype(dtype)
-        grads = {}
-        for name, g in ((spec.affine.weight if spec.affine else None, dw), (spec.affine.bias if spec.affine else None,
-                                                                            db)):
-            if name is not None and name in fwd.params:
-                g = np.zeros(binding.param_shape) if g is None else g.reshape(binding.param_shape)
-                grads[name] = backend.from_host(np.asarray(g).astype(pdt))
-        return Grads(dx, grads)
+        a = self.spec.affine
+        out = {}
+        for name, p, g in ((a.weight if a else None, w, dw), (a.bias if a else None, b, db)):
+            if p is not None:
+                g = np.zeros(binding.param_shape) if g is None else np.asarray(g).reshape(binding.param_shape)
+                out[name] = backend.from_host(g.astype(pdt))
+        return out
 
     def _mix_backward(self, binding: Binding, fwd: Forward, a: np.ndarray, b: np.ndarray):
         """Chain rule through the Switchable Norm mix (see DESIGN.md and oracle.backward)."""
@@ -626,6 +622,15 @@ def _kstats(mean: np.ndarray, rstd: np.ndarray, sdt: np.dtype) -> np.ndarray:
     """[groups, 3]: (mean hi, mean lo, rstd) in the statistics dtype, from float64 values."""
     hi, lo = st.split_mean(np.asarray(mean, np.float64).reshape(-1), sdt)
     return np.stack([hi, lo, np.asarray(rstd, np.float64).reshape(-1).astype(sdt)], axis=1)
+
+
+def _commit_running(new: tuple[np.ndarray, np.ndarray], running_mean, running_var, num_batches_tracked,
+                    backend) -> None:
+    """Assign new running statistics in place (after every kernel of the call has run)."""
+    running_mean[...] = backend.from_host(new[0])
+    running_var[...] = backend.from_host(new[1])
+    if isinstance(num_batches_tracked, np.ndarray):
+        num_batches_tracked += 1
 
 
 def _kstats_of(spec: Spec, moments: np.ndarray, eps: float, sdt: np.dtype, binding: Binding) -> np.ndarray:
