@@ -3,7 +3,7 @@
 # spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 # plan:      forward · float32 · rows · groups (C) · rows (N) · inner spatial0·spatial1
 # loop dims: N(R) C(K) spatial0·spatial1(R)
-# key:       ada360c15e857453e4c879cfc1f61495
+# key:       1a410ab9c362f184316ad5f13c2a81ab
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

@@ -3,7 +3,7 @@
 # spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 # plan:      backward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 # loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-# key:       cf148e2fa5dddd525d4f63697317b213
+# key:       e9a3f516522f41fe47b10452f8118c81
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -109,12 +109,10 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             pq_q[:] = 0.0
             q = r_lo
             if KB > 1 and n_csegs == 1 and xs_spatial == L and dys_spatial == L:
-                LK = L * KB  # rows back to back: KB per loop, then fold the copies
+                LK = L * KB
                 for k in range(1, KB):
-                    mu_e_k = f64s[k * L:(k + 1) * L]
-                    mu_e_k[:] = mu_e
-                    rs_e_k = f64s[TD + k * L:TD + (k + 1) * L]
-                    rs_e_k[:] = rs_e
+                    f64s[k * L:(k + 1) * L] = f64s[0:L]
+                    f64s[TD + k * L:TD + (k + 1) * L] = f64s[TD:TD + L]
                 f64s[3 * TD:3 * TD + LK] = 0.0
                 f64s[4 * TD:4 * TD + LK] = 0.0
                 while q + KB <= r_hi:
@@ -181,10 +179,12 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
                     c2_e[e] = dt(c2 - c1 * float64(mu_lo))
             q0 = r_lo
             if KB > 1 and n_csegs == 1 and xs_spatial == L and dys_spatial == L and dxs_spatial == L:
-                for t in range(4):
-                    for k in range(1, KB):
-                        dts[t * TD + k * L:t * TD + (k + 1) * L] = dts[t * TD:t * TD + L]
                 LK = L * KB
+                for k in range(1, KB):
+                    dts[k * L:(k + 1) * L] = dts[0:L]
+                    dts[TD + k * L:TD + (k + 1) * L] = dts[TD:TD + L]
+                    dts[2 * TD + k * L:2 * TD + (k + 1) * L] = dts[2 * TD:2 * TD + L]
+                    dts[3 * TD + k * L:3 * TD + (k + 1) * L] = dts[3 * TD:3 * TD + L]
                 while q0 + KB <= r_hi:
                     x_r = x_u + (q0) * xs_spatial
                     dy_r = dy_u + (q0) * dys_spatial
@@ -274,12 +274,10 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
             pq_q[:] = 0.0
             q = r_lo
             if KB > 1 and n_csegs == 1 and xs_spatial == L and dys_spatial == L:
-                LK = L * KB  # rows back to back: KB per loop, then fold the copies
+                LK = L * KB
                 for k in range(1, KB):
-                    mu_e_k = f64s[k * L:(k + 1) * L]
-                    mu_e_k[:] = mu_e
-                    rs_e_k = f64s[TD + k * L:TD + (k + 1) * L]
-                    rs_e_k[:] = rs_e
+                    f64s[k * L:(k + 1) * L] = f64s[0:L]
+                    f64s[TD + k * L:TD + (k + 1) * L] = f64s[TD:TD + L]
                 f64s[3 * TD:3 * TD + LK] = 0.0
                 f64s[4 * TD:4 * TD + LK] = 0.0
                 while q + KB <= r_hi:
@@ -408,10 +406,12 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, sc
                     c2_e[e] = dt(c2 - c1 * float64(mu_lo))
             q0 = r_lo
             if KB > 1 and n_csegs == 1 and xs_spatial == L and dys_spatial == L and dxs_spatial == L:
-                for t in range(4):
-                    for k in range(1, KB):
-                        dts[t * TD + k * L:t * TD + (k + 1) * L] = dts[t * TD:t * TD + L]
                 LK = L * KB
+                for k in range(1, KB):
+                    dts[k * L:(k + 1) * L] = dts[0:L]
+                    dts[TD + k * L:TD + (k + 1) * L] = dts[TD:TD + L]
+                    dts[2 * TD + k * L:2 * TD + (k + 1) * L] = dts[2 * TD:2 * TD + L]
+                    dts[3 * TD + k * L:3 * TD + (k + 1) * L] = dts[3 * TD:3 * TD + L]
                 while q0 + KB <= r_hi:
                     x_r = x_u + (q0) * xs_spatial
                     dy_r = dy_u + (q0) * dys_spatial

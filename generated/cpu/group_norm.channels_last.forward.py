@@ -3,7 +3,7 @@
 # spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 # plan:      forward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 # loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-# key:       905364aceee7ad4b33aab6ee9a5d0ac6
+# key:       c3f25c85d845e31047da9537f70eb1bb
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -95,17 +95,17 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
             s1[:] = 0.0
             s2[:] = 0.0
             q = r_lo
-            if KB > 1 and L <= 64 and n_csegs == 1 and xs_spatial == L:  # rows back to back: KB per loop
+            if KB > 1 and L <= 64 and n_csegs == 1 and xs_spatial == L:
                 LK = L * KB
                 for k in range(1, KB):
-                    f64s[k * L:(k + 1) * L] = k_e
+                    f64s[k * L:(k + 1) * L] = f64s[0:L]
                 f64s[TD:TD + LK] = 0.0
                 f64s[2 * TD:2 * TD + LK] = 0.0
                 while q + KB <= r_hi:
                     x_r = x_u + (q) * xs_spatial
                     col_dev(f64s[TD:TD + LK], f64s[2 * TD:2 * TD + LK], x[x_r:x_r + LK], f64s[0:LK])
                     q += KB
-                for k in range(1, KB):  # fold the KB copies of each tile element
+                for k in range(1, KB):
                     col_add(s1, f64s[TD + k * L:TD + (k + 1) * L])
                     col_add(s2, f64s[2 * TD + k * L:2 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: spatial0·spatial1, two at a time
@@ -154,10 +154,11 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
                     sh_e[e] = dt(bias[p] - float64(mu_lo) * sc)
             q0 = r_lo
             if KB > 1 and n_csegs == 1 and xs_spatial == L and ys_spatial == L:
-                for t in range(3):
-                    for k in range(1, KB):
-                        dts[t * TD + k * L:t * TD + (k + 1) * L] = dts[t * TD:t * TD + L]
                 LK = L * KB
+                for k in range(1, KB):
+                    dts[k * L:(k + 1) * L] = dts[0:L]
+                    dts[TD + k * L:TD + (k + 1) * L] = dts[TD:TD + L]
+                    dts[2 * TD + k * L:2 * TD + (k + 1) * L] = dts[2 * TD:2 * TD + L]
                 while q0 + KB <= r_hi:
                     x_r = x_u + (q0) * xs_spatial
                     y_r = y_u + (q0) * ys_spatial
@@ -229,17 +230,17 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
             s1[:] = 0.0
             s2[:] = 0.0
             q = r_lo
-            if KB > 1 and L <= 64 and n_csegs == 1 and xs_spatial == L:  # rows back to back: KB per loop
+            if KB > 1 and L <= 64 and n_csegs == 1 and xs_spatial == L:
                 LK = L * KB
                 for k in range(1, KB):
-                    f64s[k * L:(k + 1) * L] = k_e
+                    f64s[k * L:(k + 1) * L] = f64s[0:L]
                 f64s[TD:TD + LK] = 0.0
                 f64s[2 * TD:2 * TD + LK] = 0.0
                 while q + KB <= r_hi:
                     x_r = x_u + (q) * xs_spatial
                     col_dev(f64s[TD:TD + LK], f64s[2 * TD:2 * TD + LK], x[x_r:x_r + LK], f64s[0:LK])
                     q += KB
-                for k in range(1, KB):  # fold the KB copies of each tile element
+                for k in range(1, KB):
                     col_add(s1, f64s[TD + k * L:TD + (k + 1) * L])
                     col_add(s2, f64s[2 * TD + k * L:2 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: spatial0·spatial1, two at a time
@@ -341,10 +342,11 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, scratch_dt, g, blk_
                     sh_e[e] = dt(bias[p] - float64(mu_lo) * sc)
             q0 = r_lo
             if KB > 1 and n_csegs == 1 and xs_spatial == L and ys_spatial == L:
-                for t in range(3):
-                    for k in range(1, KB):
-                        dts[t * TD + k * L:t * TD + (k + 1) * L] = dts[t * TD:t * TD + L]
                 LK = L * KB
+                for k in range(1, KB):
+                    dts[k * L:(k + 1) * L] = dts[0:L]
+                    dts[TD + k * L:TD + (k + 1) * L] = dts[TD:TD + L]
+                    dts[2 * TD + k * L:2 * TD + (k + 1) * L] = dts[2 * TD:2 * TD + L]
                 while q0 + KB <= r_hi:
                     x_r = x_u + (q0) * xs_spatial
                     y_r = y_u + (q0) * ys_spatial

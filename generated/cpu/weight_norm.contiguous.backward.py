@@ -3,7 +3,7 @@
 # spec:      weight_norm (weight_norm.toml: input 'O *fan_in', kept 'O'), center none, scale l2
 # plan:      backward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 # loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-# key:       c2174db5780fcf9acd55517449ea2fbf
+# key:       7d632bf5b9e75e1514eb4f3dbc02524c
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.

@@ -3,7 +3,7 @@
 // spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 // plan:      backward · float32 · columns · groups () · rows (N·spatial0·spatial1) · columns C
 // loop dims: N·spatial0·spatial1(R) C(K)
-// key:       0a36965b7ed660bc0c7097ec0da198cb
+// key:       b2a9cebef071aac3eb788eab43c88b54
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

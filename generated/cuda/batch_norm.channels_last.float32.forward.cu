@@ -3,7 +3,7 @@
 // spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 // plan:      forward · float32 · columns · groups () · rows (N·spatial0·spatial1) · columns C
 // loop dims: N·spatial0·spatial1(R) C(K)
-// key:       5b3422cc2ae985a7610b3849636fe795
+// key:       8a26b4c2824fe1ea99f2033384fb2a35
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 // plan:      backward · float32 · rows · groups (C) · rows (N) · inner spatial0·spatial1
 // loop dims: N(R) C(K) spatial0·spatial1(R)
-// key:       b83c142b0bae62dfa3572186a6fb3bb4
+// key:       419369b9cce56e304addb57a20de6cc4
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 // plan:      forward · float32 · rows · groups (C) · rows (N) · inner spatial0·spatial1
 // loop dims: N(R) C(K) spatial0·spatial1(R)
-// key:       fcbcc9ddff5b2d7c6218b348a8c794f3
+// key:       6b9554541973e27d38a59df845009e1a
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 // plan:      backward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 // loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-// key:       064395d1e23e7cca454c8e5dcf8a902d
+// key:       ebd4eb99cf28002e82e3ae6b0fdff318
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 // plan:      backward · float32 · rows · groups (N, G) · rows (c) · inner spatial0·spatial1
 // loop dims: N(K) G(K) c(R) spatial0·spatial1(R)
-// key:       b815dba6e1615bef9db42f32a076622a
+// key:       f3e05db41c4ac020f3931ccdb417c226
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 // plan:      forward · float32 · rows · groups (N, G) · rows (c) · inner spatial0·spatial1
 // loop dims: N(K) G(K) c(R) spatial0·spatial1(R)
-// key:       0a75ef63b31cfbb456284700555aee4c
+// key:       12d8d072acfd39c80bb9473ab689319f
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 // plan:      backward · float32 · rows · groups (G, c) · rows (N) · inner spatial0·spatial1
 // loop dims: N(R) G(K) c(K) spatial0·spatial1(R)
-// key:       23b281277f4df4a99ebf7ea38644c866
+// key:       e225e76cf8e72fc5125123c5b2ecc204
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      instance_norm (instance_norm.toml: input 'N C *spatial', kept 'N C'), center mean, scale std
 // plan:      forward · float32 · rows · groups (N, C) · inner spatial0·spatial1
 // loop dims: N(K) C(K) spatial0·spatial1(R)
-// key:       8f006c1ce25514a236c49dee26636f0c
+// key:       a69b2f7f78f2aaf40ae041a73b6b0e3d
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      layer_norm (layer_norm.toml: input '*batch *normalized', kept '*batch'), center mean, scale std
 // plan:      backward · float32 · columns · groups () · rows (batch) · columns normalized
 // loop dims: batch(R) normalized(K)
-// key:       a73a3745ccc2725dd27824f8c8927ba5
+// key:       fdd87d9ea181944ca606a6c1002fa040
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

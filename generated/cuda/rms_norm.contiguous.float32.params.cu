@@ -3,7 +3,7 @@
 // spec:      rms_norm (rms_norm.toml: input '*batch *normalized', kept '*batch'), center none, scale rms
 // plan:      backward · float32 · columns · groups () · rows (batch) · columns normalized
 // loop dims: batch(R) normalized(K)
-// key:       f18a4405577a1dcd6f69b779df71db00
+// key:       0d672c264f87a2e4c1901fec871ebe8a
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      standardize (standardize.toml: input 'N F', kept 'F'), center mean, scale std
 // plan:      backward · float32 · columns · groups () · rows (N) · columns F
 // loop dims: N(R) F(K)
-// key:       9f20c2233641a999c254a302fa6270c0
+// key:       61571a70a8f41be4b0c30aa3f43e0871
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      standardize (standardize.toml: input 'N F', kept 'F'), center mean, scale std
 // plan:      forward · float32 · columns · groups () · rows (N) · columns F
 // loop dims: N(R) F(K)
-// key:       c36ff61011139fc7ad17c53d944459f2
+// key:       0ae9791a44aa1684c79713b5b0c30425
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

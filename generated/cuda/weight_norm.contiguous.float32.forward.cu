@@ -3,7 +3,7 @@
 // spec:      weight_norm (weight_norm.toml: input 'O *fan_in', kept 'O'), center none, scale l2
 // plan:      forward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 // loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-// key:       10485f07423c3d333764058cdf556840
+// key:       2e681da188ae5cd641bb9fd22de2527e
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      weight_standardization (weight_standardization.toml: input 'O *fan_in', kept 'O'), center mean, scale std
 // plan:      backward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 // loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-// key:       2bf3e36ab4909dfc1c4498aac1f9f49f
+// key:       35a553c0587cf649bca23f967fb0be9e
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate

@@ -3,7 +3,7 @@
 // spec:      weight_standardization (weight_standardization.toml: input 'O *fan_in', kept 'O'), center mean, scale std
 // plan:      forward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 // loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-// key:       35f5e4c6b328d68355f4f9f6e0299ec3
+// key:       be5cd7366d94b711e6f6fe12d5780ab9
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
