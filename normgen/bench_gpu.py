@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -41,38 +40,27 @@ def gpu_cases() -> list[Case]:
     return [c for c in reference_cases() if not c.series] + big
 
 
-def _device_array(cp, a: np.ndarray):
-    """A CuPy copy of `a` with the same strides (channels_last stays channels_last)."""
-    from .check import _on_gpu
-
-    return _on_gpu(a) if a.ndim else cp.asarray(a)
-
-
 def setup(case: Case, direction: str, dtype: str, providers: tuple[str, ...]) -> tuple[int, dict[str, Callable]]:
     """(bytes moved, provider -> callable doing the whole op once on the current stream)."""
     import cupy as cp
 
+    from .check import _on_gpu, _typed
     from .layouts import make_array
     from .op import load
 
-    rng = np.random.default_rng(0)
-    host_dtype = "float32" if dtype == "bfloat16" else dtype
-    x_h = make_array(rng.standard_normal(case.shape), case.layout, host_dtype)
-    p_h = _params(case, rng, host_dtype)
-    x = _device_array(cp, x_h)
-    p = {k: cp.asarray(v) for k, v in p_h.items()}
     op = load(case.spec)
-    if dtype == "bfloat16":  # normgen's bfloat16 arrays are BF16 wrappers of uint16 bits
-        from .backends.cuda import BF16
-        from .bf16 import to_bits
-
-        x = BF16(_device_array(cp, make_array(to_bits(x_h), case.layout, np.uint16)))
-        p = {k: BF16(cp.asarray(to_bits(v))) if k in op.spec.param_names else cp.asarray(v) for k, v in p_h.items()}
+    rng = np.random.default_rng(0)
+    x_h = rng.standard_normal(case.shape)
+    stat = "float64" if dtype == "float64" else "float32"  # running statistics and mixing weights
+    p_h = _params(case, rng, stat)
+    # the same values in `dtype` and the case's layout (BF16 bits for bfloat16), copied to the GPU
+    x = _on_gpu(_typed(x_h, case.layout, dtype)[0])
+    params = {k: _on_gpu(_typed(p_h[k], "contiguous", dtype)[0]) for k in op.spec.param_names}
+    extra = {k: cp.asarray(p_h[k]) for k in ("running_mean", "running_var", "mean_weight", "var_weight") if k in p_h}
     sizes = dict(case.sizes)
     training = case.mode == "train"
-    params = {k: p[k] for k in op.spec.param_names}
-    extra = {k: p[k] for k in ("running_mean", "running_var", "mean_weight", "var_weight") if k in p}
-    nbytes = (2 if direction == "forward" else 3) * x_h.size * np.dtype(dtype if dtype != "bfloat16" else "uint16").itemsize
+    nbytes = (2 if direction == "forward" else 3) * x.size * (2 if dtype == "bfloat16" else np.dtype(dtype).itemsize)
+    dy_h = make_array(rng.standard_normal(case.shape), case.layout, np.float32) if direction == "backward" else None
     run: dict[str, Callable] = {}
 
     def ng_forward():
@@ -82,12 +70,7 @@ def setup(case: Case, direction: str, dtype: str, providers: tuple[str, ...]) ->
         run["normgen"] = ng_forward
     else:
         fwd = ng_forward()
-        dy = _device_array(cp, make_array(rng.standard_normal(case.shape), case.layout, host_dtype))
-        if dtype == "bfloat16":
-            from .backends.cuda import BF16
-            from .bf16 import to_bits
-
-            dy = BF16(_device_array(cp, make_array(to_bits(dy.get()), case.layout, np.uint16)))
+        dy = _on_gpu(_typed(dy_h, case.layout, dtype)[0])
         run["normgen"] = lambda: op.backward(dy, fwd)
     if "copy" in providers:
         n = nbytes // 2 // 4  # float32 words read and written
@@ -95,28 +78,23 @@ def setup(case: Case, direction: str, dtype: str, providers: tuple[str, ...]) ->
         dst = cp.empty_like(src)
         run["copy"] = lambda: cp.copyto(dst, src)
     if "torch" in providers:
-        fn = _torch_runner(case, direction, x_h, p_h, sizes, training, dtype)
+        fn = _torch_runner(case, direction, make_array(x_h, case.layout, np.float32), p_h, sizes, training, dy_h,
+                           dtype)
         if fn is not None:
             run["torch"] = fn
     return nbytes, run
 
 
-def _torch_runner(case: Case, direction: str, x_h, p_h, sizes, training, dtype):
+def _torch_runner(case: Case, direction: str, x_h, p_h, sizes, training, dy_h, dtype):
+    """The CPU benchmark's PyTorch call, on CUDA copies of the same arrays, in `dtype`."""
     try:
         import torch
     except ImportError:
         return None
     from .bench import _torch_runner as cpu_runner
-    from .layouts import make_array
 
-    tdt = getattr(torch, dtype)
-    # the CPU benchmark's calls, on CUDA copies of the same arrays
-    backward = direction == "backward"
-    rng = np.random.default_rng(1)
-    dy = make_array(rng.standard_normal(case.shape), case.layout, np.float32) if backward else None
-    runner = cpu_runner(case, direction, x_h.astype(np.float32), {k: v.astype(np.float32) for k, v in p_h.items()},
-                        sizes, training, dy, device="cuda", dtype=tdt)
-    return runner
+    return cpu_runner(case, direction, x_h, {k: v.astype(np.float32) for k, v in p_h.items()}, sizes, training,
+                      dy_h, device="cuda", dtype=getattr(torch, dtype))
 
 
 def _time(run: dict[str, Callable], repeat: int, warmup: int, batch: int) -> dict[str, float]:
@@ -170,10 +148,3 @@ def require_gpu() -> None:
 
         raise NormgenError("bench --target cuda needs a CUDA GPU visible to CuPy, and there is none "
                            "(the emulator checks correctness, not speed)")
-
-
-def machine() -> dict[str, Any]:
-    from .backends.cuda import device_name
-    from .bench import machine as host_machine
-
-    return {**host_machine(), "gpu": device_name()}

@@ -20,7 +20,7 @@ import numpy as np
 from . import oracle
 from .bind import bind
 from .bf16 import from_bits, to_bits
-from .layouts import LAYOUTS, make_array
+from .layouts import LAYOUTS, make_array, span
 from .op import Op
 from .spec import Spec
 
@@ -165,7 +165,7 @@ def _on_gpu(a):
         return BF16(_on_gpu(a.bits))
     if a.ndim == 0 or a.size == 0:
         return cupy.asarray(a)
-    extent = 1 + sum((n - 1) * s for n, s in zip(a.shape, a.strides)) // a.itemsize  # strides are >= 0 here
+    extent = span(a.shape, tuple(s // a.itemsize for s in a.strides))  # strides are >= 0 here
     window = np.lib.stride_tricks.as_strided(a, shape=(extent,), strides=(a.itemsize,))
     return cupy.lib.stride_tricks.as_strided(cupy.asarray(window), shape=a.shape, strides=a.strides)
 

@@ -194,7 +194,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with_out = (False,) if args.no_out or args.target == "cuda" else (False, True)
     providers = tuple(args.providers.split(",")) if args.providers else \
         ("normgen", "torch", "copy") if args.target == "cuda" else ("normgen", "torch", "numpy", "copy")
-    where = bench_gpu.machine()["gpu"] if args.target == "cuda" else "CPU"
+    if args.target == "cuda":
+        from .backends.cuda import device_name
+
+        where = device_name()
+    else:
+        where = "CPU"
     print(f"normgen bench: {len(cases)} case(s) on {where}, {args.dtype}, median of {args.repeat} after "
           f"{args.warmup} warm-up runs, providers interleaved", flush=True)
     results = []
