@@ -37,8 +37,8 @@ def rank_main(rank: int, world: int, init: str, shape: tuple[int, ...], steps: i
     import torch.distributed as dist
 
     from normgen import load
-    from normgen.backends import cpu
-    from normgen.distributed import group_of
+    from normgen.runtime import cpu
+    from normgen.op.distributed import group_of
 
     cpu.set_num_threads(1)
     torch.set_num_threads(1)
@@ -94,7 +94,7 @@ def rank_main(rank: int, world: int, init: str, shape: tuple[int, ...], steps: i
     except Exception as e:  # noqa: BLE001 - recorded: PyTorch's SyncBatchNorm is GPU-only
         torch_sync_error = f"{type(e).__name__}: {e}"
     if rank == 0:
-        from normgen.distributed import torch_sync_batchnorm_bytes
+        from normgen.op.distributed import torch_sync_batchnorm_bytes
 
         ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         Path(out).write_text(json.dumps({
@@ -134,7 +134,7 @@ def main() -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = ROOT / "bench" / "results" / f"distributed-{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    from normgen.bench import machine
+    from normgen.bench.cpu import machine
 
     path.write_text(json.dumps({"machine": machine(), "results": rows}, indent=1))
     print(f"wrote {path}")

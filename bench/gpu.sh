@@ -11,7 +11,7 @@ export NORMGEN_CACHE_DIR="${NORMGEN_CACHE_DIR:-$PWD/.normgen-cache}"
 stamp="$(date +%Y%m%d-%H%M%S)"
 out=bench/results
 mkdir -p "$out"
-python -c "from normgen.backends.cuda import device_name; print('device:', device_name())"
+python -c "from normgen.runtime.cuda import device_name; print('device:', device_name())"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 # tests: the GPU checks of every spec, and the emulator/nvcc tests
 python -m pytest -q -x -p no:cacheprovider tests/test_cuda_gpu.py tests/test_cuda.py 2>&1 \

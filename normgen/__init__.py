@@ -17,7 +17,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .errors import CallError, NormgenError, SpecError  # noqa: E402
-from .spec import Spec, build_spec, load_spec, parse_spec  # noqa: E402
+from .spec.loader import Spec, build_spec, load_spec, parse_spec  # noqa: E402
 
 __all__ = ["__version__", "NormgenError", "SpecError", "CallError", "Spec", "load_spec", "parse_spec",
            "build_spec", "load", "ops"]
@@ -28,7 +28,7 @@ def load(name_or_path, **kwargs):
 
     >>> normgen.load("layer_norm")(x, normalized_shape=(1024,))
     """
-    from .op import load as _load
+    from .op.op import load as _load
 
     return _load(name_or_path, **kwargs)
 

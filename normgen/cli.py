@@ -39,13 +39,13 @@ def _parse_size(text: str) -> tuple[str, Any]:
 
 
 def _op(spec: str):
-    from .op import load
+    from .op.op import load
 
     return load(spec)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .library import bundled_names, find_spec
+    from .spec.library import bundled_names, find_spec
 
     for name in bundled_names():
         spec = find_spec(name)
@@ -93,7 +93,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from . import generate
+    from .codegen import generate
     from .paths import repo_root
 
     if args.reference:
@@ -113,9 +113,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .check import CUDA_DTYPES, DTYPES, TOLERANCE, check_spec
+    from .verify.check import CUDA_DTYPES, DTYPES, TOLERANCE, check_spec
     from .layouts import LAYOUTS
-    from .library import bundled_names
+    from .spec.library import bundled_names
 
     names = bundled_names() if args.all else [args.spec] if args.spec else []
     if not names:
@@ -161,7 +161,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cuda_runner_note() -> str:
-    from .backends import cuda
+    from .runtime import cuda
 
     where = cuda.device_name()
     return f"CUDA kernels run on: {where}"
@@ -174,7 +174,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # PyTorch's OpenMP workers spin after every call by default, taking the cores from
     # whichever provider runs next; waiting passively leaves PyTorch's own times unchanged.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from . import bench, bench_gpu
+    from .bench import cpu as bench, cuda as bench_gpu
     from .paths import repo_root
 
     if args.target == "cuda":
@@ -195,7 +195,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     providers = tuple(args.providers.split(",")) if args.providers else \
         ("normgen", "torch", "copy") if args.target == "cuda" else ("normgen", "torch", "numpy", "copy")
     if args.target == "cuda":
-        from .backends.cuda import device_name
+        from .runtime.cuda import device_name
 
         where = device_name()
     else:
@@ -223,7 +223,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         root = repo_root() or Path(".")
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path(args.json) if args.json else root / "bench" / "results" / f"{args.target}-{stamp}.json"
-        from .backends import cpu
+        from .runtime import cpu
 
         extra = {"dtype": args.dtype, "repeat": args.repeat, "target": args.target}
         extra.update({"gpu": where} if args.target == "cuda" else {"threads": cpu.threads()})
@@ -236,7 +236,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from . import cache
+    from .runtime import cache
 
     if args.action == "info":
         info = cache.info()

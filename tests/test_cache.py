@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import normgen
-from normgen import cache
+from normgen.runtime import cache
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ def test_write_if_changed_keeps_mtime(tmp_path):
 
 SCRIPT = textwrap.dedent("""
     import json, numpy as np, normgen
-    from normgen import cache
+    from normgen.runtime import cache
     x = np.random.default_rng(0).standard_normal((6, 8, 5)).astype(np.float32)
     op = normgen.load("group_norm")
     fwd = op.forward(x, np.ones(8, np.float32), np.zeros(8, np.float32), num_groups=4)

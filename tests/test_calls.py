@@ -8,7 +8,7 @@ import pytest
 
 import normgen
 from normgen import CallError, ops
-from normgen.hostile import BAD_CALLS
+from normgen.testing.hostile import BAD_CALLS
 
 X = np.random.default_rng(0).standard_normal((4, 6, 5)).astype(np.float32)
 

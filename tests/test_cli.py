@@ -9,7 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from normgen import cli, oracle
+from normgen import cli
+from normgen.verify import oracle
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 import normgen
-from normgen import plan as planner
-from normgen.backends.cuda import _KERNEL
-from normgen.backends.cuda_emu import EmulationError, compile_source, nvcc_check
-from normgen.check import cases, run_case
-from normgen.generate import reference_sources
-from normgen.library import bundled_names
+from normgen.verify import oracle
+from normgen.plan import planner
+from normgen.runtime.cuda import _KERNEL
+from normgen.testing.cuda_emu import EmulationError, compile_source, nvcc_check
+from normgen.verify.check import cases, run_case
+from normgen.codegen.generate import reference_sources
+from normgen.spec.library import bundled_names
 
 
 def _assert_ok(results):
@@ -65,7 +66,7 @@ def test_emulated_large_offsets():
     x = (np.random.default_rng(0).standard_normal((8, 512)) * 1e-2 + 1e4).astype(np.float32)
     op = normgen.load("layer_norm")
     y = op(x, normalized_shape=(512,), target="cuda")
-    ref = normgen.oracle.forward(op.spec, x, {}, sizes={"normalized_shape": (512,)}).y
+    ref = oracle.forward(op.spec, x, {}, sizes={"normalized_shape": (512,)}).y
     assert np.abs(y - ref).max() < 5e-3
 
 
@@ -100,9 +101,9 @@ def _ln_source():
 def _run_ln(src: str, tag: str):
     """Compile `src` (a layer_norm forward) and run forward_partial on 4 rows of 5000
     (a block of 256 threads per row: the block-wide reduction through shared memory)."""
-    from normgen.backends.cuda import EmuDevice
-    from normgen.bind import bind
-    from normgen.plan import Direction, geometry_values, make_plan
+    from normgen.runtime.cuda import EmuDevice
+    from normgen.plan.bind import bind
+    from normgen.plan.planner import Direction, geometry_values, make_plan
 
     op = normgen.load("layer_norm")
     x = np.random.default_rng(1).standard_normal((4, 5000)).astype(np.float32)

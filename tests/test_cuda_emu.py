@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from normgen.backends.cuda_emu import EmulationError, compile_source, nvcc_check, nvcc_path
+from normgen.testing.cuda_emu import EmulationError, compile_source, nvcc_check, nvcc_path
 from normgen.errors import NormgenError
 
 GOOD_SRC = r"""

@@ -5,9 +5,10 @@ the CPU emulator in test_cuda.py everywhere."""
 import numpy as np
 import pytest
 
-from normgen import check, load
-from normgen.backends.cuda import cupy_device
-from normgen.library import bundled_names
+from normgen import load
+from normgen.verify import check
+from normgen.runtime.cuda import cupy_device
+from normgen.spec.library import bundled_names
 
 pytestmark = pytest.mark.skipif(cupy_device() is None, reason="no CUDA GPU visible to CuPy")
 

@@ -1,5 +1,5 @@
-"""Statistics across processes (normgen.distributed), checked against one process over the
-concatenated data (normgen.distcheck): in threads (fast, many shapes), in real gloo process
+"""Statistics across processes (normgen.op.distributed), checked against one process over the
+concatenated data (normgen.testing.distcheck): in threads (fast, many shapes), in real gloo process
 groups through torch.multiprocessing, and under `mpirun` with mpi4py."""
 
 import os
@@ -12,8 +12,9 @@ import threading
 import numpy as np
 import pytest
 
-from normgen import CallError, distcheck, load
-from normgen.distributed import Group, sum_ranks
+from normgen import CallError, load
+from normgen.testing import distcheck
+from normgen.op.distributed import Group, sum_ranks
 
 
 class ThreadGroup(Group):
@@ -139,13 +140,13 @@ def _gloo_rank(rank, world, init):
 
 
 def test_mpirun_two_ranks():
-    """`mpirun -n 2 python -m normgen.distcheck` with mpi4py (installed by `.ci/run` from the
+    """`mpirun -n 2 python -m normgen.testing.distcheck` with mpi4py (installed by `.ci/run` from the
     `distributed` extra, which brings Open MPI as a wheel)."""
     pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install -e '.[distributed]')")
     mpirun = shutil.which("mpirun") or shutil.which("mpiexec")
     if mpirun is None:
         pytest.skip("no mpirun on PATH (pip install -e '.[distributed]' brings Open MPI)")
-    cmd = [mpirun, "-n", "2", sys.executable, "-m", "normgen.distcheck"]
+    cmd = [mpirun, "-n", "2", sys.executable, "-m", "normgen.testing.distcheck"]
     if "Open MPI" in subprocess.run([mpirun, "--version"], capture_output=True, text=True).stdout:
         cmd[1:1] = ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
     env = {**os.environ, "OMPI_MCA_rmaps_base_oversubscribe": "1"}

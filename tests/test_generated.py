@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from normgen.generate import all_reference_sources
+from normgen.codegen.generate import all_reference_sources
 
 GENERATED = Path(__file__).resolve().parent.parent / "generated"
 

@@ -8,8 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import normgen
-from normgen import build_spec, oracle
-from normgen.bind import bind
+from normgen import build_spec
+from normgen.verify import oracle
+from normgen.plan.bind import bind
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 import normgen
-from normgen import plan as planner
-from normgen.check import cases, run_case
+from normgen.verify import oracle
+from normgen.plan import planner
+from normgen.verify.check import cases, run_case
 from normgen.layouts import LAYOUTS, make_array
-from normgen.library import bundled_names
+from normgen.spec.library import bundled_names
 
 
 def _assert_all_ok(results):
@@ -58,7 +59,7 @@ BLOCKED = [("batch_norm", (6, 16, 13, 11), (), "channels_last"), ("standardize",
 def test_columns_with_rows_back_to_back_in_blocks(name, shape, sizes, layout, dtype):
     """Narrow column tiles whose rows lie back to back are reduced and applied KB rows per
     vector loop (then the leftover rows one by one): shapes where both happen, against the oracle."""
-    from normgen.check import Case
+    from normgen.verify.check import Case
     from normgen.layouts import layout_strides
 
     op = normgen.load(name)
@@ -78,11 +79,11 @@ def test_no_parameters_and_out(rng):
     out = np.full_like(x, np.nan)
     fwd = op.forward(x, num_groups=3, out=out)
     assert fwd.y is out
-    ref = normgen.oracle.forward(op.spec, x, {}, sizes={"num_groups": 3})
+    ref = oracle.forward(op.spec, x, {}, sizes={"num_groups": 3})
     np.testing.assert_allclose(out, ref.y, rtol=1e-5, atol=1e-5)
     grads = op.backward(np.ones_like(x), fwd)
     assert grads.params == {}
-    ref_dx = normgen.oracle.backward(op.spec, np.ones_like(x), x, {}, sizes={"num_groups": 3})["x"]
+    ref_dx = oracle.backward(op.spec, np.ones_like(x), x, {}, sizes={"num_groups": 3})["x"]
     np.testing.assert_allclose(grads.dx, ref_dx, atol=1e-5)
 
 
@@ -102,7 +103,7 @@ def test_negative_strides_are_copied_not_misread(rng):
     base = rng.standard_normal((5, 8)).astype(np.float64)
     x = base[::-1, ::-1]
     y = op(x, normalized_shape=(8,))
-    ref = normgen.oracle.forward(op.spec, x, {}, sizes={"normalized_shape": (8,)})
+    ref = oracle.forward(op.spec, x, {}, sizes={"normalized_shape": (8,)})
     np.testing.assert_allclose(y, ref.y, atol=1e-12)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import normgen
-from normgen import oracle
+from normgen.verify import oracle
 from normgen.layouts import make_array
 
 # (spec, shape, layout, sizes): both strategies (rows, columns), both directions

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import normgen
-from normgen import oracle
-from normgen.bind import bind
-from normgen.library import bundled_names
+from normgen.verify import oracle
+from normgen.plan.bind import bind
+from normgen.spec.library import bundled_names
 
 SMALL = {
     "batch_norm": ((4, 3, 2, 3), {}),

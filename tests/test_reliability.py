@@ -3,7 +3,7 @@ as it should, and the report must be written."""
 
 from __future__ import annotations
 
-from normgen import reliability
+from normgen.testing import reliability
 
 
 def test_quick_campaign(tmp_path):

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from normgen import SpecError, build_spec, load_spec, parse_spec
-from normgen.library import bundled_names, bundled_paths
+from normgen.spec.library import bundled_names, bundled_paths
 from normgen.spec import Center, Scale
 
 BUNDLED = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm", "standardize",

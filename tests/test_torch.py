@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from normgen import CallError
-from normgen.library import bundled_names
+from normgen.spec.library import bundled_names
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

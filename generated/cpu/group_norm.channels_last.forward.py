@@ -3,7 +3,7 @@
 # spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 # plan:      forward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 # loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-# key:       c3f25c85d845e31047da9537f70eb1bb
+# key:       520dd3c2d0ee0474d68a3f4d364105aa
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,8 +11,8 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                              col_grad, col_grad2, dev_sums, grad_row, sum_f64)
+from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
+                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).

@@ -3,7 +3,7 @@
 # spec:      instance_norm (instance_norm.toml: input 'N C *spatial', kept 'N C'), center mean, scale std
 # plan:      forward · float32 · rows · groups (N, C) · inner spatial0·spatial1
 # loop dims: N(K) C(K) spatial0·spatial1(R)
-# key:       78242eedbae3ad451ae4ddb34a8fe7cc
+# key:       1579b8924c3385c879267f5d49f97aa8
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,8 +11,8 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                              col_grad, col_grad2, dev_sums, grad_row, sum_f64)
+from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
+                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).

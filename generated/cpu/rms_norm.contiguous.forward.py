@@ -3,7 +3,7 @@
 # spec:      rms_norm (rms_norm.toml: input '*batch *normalized', kept '*batch'), center none, scale rms
 # plan:      forward · float32 · rows · groups (batch) · inner normalized
 # loop dims: batch(K) normalized(R)
-# key:       bb5cd37f44e32863f8022c25b8fb44b6
+# key:       4aec35dfa5801da7c49a0519ee0b617e
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,8 +11,8 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                              col_grad, col_grad2, dev_sums, grad_row, sum_f64)
+from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
+                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).

@@ -3,7 +3,7 @@
 # spec:      standardize (standardize.toml: input 'N F', kept 'F'), center mean, scale std
 # plan:      backward · float32 · columns · groups () · rows (N) · columns F
 # loop dims: N(R) F(K)
-# key:       19032d873221689b1943b06b90bac298
+# key:       b2436ad4d2dd1478dd67db7fadd747e1
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,8 +11,8 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                              col_grad, col_grad2, dev_sums, grad_row, sum_f64)
+from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
+                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).

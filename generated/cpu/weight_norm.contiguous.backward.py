@@ -3,7 +3,7 @@
 # spec:      weight_norm (weight_norm.toml: input 'O *fan_in', kept 'O'), center none, scale l2
 # plan:      backward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 # loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-# key:       7d632bf5b9e75e1514eb4f3dbc02524c
+# key:       a6c00b4b1fc5ca7335014da6e2e179c2
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,8 +11,8 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                              col_grad, col_grad2, dev_sums, grad_row, sum_f64)
+from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
+                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).

@@ -3,7 +3,7 @@
 # spec:      weight_standardization (weight_standardization.toml: input 'O *fan_in', kept 'O'), center mean, scale std
 # plan:      forward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 # loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-# key:       c4d1a0ad0c508d04e4ef6b35f380b3c4
+# key:       b0a905eeb4682388f9c1745278ea6be9
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,8 +11,8 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.backends.cpu_primitives import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                              col_grad, col_grad2, dev_sums, grad_row, sum_f64)
+from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
+                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).

@@ -3,7 +3,7 @@
 // spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 // plan:      forward · float32 · rows · groups (C) · rows (N) · inner spatial0·spatial1
 // loop dims: N(R) C(K) spatial0·spatial1(R)
-// key:       6b9554541973e27d38a59df845009e1a
+// key:       e7f344bd6476848d716b79acd1b7ca5d
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -15,7 +15,7 @@
 //
 // On the GPU (nvcc, NVRTC through CuPy) it brings in the half-precision headers and defines
 // normgen's shared-memory macros as plain __shared__ arrays. With NORMGEN_EMULATE defined
-// (g++, normgen.backends.cuda_emu) it includes the CPU emulator instead, where the same
+// (g++, normgen.testing.cuda_emu) it includes the CPU emulator instead, where the same
 // macros declare instrumented, per-block arrays. Templates may use what SUBSET.md lists.
 #ifndef NORMGEN_PRELUDE_CUH
 #define NORMGEN_PRELUDE_CUH

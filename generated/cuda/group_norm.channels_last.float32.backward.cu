@@ -3,7 +3,7 @@
 // spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 // plan:      backward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 // loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-// key:       ebd4eb99cf28002e82e3ae6b0fdff318
+// key:       13c68229b2843c0d08df0c8bd9f56df8
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -15,7 +15,7 @@
 //
 // On the GPU (nvcc, NVRTC through CuPy) it brings in the half-precision headers and defines
 // normgen's shared-memory macros as plain __shared__ arrays. With NORMGEN_EMULATE defined
-// (g++, normgen.backends.cuda_emu) it includes the CPU emulator instead, where the same
+// (g++, normgen.testing.cuda_emu) it includes the CPU emulator instead, where the same
 // macros declare instrumented, per-block arrays. Templates may use what SUBSET.md lists.
 #ifndef NORMGEN_PRELUDE_CUH
 #define NORMGEN_PRELUDE_CUH

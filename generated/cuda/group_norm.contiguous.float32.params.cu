@@ -3,7 +3,7 @@
 // spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 // plan:      backward · float32 · rows · groups (G, c) · rows (N) · inner spatial0·spatial1
 // loop dims: N(R) G(K) c(K) spatial0·spatial1(R)
-// key:       e225e76cf8e72fc5125123c5b2ecc204
+// key:       4b4ecee720173dfcf9aaf13a540ffec2
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -15,7 +15,7 @@
 //
 // On the GPU (nvcc, NVRTC through CuPy) it brings in the half-precision headers and defines
 // normgen's shared-memory macros as plain __shared__ arrays. With NORMGEN_EMULATE defined
-// (g++, normgen.backends.cuda_emu) it includes the CPU emulator instead, where the same
+// (g++, normgen.testing.cuda_emu) it includes the CPU emulator instead, where the same
 // macros declare instrumented, per-block arrays. Templates may use what SUBSET.md lists.
 #ifndef NORMGEN_PRELUDE_CUH
 #define NORMGEN_PRELUDE_CUH

@@ -3,7 +3,7 @@
 // spec:      layer_norm (layer_norm.toml: input '*batch *normalized', kept '*batch'), center mean, scale std
 // plan:      forward · float32 · rows · groups (batch) · inner normalized
 // loop dims: batch(K) normalized(R)
-// key:       8c6c9c7c430dd487a8d4aa86ed69d7e2
+// key:       b308a8f5e5666f654eac52622880f627
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -15,7 +15,7 @@
 //
 // On the GPU (nvcc, NVRTC through CuPy) it brings in the half-precision headers and defines
 // normgen's shared-memory macros as plain __shared__ arrays. With NORMGEN_EMULATE defined
-// (g++, normgen.backends.cuda_emu) it includes the CPU emulator instead, where the same
+// (g++, normgen.testing.cuda_emu) it includes the CPU emulator instead, where the same
 // macros declare instrumented, per-block arrays. Templates may use what SUBSET.md lists.
 #ifndef NORMGEN_PRELUDE_CUH
 #define NORMGEN_PRELUDE_CUH

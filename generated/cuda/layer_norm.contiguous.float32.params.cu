@@ -3,7 +3,7 @@
 // spec:      layer_norm (layer_norm.toml: input '*batch *normalized', kept '*batch'), center mean, scale std
 // plan:      backward · float32 · columns · groups () · rows (batch) · columns normalized
 // loop dims: batch(R) normalized(K)
-// key:       fdd87d9ea181944ca606a6c1002fa040
+// key:       7157c8b605c34c9640dd74f9c7a13813
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -15,7 +15,7 @@
 //
 // On the GPU (nvcc, NVRTC through CuPy) it brings in the half-precision headers and defines
 // normgen's shared-memory macros as plain __shared__ arrays. With NORMGEN_EMULATE defined
-// (g++, normgen.backends.cuda_emu) it includes the CPU emulator instead, where the same
+// (g++, normgen.testing.cuda_emu) it includes the CPU emulator instead, where the same
 // macros declare instrumented, per-block arrays. Templates may use what SUBSET.md lists.
 #ifndef NORMGEN_PRELUDE_CUH
 #define NORMGEN_PRELUDE_CUH

@@ -3,7 +3,7 @@
 // spec:      rms_norm (rms_norm.toml: input '*batch *normalized', kept '*batch'), center none, scale rms
 // plan:      forward · float32 · rows · groups (batch) · inner normalized
 // loop dims: batch(K) normalized(R)
-// key:       96181500bb538aa9883dfcf448490bc0
+// key:       e81e616b5b080f423c7626370cda4c65
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -15,7 +15,7 @@
 //
 // On the GPU (nvcc, NVRTC through CuPy) it brings in the half-precision headers and defines
 // normgen's shared-memory macros as plain __shared__ arrays. With NORMGEN_EMULATE defined
-// (g++, normgen.backends.cuda_emu) it includes the CPU emulator instead, where the same
+// (g++, normgen.testing.cuda_emu) it includes the CPU emulator instead, where the same
 // macros declare instrumented, per-block arrays. Templates may use what SUBSET.md lists.
 #ifndef NORMGEN_PRELUDE_CUH
 #define NORMGEN_PRELUDE_CUH

@@ -3,7 +3,7 @@
 // spec:      rms_norm (rms_norm.toml: input '*batch *normalized', kept '*batch'), center none, scale rms
 // plan:      backward · float32 · columns · groups () · rows (batch) · columns normalized
 // loop dims: batch(R) normalized(K)
-// key:       0d672c264f87a2e4c1901fec871ebe8a
+// key:       6628a939ea7af44d8dadfeea2af3f074
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -15,7 +15,7 @@
 //
 // On the GPU (nvcc, NVRTC through CuPy) it brings in the half-precision headers and defines
 // normgen's shared-memory macros as plain __shared__ arrays. With NORMGEN_EMULATE defined
-// (g++, normgen.backends.cuda_emu) it includes the CPU emulator instead, where the same
+// (g++, normgen.testing.cuda_emu) it includes the CPU emulator instead, where the same
 // macros declare instrumented, per-block arrays. Templates may use what SUBSET.md lists.
 #ifndef NORMGEN_PRELUDE_CUH
 #define NORMGEN_PRELUDE_CUH

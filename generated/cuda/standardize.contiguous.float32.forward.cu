@@ -3,7 +3,7 @@
 // spec:      standardize (standardize.toml: input 'N F', kept 'F'), center mean, scale std
 // plan:      forward · float32 · columns · groups () · rows (N) · columns F
 // loop dims: N(R) F(K)
-// key:       0ae9791a44aa1684c79713b5b0c30425
+// key:       c2dd226ffa3cd6a62c677dbf0a62054f
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -15,7 +15,7 @@
 //
 // On the GPU (nvcc, NVRTC through CuPy) it brings in the half-precision headers and defines
 // normgen's shared-memory macros as plain __shared__ arrays. With NORMGEN_EMULATE defined
-// (g++, normgen.backends.cuda_emu) it includes the CPU emulator instead, where the same
+// (g++, normgen.testing.cuda_emu) it includes the CPU emulator instead, where the same
 // macros declare instrumented, per-block arrays. Templates may use what SUBSET.md lists.
 #ifndef NORMGEN_PRELUDE_CUH
 #define NORMGEN_PRELUDE_CUH

@@ -3,7 +3,7 @@
 // spec:      switchable_norm (switchable_norm.toml: input 'N C *spatial', kept 'N C | N | C'), center mean, scale std
 // plan:      backward · float32 · rows · groups (N, C) · inner spatial0·spatial1
 // loop dims: N(K) C(K) spatial0·spatial1(R)
-// key:       57f06a3a3b9c2ce3394596592a605fe6
+// key:       36552031e9df088beebb4fc3c88ff8f3
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -15,7 +15,7 @@
 //
 // On the GPU (nvcc, NVRTC through CuPy) it brings in the half-precision headers and defines
 // normgen's shared-memory macros as plain __shared__ arrays. With NORMGEN_EMULATE defined
-// (g++, normgen.backends.cuda_emu) it includes the CPU emulator instead, where the same
+// (g++, normgen.testing.cuda_emu) it includes the CPU emulator instead, where the same
 // macros declare instrumented, per-block arrays. Templates may use what SUBSET.md lists.
 #ifndef NORMGEN_PRELUDE_CUH
 #define NORMGEN_PRELUDE_CUH

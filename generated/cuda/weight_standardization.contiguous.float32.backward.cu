@@ -3,7 +3,7 @@
 // spec:      weight_standardization (weight_standardization.toml: input 'O *fan_in', kept 'O'), center mean, scale std
 // plan:      backward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 // loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-// key:       35a553c0587cf649bca23f967fb0be9e
+// key:       e1a15bfde8114626013eefa4e05fac00
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -15,7 +15,7 @@
 //
 // On the GPU (nvcc, NVRTC through CuPy) it brings in the half-precision headers and defines
 // normgen's shared-memory macros as plain __shared__ arrays. With NORMGEN_EMULATE defined
-// (g++, normgen.backends.cuda_emu) it includes the CPU emulator instead, where the same
+// (g++, normgen.testing.cuda_emu) it includes the CPU emulator instead, where the same
 // macros declare instrumented, per-block arrays. Templates may use what SUBSET.md lists.
 #ifndef NORMGEN_PRELUDE_CUH
 #define NORMGEN_PRELUDE_CUH

@@ -1,0 +1,214 @@
+"""The disk cache of generated kernel modules.
+
+One key per kernel: `cache_key(kernel)` hashes the normgen version, the templates and the
+codegen sources, the kernel's canonical structure and the target (backend, compiler
+versions, CPU). The module for a key lives at
+
+    $NORMGEN_CACHE_DIR/<target>/<key[:2]>/<key>/kernels.py      (+ kernels.sha256)
+
+and Numba keeps its compiled machine code beside it in __pycache__ (`cache=True`). Numba
+keys that cache on the source file's mtime, so a module is written only when it is
+missing or its bytes differ from what it should be; writes go to a temporary file that is
+then linked or renamed into place, so readers never see half a file and concurrent
+builders agree. A file whose hash does not match its sidecar (torn, truncated, edited) is
+rebuilt, never trusted.
+
+`NORMGEN_CACHE_DIR` chooses the folder (default: the platform's user cache directory);
+`NORMGEN_REBUILD=1` rewrites every module this process loads.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import types
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from .. import __version__
+from ..paths import templates_dir
+
+#: the modules whose code decides what is generated: a change to any of them is a new key
+CODEGEN_SOURCES = ("plan/planner.py", "codegen/render.py", "plan/bind.py", "runtime/cache.py",
+                   "codegen/cpu_prelude.py", "codegen/prelude.cuh")
+_lock = threading.Lock()
+_loaded: dict[str, types.ModuleType] = {}
+
+
+def cache_dir() -> Path:
+    """$NORMGEN_CACHE_DIR, else the platform user cache directory + '/normgen'."""
+    env = os.environ.get("NORMGEN_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    elif os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "normgen"
+
+
+@functools.lru_cache(maxsize=None)
+def codegen_hash() -> str:
+    """sha256 over the templates and the codegen modules (names and bytes)."""
+    h = hashlib.sha256()
+    tdir = templates_dir()
+    files = sorted(p for p in tdir.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    pkg = Path(__file__).resolve().parent.parent
+    files += [pkg / name for name in CODEGEN_SOURCES]
+    for path in files:
+        h.update(path.relative_to(path.parent.parent).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def target_id(target: str) -> str:
+    """What the compiled code depends on besides its source."""
+    if target == "cpu":
+        import llvmlite.binding as ll
+        import numba
+
+        return f"cpu|numba={numba.__version__}|cpu={ll.get_host_cpu_name()}"
+    from . import cuda
+
+    return cuda.target_id()
+
+
+def _hash(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def source_key(canonical: str) -> str:
+    """What the generated source depends on: version, codegen sources, kernel structure.
+
+    It is printed in the source's header, and is the same on every machine.
+    """
+    return _hash(f"normgen={__version__}", codegen_hash(), canonical)
+
+
+def cache_key(canonical: str, target: str) -> str:
+    """The key of a compiled kernel: its source key and the target it is compiled for."""
+    return _hash(source_key(canonical), target_id(target))
+
+
+def module_path(key: str, target: str) -> Path:
+    return cache_dir() / target / key[:2] / key / "kernels.py"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # create-if-absent: a racing writer keeps its file (and mtime)
+        except FileExistsError:
+            if path.read_bytes() != data:
+                os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Write `data` to `path` unless it already holds exactly that. True if written."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, data)
+    return True
+
+
+def _valid(path: Path) -> bool:
+    try:
+        return _sha(path.read_bytes()) == path.with_suffix(".sha256").read_text().strip()
+    except OSError:
+        return False
+
+
+def load_module(key: str, target: str, render: Callable[[], str]) -> types.ModuleType:
+    """The generated module for `key`: from memory, from disk, or rendered and written now."""
+    with _lock:
+        mod = _loaded.get(key)
+        if mod is not None:
+            return mod
+        path = module_path(key, target)
+        fallback = False
+        if os.environ.get("NORMGEN_REBUILD") == "1" or not _valid(path):
+            source = render().encode()
+            try:
+                write_if_changed(path, source)
+                write_if_changed(path.with_suffix(".sha256"), (_sha(source) + "\n").encode())
+            except OSError as e:
+                fallback = True
+                path = _fallback_path(key, target, source, e)
+        name = f"normgen_kernels_{key}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except Exception:
+            sys.modules.pop(name, None)
+            raise
+        mod.__normgen_fallback__ = fallback
+        _loaded[key] = mod
+        return mod
+
+
+def _fallback_path(key: str, target: str, source: bytes, error: OSError) -> Path:
+    """The cache folder is not writable: build in a private temporary folder instead."""
+    warnings.warn(f"normgen: cannot write the kernel cache at {cache_dir()} ({error.strerror or error}); "
+                  "building in a temporary folder for this process (set NORMGEN_CACHE_DIR to a writable "
+                  "folder to keep compiled kernels)", RuntimeWarning, stacklevel=4)
+    base = Path(tempfile.gettempdir()) / f"normgen-fallback-{os.getuid() if hasattr(os, 'getuid') else 'u'}"
+    path = base / target / key[:2] / key / "kernels.py"
+    write_if_changed(path, source)
+    write_if_changed(path.with_suffix(".sha256"), (_sha(source) + "\n").encode())
+    return path
+
+
+def info() -> dict[str, object]:
+    """What the cache holds: folder, number of modules, bytes."""
+    root = cache_dir()
+    modules = list(root.rglob("kernels.py")) if root.is_dir() else []
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+    return {"dir": str(root), "modules": len(modules), "bytes": size}
+
+
+def clear() -> int:
+    """Delete the cache folder's contents; returns the number of modules removed."""
+    root = cache_dir()
+    if not root.is_dir():
+        return 0
+    n = len(list(root.rglob("kernels.py")))
+    for child in root.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    with _lock:
+        _loaded.clear()
+    return n

@@ -1,0 +1,13 @@
+"""The spec language: what a normalization variant is, independent of shapes and hardware.
+
+    axes.py      the axis-expression notation ("N (G c) *spatial")
+    tomlpos.py   where keys and strings sit in a TOML text (for carets in errors)
+    loader.py    TOML text or Python arguments -> a validated, frozen Spec
+    library.py   the bundled specs in specs/
+"""
+
+from .library import bundled_names, bundled_paths, find_spec
+from .loader import RESERVED_ARGS, Affine, Center, Running, Scale, Spec, build_spec, load_spec, parse_spec
+
+__all__ = ["Spec", "Center", "Scale", "Affine", "Running", "RESERVED_ARGS", "load_spec", "parse_spec", "build_spec",
+           "find_spec", "bundled_names", "bundled_paths"]

@@ -1,0 +1,251 @@
+"""Check generated kernels against the NumPy oracle, for any spec.
+
+`check_spec(spec)` draws cases from the spec itself (small shapes, a different rank of
+the variadic groups, and a large few-groups shape that exercises the phased path),
+lays each input out contiguously, channels_last, transposed and sliced, and compares
+forward (y, statistics, running statistics) and backward (dx and every parameter
+gradient) in float32 and float64, in training and (where the spec has running
+statistics) evaluation mode. Every comparison is a max error over the arrays, relative to
+the oracle's largest magnitude (at least 1), against a per-dtype tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from . import oracle
+from ..plan.bind import bind
+from ..runtime.bf16 import from_bits, to_bits
+from ..layouts import LAYOUTS, make_array, span
+from ..op.op import Op
+from ..spec.loader import Spec
+
+DTYPES = ("float32", "float64")
+CUDA_DTYPES = ("float16", "bfloat16", "float32", "float64")
+TOLERANCE = {"float32": 2e-4, "float64": 1e-9, "float16": 5e-3, "bfloat16": 3e-2}
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    shape: tuple[int, ...]
+    sizes: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass
+class Result:
+    spec: str
+    case: str
+    layout: str
+    dtype: str
+    mode: str
+    plan: str
+    errors: dict[str, float] = field(default_factory=dict)
+    tol: float = 0.0
+    error: str | None = None  # an exception instead of numbers
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(e <= self.tol for e in self.errors.values())
+
+    @property
+    def worst(self) -> tuple[str, float]:
+        if not self.errors:
+            return ("-", math.nan)
+        k = max(self.errors, key=lambda k: self.errors[k])
+        return k, self.errors[k]
+
+
+def cases(spec: Spec) -> list[Case]:
+    """Shapes for a spec: a small one, one with other variadic ranks, a large few-groups one."""
+    out: list[Case] = []
+    for label, variant in (("small", 0), ("ranks", 1), ("large", 2)):
+        case = _case(spec, label, variant)
+        if all((c.shape, c.sizes) != (case.shape, case.sizes) for c in out):
+            out.append(case)
+    return out
+
+
+def _case(spec: Spec, label: str, variant: int) -> Case:
+    pool = iter([3, 4, 5, 2, 6, 7, 3, 4])
+    given = dict(spec.sizes)
+    kept = set(spec.kept_axes)
+    shape: list[int] = []
+    sizes: dict[str, Any] = {}
+    grow: list[tuple[int, str | None]] = []  # reduced dims the large case may grow (and the size arg that names them)
+    for item in spec.input.items:
+        name = item.names[0]
+        if item.variadic:
+            arg = given.get(name)
+            dims = [(4, 5), (6,), (8, 5)][variant] if arg else [(5, 6), (), (6, 7)][variant]
+            if variant == 2 and name in kept:
+                dims = tuple(2 for _ in dims)
+            start = len(shape)
+            shape.extend(dims)
+            if name not in kept:
+                grow.extend((i, arg) for i in range(start, len(shape)))
+        elif item.is_split:
+            total = 1
+            for part in item.names:
+                if part in given and isinstance(given[part], str):
+                    value = 2
+                    sizes[given[part]] = value
+                elif part in given:
+                    value = given[part]
+                else:
+                    value = 3 if variant != 2 or part in kept else 12
+                total *= value
+            shape.append(total)
+        else:
+            size = next(pool)
+            if variant == 2:
+                size = 2 if name in kept else size
+            shape.append(size)
+            if name not in kept:
+                grow.append((len(shape) - 1, None))
+    if variant == 2:
+        while math.prod(shape) < 48 * 1024 and grow:
+            d = min((i for i, _ in grow), key=lambda i: shape[i])
+            shape[d] *= 4
+    for arg in {a for _, a in grow if a}:  # a given variadic shape follows its (grown) dims
+        sizes[arg] = tuple(shape[i] for i, a in grow if a == arg)
+    if spec.running is not None and math.prod(shape) and bind(spec, tuple(shape), sizes).group_size < 2:
+        # training with running statistics needs two or more values per statistic (n - 1 > 0)
+        return _case(spec, label, variant=0)
+    return Case(label, tuple(shape), tuple(sizes.items()))
+
+
+def _err(a: Any, b: Any) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return math.inf
+    if a.size == 0:
+        return 0.0
+    scale = max(1.0, float(np.nanmax(np.abs(b))))
+    diff = np.abs(a - b)
+    if np.any(np.isnan(a) != np.isnan(b)):
+        return math.inf
+    return float(np.nanmax(diff)) / scale if not np.all(np.isnan(diff)) else 0.0
+
+
+def _typed(values: np.ndarray, layout: str, dtype: str):
+    """values in `dtype` and `layout`: (the array for the op, its exact values as float64)."""
+    if dtype == "bfloat16":
+        from ..runtime.cuda import BF16
+
+        bits = make_array(to_bits(values), layout, np.uint16)
+        return BF16(bits), from_bits(bits).astype(np.float64)
+    a = make_array(values, layout, dtype)
+    return a, a.astype(np.float64)
+
+
+def _values(a) -> np.ndarray:
+    bits = getattr(a, "bits", None)
+    if bits is not None:
+        return from_bits(_host(bits))
+    return _host(a)
+
+
+def _host(a) -> np.ndarray:
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def _on_gpu(a):
+    """A CuPy copy of a NumPy array (or BF16 of one) with the same strides, gaps included."""
+    import cupy
+
+    from ..runtime.cuda import BF16
+
+    if isinstance(a, BF16):
+        return BF16(_on_gpu(a.bits))
+    if a.ndim == 0 or a.size == 0:
+        return cupy.asarray(a)
+    extent = span(a.shape, tuple(s // a.itemsize for s in a.strides))  # strides are >= 0 here
+    window = np.lib.stride_tricks.as_strided(a, shape=(extent,), strides=(a.itemsize,))
+    return cupy.lib.stride_tricks.as_strided(cupy.asarray(window), shape=a.shape, strides=a.strides)
+
+
+def run_case(op: Op, case: Case, layout: str, dtype: str, training: bool, seed: int = 0,
+             target: str = "cpu") -> Result:
+    """One forward + backward against the oracle.
+
+    target="cuda" runs the CUDA kernels: on the GPU when CuPy has one, else on the emulator.
+    """
+    from ..runtime.cuda import cupy_device
+
+    gpu = target == "cuda" and cupy_device() is not None
+    dev = _on_gpu if gpu else (lambda a: a)
+    spec = op.spec
+    rng = np.random.default_rng(seed)
+    sizes = dict(case.sizes)
+    mode = "train" if training else "eval"
+    res = Result(spec.name, f"{case.label} {case.shape}", layout, dtype, mode, "", tol=TOLERANCE[dtype])
+    try:
+        binding = bind(spec, case.shape, sizes)
+        stat = "float64" if dtype == "float64" else "float32"
+        x, x64 = _typed(rng.standard_normal(case.shape) * 2.0 + 3.0, layout, dtype)
+        typed = {p: _typed(rng.standard_normal(binding.param_shape) * 0.5 + 1.0, "contiguous", dtype)
+                 for p in (spec.affine.params if spec.affine else ())}
+        params = {p: dev(t[0]) for p, t in typed.items()}
+        params64 = {p: t[1] for p, t in typed.items()}
+        kw: dict[str, Any] = {}
+        if spec.running is not None:
+            kw["running_mean"] = rng.standard_normal(binding.running_shape).astype(stat)
+            kw["running_var"] = (rng.random(binding.running_shape) + 0.5).astype(stat)
+        if spec.is_mixture:
+            k = len(spec.kept)
+            kw["mean_weight"] = rng.standard_normal(k)
+            kw["var_weight"] = rng.standard_normal(k)
+        okw = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+        eps = {"eps": float(np.finfo(np.float16).eps) if dtype == "float16" else 2.0 ** -7} \
+            if spec.eps == "dtype" and dtype in ("float16", "bfloat16") else {}
+        res.plan = _plan_label(op, x64, sizes, target, dtype)
+        kw = {k: (dev(v) if isinstance(v, np.ndarray) and k.startswith("running") else v) for k, v in kw.items()}
+        fwd = op.forward(dev(x), training=training, target=target, **params, **kw, **sizes)
+        ref = oracle.forward(spec, x64, params64, sizes=sizes, training=training, **okw, **eps)
+        res.errors["y"] = _err(_values(fwd.y), ref.y)
+        if fwd.mean is not None:
+            res.errors["mean"] = _err(_values(fwd.mean), ref.mean)
+        res.errors["rstd"] = _err(_values(fwd.rstd), ref.rstd)
+        if training and ref.running_mean is not None:
+            res.errors["running_mean"] = _err(_host(kw["running_mean"]), ref.running_mean)
+            res.errors["running_var"] = _err(_host(kw["running_var"]), ref.running_var)
+        dy, dy64 = _typed(rng.standard_normal(case.shape), layout, dtype)
+        grads = op.backward(dev(dy), fwd)
+        oref = oracle.backward(spec, dy64, x64, params64, sizes=sizes, training=training, **okw, **eps)
+        res.errors["dx"] = _err(_values(grads.dx), oref["x"])
+        for name in list(params) + (["mean_weight", "var_weight"] if spec.is_mixture else []):
+            res.errors["d" + name] = _err(_values(grads[name]), oref[name])
+    except Exception as e:  # a crash is a failed check, reported with the case
+        res.error = f"{type(e).__name__}: {e}"
+    return res
+
+
+def _plan_label(op: Op, x64: np.ndarray, sizes: dict[str, Any], target: str, dtype: str) -> str:
+    from ..runtime.cpu import elem_strides
+
+    plan = op.plan(x64.shape, strides=elem_strides(x64), dtype=dtype, target=target, **sizes)
+    return f"{plan.kernel.strategy.value}/{'fused' if plan.launch.fused else f'{plan.launch.n_parts} parts'}"
+
+
+def check_spec(op: Op, *, layouts: tuple[str, ...] = LAYOUTS, dtypes: tuple[str, ...] = DTYPES,
+               progress: Callable[[Result], None] | None = None, target: str = "cpu") -> list[Result]:
+    """Every case x layout x dtype x mode of one spec."""
+    results = []
+    modes = (True, False) if op.spec.running is not None else (True,)
+    seed = 0
+    for case in cases(op.spec):
+        for layout in layouts:
+            for dtype in dtypes:
+                for training in modes:
+                    seed += 1
+                    r = run_case(op, case, layout, dtype, training, seed, target)
+                    results.append(r)
+                    if progress:
+                        progress(r)
+    return results
