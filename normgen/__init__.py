@@ -28,7 +28,7 @@ def load(name_or_path, **kwargs):
 
     >>> normgen.load("layer_norm")(x, normalized_shape=(1024,))
     """
-    from .op.op import load as _load
+    from .op import load as _load  # the op pipeline imports NumPy-side machinery: on first use
 
     return _load(name_or_path, **kwargs)
 

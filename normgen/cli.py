@@ -80,6 +80,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from .layouts import layout_strides
+    from .plan.describe import describe_plan
 
     op = _op(args.spec)
     shape = args.shape
@@ -88,7 +89,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise NormgenError(f"--strides has {len(strides)} entries for a shape of {len(shape)} dims")
     plan = op.plan(shape, strides=strides, dtype=args.dtype, direction="backward" if args.backward else "forward",
                    params=not args.no_params, target=args.target, **dict(args.size))
-    print(plan)
+    print(describe_plan(plan))
     return 0
 
 
@@ -223,7 +224,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         root = repo_root() or Path(".")
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path(args.json) if args.json else root / "bench" / "results" / f"{args.target}-{stamp}.json"
-        from .runtime import cpu
+        from .runtime import threads as cpu
 
         extra = {"dtype": args.dtype, "repeat": args.repeat, "target": args.target}
         extra.update({"gpu": where} if args.target == "cuda" else {"threads": cpu.threads()})

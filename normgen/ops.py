@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import CallError
-from .op.op import load
+from .op import load
 
 __all__ = ["batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm", "switchable_norm",
            "weight_norm", "weight_standardization", "standardize"]

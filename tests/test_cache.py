@@ -15,14 +15,16 @@ from pathlib import Path
 import numpy as np
 
 import normgen
-from normgen.runtime import cache
+from normgen.codegen import render as render_module
+from normgen.codegen.render import render
+from normgen.runtime import cache, cpu
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _key(op, shape, **kw):
     plan = op.plan(shape, **kw)
-    return cache.cache_key(plan.kernel.canonical(), "cpu")
+    return cache.module_key(render(plan.kernel).key, cpu.target_id())
 
 
 def test_same_structure_same_key_other_structure_other_key():
@@ -35,22 +37,36 @@ def test_same_structure_same_key_other_structure_other_key():
     assert _key(op, (64, 256), normalized_shape=(256,), direction="backward") != a
 
 
-def test_a_template_change_is_a_new_key(tmp_path, monkeypatch):
+def test_identical_code_of_two_specs_is_one_module():
+    """instance_norm and switchable_norm plan the same kernels (N C kept over *spatial): one key."""
+    shape = (2, 3, 4, 5)
+    a, b = normgen.load("instance_norm").plan(shape), normgen.load("switchable_norm").plan(shape)
+    ra, rb = render(a.kernel), render(b.kernel)
+    assert ra.text != rb.text  # headers name their own spec
+    assert ra.key == rb.key and _key(normgen.load("instance_norm"), shape) == _key(normgen.load("switchable_norm"), shape)
+
+
+def test_the_key_follows_the_generated_code(tmp_path, monkeypatch):
+    """A template change that changes the generated code is a new key; one that does not
+    (a template comment) is not."""
     op = normgen.load("group_norm")
-    canonical = op.plan((2, 4, 3, 3), num_groups=2).kernel.canonical()
-    before = cache.cache_key(canonical, "cpu")
+    kernel = op.plan((2, 4, 3, 3), num_groups=2).kernel
+    before = render(kernel).key
     copy = tmp_path / "templates"
     shutil.copytree(REPO / "templates", copy)
-    monkeypatch.setattr(cache, "templates_dir", lambda: copy)
-    cache.codegen_hash.cache_clear()
+    monkeypatch.setattr(render_module, "templates_dir", lambda: copy)
+    render_module.environment.cache_clear()
     try:
-        assert cache.cache_key(canonical, "cpu") == before  # same bytes, same key
+        assert render(kernel).key == before  # same templates, same key
         rows = copy / "cpu" / "rows.py.j2"
-        rows.write_text(rows.read_text() + "\n# a comment\n")
-        cache.codegen_hash.cache_clear()
-        assert cache.cache_key(canonical, "cpu") != before
+        rows.write_text(rows.read_text() + "{# a template comment: no change in the code #}\n")
+        render_module.environment.cache_clear()
+        assert render(kernel).key == before
+        rows.write_text(rows.read_text() + "\n# a comment in the generated code\n")
+        render_module.environment.cache_clear()
+        assert render(kernel).key != before
     finally:
-        cache.codegen_hash.cache_clear()
+        render_module.environment.cache_clear()
 
 
 def test_write_if_changed_keeps_mtime(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 
 import normgen
 from normgen.verify import oracle
-from normgen.plan import planner
+from normgen.plan.model import Options
 from normgen.runtime.cuda import _KERNEL
 from normgen.testing.cuda_emu import EmulationError, compile_source, nvcc_check
 from normgen.verify.check import cases, run_case
@@ -51,10 +51,9 @@ def test_emulated_dtypes(name, dtype):
 
 
 @pytest.mark.parametrize("name", ["layer_norm", "batch_norm", "instance_norm", "switchable_norm"])
-def test_emulated_split_reductions(name, monkeypatch):
+def test_emulated_split_reductions(name):
     """Few groups: every group split into parts, merged by forward_merge / backward_merge (Chan)."""
-    monkeypatch.setattr(planner, "FORCE_PARTS", 3)
-    op = normgen.load(name)
+    op = normgen.load(name, options=Options(parts=3))
     case = cases(op.spec)[0]
     results = [run_case(op, case, layout, "float32", True, seed=5, target="cuda")
                for layout in ("contiguous", "transposed")]
@@ -101,9 +100,10 @@ def _ln_source():
 def _run_ln(src: str, tag: str):
     """Compile `src` (a layer_norm forward) and run forward_partial on 4 rows of 5000
     (a block of 256 threads per row: the block-wide reduction through shared memory)."""
-    from normgen.runtime.cuda import EmuDevice
     from normgen.plan.bind import bind
-    from normgen.plan.planner import Direction, geometry_values, make_plan
+    from normgen.plan.geometry import geometry_values
+    from normgen.plan.planner import Direction, make_plan
+    from normgen.runtime.emulated import EmuDevice
 
     op = normgen.load("layer_norm")
     x = np.random.default_rng(1).standard_normal((4, 5000)).astype(np.float32)
@@ -112,8 +112,7 @@ def _run_ln(src: str, tag: str):
                      sms=1)
     mod = compile_source(src, _KERNEL.findall(src), name=f"{tag}.cu")
     moments = np.zeros((4 * plan.launch.n_parts, 3))
-    grid, bx, by, _ = plan.launch.gpu
-    mod.launch("forward_partial", grid=(grid,), block=(bx, by), order=EmuDevice().order,
+    mod.launch("forward_partial", grid=(plan.launch.grid,), block=plan.launch.block, order=EmuDevice().order,
                args=(x.reshape(-1), moments, np.asarray(geometry_values(plan), np.int64)))
     return x, moments
 

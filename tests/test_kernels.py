@@ -9,7 +9,8 @@ import pytest
 
 import normgen
 from normgen.verify import oracle
-from normgen.plan import planner
+from normgen.plan.launch import COL_APPLY
+from normgen.plan.model import Options, Strategy
 from normgen.verify.check import cases, run_case
 from normgen.layouts import LAYOUTS, make_array
 from normgen.spec.library import bundled_names
@@ -40,10 +41,9 @@ def test_oracle_table(name, layout, dtype):
 
 
 @pytest.mark.parametrize("name", ["batch_norm", "group_norm", "layer_norm", "switchable_norm", "standardize"])
-def test_phased_path_on_small_shapes(name, monkeypatch):
+def test_phased_path_on_small_shapes(name):
     """Split every group's reduction into parts: partial moments, Chan merge, apply."""
-    monkeypatch.setattr(planner, "FORCE_PARTS", 3)
-    op = normgen.load(name)
+    op = normgen.load(name, options=Options(parts=3))
     case = cases(op.spec)[0]
     results = [run_case(op, case, layout, "float64", True, seed=7) for layout in ("contiguous", "channels_last")]
     assert all("parts" in r.plan for r in results), [r.plan for r in results]
@@ -67,8 +67,9 @@ def test_columns_with_rows_back_to_back_in_blocks(name, shape, sizes, layout, dt
     la, k = plan.launch, plan.kernel
     tile = la.seg * (la.sizes[k.tail] if k.tail is not None else 1)
     rows_per_part = min(la.sizes[i] for i in k.rows) // la.n_parts
-    assert k.strategy is planner.Strategy.COLUMNS and len(k.rows) == 1
-    assert rows_per_part > planner.col_apply_rows(tile) > 1  # blocks of rows, and some left over
+    assert k.strategy is Strategy.COLUMNS and len(k.rows) == 1
+    assert la.kb == COL_APPLY // tile and la.kb_write  # rows back to back: written kb at a time
+    assert rows_per_part > la.kb > 1  # blocks of rows, and some left over
     modes = (True, False) if op.spec.running is not None else (True,)
     _assert_all_ok([run_case(op, Case("blocked", shape, sizes), layout, dtype, t, seed=3) for t in modes])
 

@@ -3,7 +3,10 @@
 # spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 # plan:      backward · float32 · columns · groups () · rows (N·spatial0·spatial1) · columns C
 # loop dims: N·spatial0·spatial1(R) C(K)
-# key:       18961afa7a8cd418913d4e8be7a74925
+# kernels:   backward_fused    sums of g and g·x̂ of each group, then dx (one unit per group)
+#            backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
+#            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
+# key:       31ba68c8849a28a1e773a8e9fedcfc48
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,8 +14,7 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
+from normgen.codegen.cpu_prelude import col_add, col_grad, col_grad2, grad_row
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -25,15 +27,13 @@ APPLY_FM = {"contract"}
 @njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
-    mu = mean
-    ss = m2
-    rstd = 1.0 / np.sqrt(ss / n + eps)
-    mu_hi = dt(mu)
-    return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
+    rstd = 1.0 / np.sqrt(m2 / n + eps)
+    mu_hi = dt(mean)
+    return mu_hi, dt(mean - float64(mu_hi)), dt(rstd)
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, scratch_dt, g, blk_lo, blk_hi):
+def backward_fused(x, dy, dx, weight, kstats, dparams, scratch, scratch_dt, g, blk_lo, blk_hi):
     """Per unit (columns of C): the two sums per column over N·spatial0·spatial1, then dx."""
     n_N_spatial = g[0]  # size of N·spatial0·spatial1
     n_C = g[1]  # size of C
@@ -43,21 +43,19 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
     dys_C = g[5]  # dy stride along C
     dxs_N_spatial = g[6]  # dx stride along N·spatial0·spatial1
     dxs_C = g[7]  # dx stride along C
-    ss_N_spatial = g[8]  # statistics stride along N·spatial0·spatial1
     ss_C = g[9]  # statistics stride along C
-    ps_N_spatial = g[10]  # parameter stride along N·spatial0·spatial1
     ps_C = g[11]  # parameter stride along C
-    n_parts = g[12]  # parts per group (1: fused)
+    n_parts = g[12]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[13]  # parallel blocks of units
     seg = g[14]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[15]  # rows per two-pass chunk (columns)
-    n_param = g[16]  # elements per parameter
+    kb = g[16]  # rows per block step; the scratch holds kb rows of a tile (columns)
+    kb_read = g[17]  # 1: the reading pass takes kb rows a step (columns)
+    kb_write = g[18]  # 1: the writing pass takes kb rows a step (columns)
+    n_param = g[19]  # elements per parameter
     n_rows = n_N_spatial
     n_csegs = (n_C + seg - 1) // seg
-    n_units = 1 * n_csegs * n_parts
-    TL = seg * 1  # scratch per tile array
-    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
-    TD = TL * KB  # scratch per tile array: KB rows of the tile
+    n_units = n_csegs * n_parts
+    TD = seg * kb  # scratch per tile array: kb rows of a tile
     for blk in range(blk_lo, blk_hi):
         f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         dw_o = 2 * blk * n_param
@@ -70,7 +68,7 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             grp = rest // n_csegs
             c_lo = cs * seg
             nc = min(seg, n_C - c_lo)
-            L = nc * 1  # elements of this unit's tile in one row
+            L = nc  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + c_lo * xs_C
@@ -82,8 +80,8 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             rs_e = f64s[TD:TD + L]
             w_e = f64s[2 * TD:2 * TD + L]
             for j in range(nc):
-                mu = float64(mu_his[s_u + j * ss_C]) + float64(mu_los[s_u + j * ss_C])
-                rs = float64(rstds[s_u + j * ss_C])
+                mu = float64(kstats[3 * (s_u + j * ss_C)]) + float64(kstats[3 * (s_u + j * ss_C) + 1])
+                rs = float64(kstats[3 * (s_u + j * ss_C) + 2])
                 e = j
                 p = p_u + j * ps_C
                 mu_e[e] = mu
@@ -94,20 +92,20 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             pq_p[:] = 0.0
             pq_q[:] = 0.0
             q = r_lo
-            if KB > 1 and n_csegs == 1 and xs_N_spatial == L and dys_N_spatial == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_read:
+                LK = L * kb
+                for k in range(1, kb):
                     f64s[k * L:(k + 1) * L] = f64s[0:L]
                     f64s[TD + k * L:TD + (k + 1) * L] = f64s[TD:TD + L]
                 f64s[3 * TD:3 * TD + LK] = 0.0
                 f64s[4 * TD:4 * TD + LK] = 0.0
-                while q + KB <= r_hi:
+                while q + kb <= r_hi:
                     x_r = x_u + (q) * xs_N_spatial
                     dy_r = dy_u + (q) * dys_N_spatial
                     col_grad(f64s[3 * TD:3 * TD + LK], f64s[4 * TD:4 * TD + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK],
                              f64s[0:LK], f64s[TD:TD + LK])
-                    q += KB
-                for k in range(1, KB):
+                    q += kb
+                for k in range(1, kb):
                     col_add(pq_p, f64s[3 * TD + k * L:3 * TD + (k + 1) * L])
                     col_add(pq_q, f64s[4 * TD + k * L:4 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: N·spatial0·spatial1, two at a time
@@ -133,9 +131,9 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
                 p = p_u + j * ps_C
                 dparams[dw_o + p] += pq_p[e]
                 dparams[db_o + p] += pq_q[e]
-            count = float64(n_rows * 1)
+            count = float64(n_rows)
             for j in range(nc):  # coefficients of dx = c0 * g + c1 * (x - mean) + c2, per column
-                r = float64(rstds[s_u + j * ss_C])
+                r = float64(kstats[3 * (s_u + j * ss_C) + 2])
                 ga = a_c[j]  # sum of g = dy * weight
                 gb = b_c[j]  # sum of g * x_hat
                 a_c[j] = -r * r * gb / count  # from here on: c1
@@ -145,31 +143,31 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             c1_e = dts[2 * TD:2 * TD + L]
             c2_e = dts[3 * TD:3 * TD + L]
             for j in range(nc):
-                c0 = float64(rstds[s_u + j * ss_C])
+                c0 = float64(kstats[3 * (s_u + j * ss_C) + 2])
                 c1 = a_c[j]
                 c2 = b_c[j]
-                mu_hi = mu_his[s_u + j * ss_C]
-                mu_lo = mu_los[s_u + j * ss_C]
+                mu_hi = kstats[3 * (s_u + j * ss_C)]
+                mu_lo = kstats[3 * (s_u + j * ss_C) + 1]
                 e = j
                 hi_e[e] = mu_hi
                 c0w_e[e] = dt(c0 * w_e[e])
                 c1_e[e] = dt(c1)
                 c2_e[e] = dt(c2 - c1 * float64(mu_lo))
             q0 = r_lo
-            if KB > 1 and n_csegs == 1 and xs_N_spatial == L and dys_N_spatial == L and dxs_N_spatial == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_write:
+                LK = L * kb
+                for k in range(1, kb):
                     dts[k * L:(k + 1) * L] = dts[0:L]
                     dts[TD + k * L:TD + (k + 1) * L] = dts[TD:TD + L]
                     dts[2 * TD + k * L:2 * TD + (k + 1) * L] = dts[2 * TD:2 * TD + L]
                     dts[3 * TD + k * L:3 * TD + (k + 1) * L] = dts[3 * TD:3 * TD + L]
-                while q0 + KB <= r_hi:
+                while q0 + kb <= r_hi:
                     x_r = x_u + (q0) * xs_N_spatial
                     dy_r = dy_u + (q0) * dys_N_spatial
                     dx_r = dx_u + (q0) * dxs_N_spatial
                     grad_row(dx[dx_r:dx_r + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK], dts[0:LK], dts[TD:TD + LK],
                              dts[2 * TD:2 * TD + LK], dts[3 * TD:3 * TD + LK])
-                    q0 += KB
+                    q0 += kb
             for q in range(q0, r_hi):  # rows: N·spatial0·spatial1
                 x_r = x_u + (q) * xs_N_spatial
                 dy_r = dy_u + (q) * dys_N_spatial
@@ -178,7 +176,7 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratch, g, blk_lo, blk_hi):
+def backward_partial(x, dy, weight, kstats, sums, dparams, scratch, g, blk_lo, blk_hi):
     """The two sums per column for each part (a range of rows), merged afterwards; parameter gradients."""
     n_N_spatial = g[0]  # size of N·spatial0·spatial1
     n_C = g[1]  # size of C
@@ -186,23 +184,18 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
     xs_C = g[3]  # x stride along C
     dys_N_spatial = g[4]  # dy stride along N·spatial0·spatial1
     dys_C = g[5]  # dy stride along C
-    dxs_N_spatial = g[6]  # dx stride along N·spatial0·spatial1
-    dxs_C = g[7]  # dx stride along C
-    ss_N_spatial = g[8]  # statistics stride along N·spatial0·spatial1
     ss_C = g[9]  # statistics stride along C
-    ps_N_spatial = g[10]  # parameter stride along N·spatial0·spatial1
     ps_C = g[11]  # parameter stride along C
-    n_parts = g[12]  # parts per group (1: fused)
+    n_parts = g[12]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[13]  # parallel blocks of units
     seg = g[14]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[15]  # rows per two-pass chunk (columns)
-    n_param = g[16]  # elements per parameter
+    kb = g[16]  # rows per block step; the scratch holds kb rows of a tile (columns)
+    kb_read = g[17]  # 1: the reading pass takes kb rows a step (columns)
+    n_param = g[19]  # elements per parameter
     n_rows = n_N_spatial
     n_csegs = (n_C + seg - 1) // seg
-    n_units = 1 * n_csegs * n_parts
-    TL = seg * 1  # scratch per tile array
-    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
-    TD = TL * KB  # scratch per tile array: KB rows of the tile
+    n_units = n_csegs * n_parts
+    TD = seg * kb  # scratch per tile array: kb rows of a tile
     for blk in range(blk_lo, blk_hi):
         f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         dw_o = 2 * blk * n_param
@@ -214,7 +207,7 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
             grp = rest // n_csegs
             c_lo = cs * seg
             nc = min(seg, n_C - c_lo)
-            L = nc * 1  # elements of this unit's tile in one row
+            L = nc  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + c_lo * xs_C
@@ -225,8 +218,8 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
             rs_e = f64s[TD:TD + L]
             w_e = f64s[2 * TD:2 * TD + L]
             for j in range(nc):
-                mu = float64(mu_his[s_u + j * ss_C]) + float64(mu_los[s_u + j * ss_C])
-                rs = float64(rstds[s_u + j * ss_C])
+                mu = float64(kstats[3 * (s_u + j * ss_C)]) + float64(kstats[3 * (s_u + j * ss_C) + 1])
+                rs = float64(kstats[3 * (s_u + j * ss_C) + 2])
                 e = j
                 p = p_u + j * ps_C
                 mu_e[e] = mu
@@ -237,20 +230,20 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
             pq_p[:] = 0.0
             pq_q[:] = 0.0
             q = r_lo
-            if KB > 1 and n_csegs == 1 and xs_N_spatial == L and dys_N_spatial == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_read:
+                LK = L * kb
+                for k in range(1, kb):
                     f64s[k * L:(k + 1) * L] = f64s[0:L]
                     f64s[TD + k * L:TD + (k + 1) * L] = f64s[TD:TD + L]
                 f64s[3 * TD:3 * TD + LK] = 0.0
                 f64s[4 * TD:4 * TD + LK] = 0.0
-                while q + KB <= r_hi:
+                while q + kb <= r_hi:
                     x_r = x_u + (q) * xs_N_spatial
                     dy_r = dy_u + (q) * dys_N_spatial
                     col_grad(f64s[3 * TD:3 * TD + LK], f64s[4 * TD:4 * TD + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK],
                              f64s[0:LK], f64s[TD:TD + LK])
-                    q += KB
-                for k in range(1, KB):
+                    q += kb
+                for k in range(1, kb):
                     col_add(pq_p, f64s[3 * TD + k * L:3 * TD + (k + 1) * L])
                     col_add(pq_q, f64s[4 * TD + k * L:4 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: N·spatial0·spatial1, two at a time
@@ -283,7 +276,7 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, scratch_dt, g, blk_lo, blk_hi):
+def backward_apply(x, dy, dx, weight, kstats, coef, scratch, scratch_dt, g, blk_lo, blk_hi):
     """dx = c0 * dy * weight + c1 * (x - mu) + c2, with per-column coefficients."""
     n_N_spatial = g[0]  # size of N·spatial0·spatial1
     n_C = g[1]  # size of C
@@ -293,21 +286,17 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, sc
     dys_C = g[5]  # dy stride along C
     dxs_N_spatial = g[6]  # dx stride along N·spatial0·spatial1
     dxs_C = g[7]  # dx stride along C
-    ss_N_spatial = g[8]  # statistics stride along N·spatial0·spatial1
     ss_C = g[9]  # statistics stride along C
-    ps_N_spatial = g[10]  # parameter stride along N·spatial0·spatial1
     ps_C = g[11]  # parameter stride along C
-    n_parts = g[12]  # parts per group (1: fused)
+    n_parts = g[12]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[13]  # parallel blocks of units
     seg = g[14]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[15]  # rows per two-pass chunk (columns)
-    n_param = g[16]  # elements per parameter
+    kb = g[16]  # rows per block step; the scratch holds kb rows of a tile (columns)
+    kb_write = g[18]  # 1: the writing pass takes kb rows a step (columns)
     n_rows = n_N_spatial
     n_csegs = (n_C + seg - 1) // seg
-    n_units = 1 * n_csegs * n_parts
-    TL = seg * 1  # scratch per tile array
-    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
-    TD = TL * KB  # scratch per tile array: KB rows of the tile
+    n_units = n_csegs * n_parts
+    TD = seg * kb  # scratch per tile array: kb rows of a tile
     for blk in range(blk_lo, blk_hi):
         f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         dts = scratch_dt[blk * 4 * TD:(blk + 1) * 4 * TD]
@@ -318,7 +307,7 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, sc
             grp = rest // n_csegs
             c_lo = cs * seg
             nc = min(seg, n_C - c_lo)
-            L = nc * 1  # elements of this unit's tile in one row
+            L = nc  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + c_lo * xs_C
@@ -336,31 +325,31 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, sc
             c1_e = dts[2 * TD:2 * TD + L]
             c2_e = dts[3 * TD:3 * TD + L]
             for j in range(nc):
-                c0 = float64(c0s[s_u + j * ss_C])
-                c1 = float64(c1s[s_u + j * ss_C])
-                c2 = float64(c2s[s_u + j * ss_C])
-                mu_hi = mu_his[s_u + j * ss_C]
-                mu_lo = mu_los[s_u + j * ss_C]
+                c0 = float64(coef[3 * (s_u + j * ss_C)])
+                c1 = float64(coef[3 * (s_u + j * ss_C) + 1])
+                c2 = float64(coef[3 * (s_u + j * ss_C) + 2])
+                mu_hi = kstats[3 * (s_u + j * ss_C)]
+                mu_lo = kstats[3 * (s_u + j * ss_C) + 1]
                 e = j
                 hi_e[e] = mu_hi
                 c0w_e[e] = dt(c0 * w_e[e])
                 c1_e[e] = dt(c1)
                 c2_e[e] = dt(c2 - c1 * float64(mu_lo))
             q0 = r_lo
-            if KB > 1 and n_csegs == 1 and xs_N_spatial == L and dys_N_spatial == L and dxs_N_spatial == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_write:
+                LK = L * kb
+                for k in range(1, kb):
                     dts[k * L:(k + 1) * L] = dts[0:L]
                     dts[TD + k * L:TD + (k + 1) * L] = dts[TD:TD + L]
                     dts[2 * TD + k * L:2 * TD + (k + 1) * L] = dts[2 * TD:2 * TD + L]
                     dts[3 * TD + k * L:3 * TD + (k + 1) * L] = dts[3 * TD:3 * TD + L]
-                while q0 + KB <= r_hi:
+                while q0 + kb <= r_hi:
                     x_r = x_u + (q0) * xs_N_spatial
                     dy_r = dy_u + (q0) * dys_N_spatial
                     dx_r = dx_u + (q0) * dxs_N_spatial
                     grad_row(dx[dx_r:dx_r + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK], dts[0:LK], dts[TD:TD + LK],
                              dts[2 * TD:2 * TD + LK], dts[3 * TD:3 * TD + LK])
-                    q0 += KB
+                    q0 += kb
             for q in range(q0, r_hi):  # rows: N·spatial0·spatial1
                 x_r = x_u + (q) * xs_N_spatial
                 dy_r = dy_u + (q) * dys_N_spatial

@@ -3,7 +3,10 @@
 # spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 # plan:      backward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 # loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-# key:       24f09c395defce9a72d0a1c5978a611a
+# kernels:   backward_fused    sums of g and g·x̂ of each group, then dx (one unit per group)
+#            backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
+#            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
+# key:       bcd7073c5ac32dc0ca86641cd2a943da
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,8 +14,7 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
+from normgen.codegen.cpu_prelude import col_add, col_grad, col_grad2, grad_row
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -25,15 +27,13 @@ APPLY_FM = {"contract"}
 @njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
-    mu = mean
-    ss = m2
-    rstd = 1.0 / np.sqrt(ss / n + eps)
-    mu_hi = dt(mu)
-    return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
+    rstd = 1.0 / np.sqrt(m2 / n + eps)
+    mu_hi = dt(mean)
+    return mu_hi, dt(mean - float64(mu_hi)), dt(rstd)
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, scratch_dt, g, blk_lo, blk_hi):
+def backward_fused(x, dy, dx, weight, kstats, dparams, scratch, scratch_dt, g, blk_lo, blk_hi):
     """Per unit (columns of G for one N): the two sums per column over spatial0·spatial1, then dx."""
     n_N = g[0]  # size of N
     n_spatial = g[1]  # size of spatial0·spatial1
@@ -42,34 +42,27 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
     xs_N = g[4]  # x stride along N
     xs_spatial = g[5]  # x stride along spatial0·spatial1
     xs_G = g[6]  # x stride along G
-    xs_c = g[7]  # x stride along c
     dys_N = g[8]  # dy stride along N
     dys_spatial = g[9]  # dy stride along spatial0·spatial1
     dys_G = g[10]  # dy stride along G
-    dys_c = g[11]  # dy stride along c
     dxs_N = g[12]  # dx stride along N
     dxs_spatial = g[13]  # dx stride along spatial0·spatial1
     dxs_G = g[14]  # dx stride along G
-    dxs_c = g[15]  # dx stride along c
     ss_N = g[16]  # statistics stride along N
-    ss_spatial = g[17]  # statistics stride along spatial0·spatial1
     ss_G = g[18]  # statistics stride along G
-    ss_c = g[19]  # statistics stride along c
-    ps_N = g[20]  # parameter stride along N
-    ps_spatial = g[21]  # parameter stride along spatial0·spatial1
     ps_G = g[22]  # parameter stride along G
     ps_c = g[23]  # parameter stride along c
-    n_parts = g[24]  # parts per group (1: fused)
+    n_parts = g[24]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[25]  # parallel blocks of units
     seg = g[26]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[27]  # rows per two-pass chunk (columns)
-    n_param = g[28]  # elements per parameter
+    kb = g[28]  # rows per block step; the scratch holds kb rows of a tile (columns)
+    kb_read = g[29]  # 1: the reading pass takes kb rows a step (columns)
+    kb_write = g[30]  # 1: the writing pass takes kb rows a step (columns)
+    n_param = g[31]  # elements per parameter
     n_rows = n_spatial
     n_csegs = (n_G + seg - 1) // seg
     n_units = n_N * n_csegs * n_parts
-    TL = seg * n_c  # scratch per tile array
-    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
-    TD = TL * KB  # scratch per tile array: KB rows of the tile
+    TD = seg * n_c * kb  # scratch per tile array: kb rows of a tile
     for blk in range(blk_lo, blk_hi):
         f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         dw_o = 2 * blk * n_param
@@ -86,17 +79,17 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             L = nc * n_c  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
-            x_u = 0 + i_N * xs_N + c_lo * xs_G
-            dy_u = 0 + i_N * dys_N + c_lo * dys_G
-            dx_u = 0 + i_N * dxs_N + c_lo * dxs_G
-            s_u = 0 + i_N * ss_N + c_lo * ss_G
+            x_u = i_N * xs_N + c_lo * xs_G
+            dy_u = i_N * dys_N + c_lo * dys_G
+            dx_u = i_N * dxs_N + c_lo * dxs_G
+            s_u = i_N * ss_N + c_lo * ss_G
             p_u = 0 + c_lo * ps_G
             mu_e = f64s[0:L]
             rs_e = f64s[TD:TD + L]
             w_e = f64s[2 * TD:2 * TD + L]
             for j in range(nc):
-                mu = float64(mu_his[s_u + j * ss_G]) + float64(mu_los[s_u + j * ss_G])
-                rs = float64(rstds[s_u + j * ss_G])
+                mu = float64(kstats[3 * (s_u + j * ss_G)]) + float64(kstats[3 * (s_u + j * ss_G) + 1])
+                rs = float64(kstats[3 * (s_u + j * ss_G) + 2])
                 for k in range(n_c):
                     e = j * n_c + k
                     p = p_u + j * ps_G + k * ps_c
@@ -108,20 +101,20 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             pq_p[:] = 0.0
             pq_q[:] = 0.0
             q = r_lo
-            if KB > 1 and n_csegs == 1 and xs_spatial == L and dys_spatial == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_read:
+                LK = L * kb
+                for k in range(1, kb):
                     f64s[k * L:(k + 1) * L] = f64s[0:L]
                     f64s[TD + k * L:TD + (k + 1) * L] = f64s[TD:TD + L]
                 f64s[3 * TD:3 * TD + LK] = 0.0
                 f64s[4 * TD:4 * TD + LK] = 0.0
-                while q + KB <= r_hi:
+                while q + kb <= r_hi:
                     x_r = x_u + (q) * xs_spatial
                     dy_r = dy_u + (q) * dys_spatial
                     col_grad(f64s[3 * TD:3 * TD + LK], f64s[4 * TD:4 * TD + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK],
                              f64s[0:LK], f64s[TD:TD + LK])
-                    q += KB
-                for k in range(1, KB):
+                    q += kb
+                for k in range(1, kb):
                     col_add(pq_p, f64s[3 * TD + k * L:3 * TD + (k + 1) * L])
                     col_add(pq_q, f64s[4 * TD + k * L:4 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: spatial0·spatial1, two at a time
@@ -156,7 +149,7 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
                     dparams[db_o + p] += pq_q[e]
             count = float64(n_rows * n_c)
             for j in range(nc):  # coefficients of dx = c0 * g + c1 * (x - mean) + c2, per column
-                r = float64(rstds[s_u + j * ss_G])
+                r = float64(kstats[3 * (s_u + j * ss_G) + 2])
                 ga = a_c[j]  # sum of g = dy * weight
                 gb = b_c[j]  # sum of g * x_hat
                 a_c[j] = -r * r * gb / count  # from here on: c1
@@ -166,11 +159,11 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             c1_e = dts[2 * TD:2 * TD + L]
             c2_e = dts[3 * TD:3 * TD + L]
             for j in range(nc):
-                c0 = float64(rstds[s_u + j * ss_G])
+                c0 = float64(kstats[3 * (s_u + j * ss_G) + 2])
                 c1 = a_c[j]
                 c2 = b_c[j]
-                mu_hi = mu_his[s_u + j * ss_G]
-                mu_lo = mu_los[s_u + j * ss_G]
+                mu_hi = kstats[3 * (s_u + j * ss_G)]
+                mu_lo = kstats[3 * (s_u + j * ss_G) + 1]
                 for k in range(n_c):
                     e = j * n_c + k
                     hi_e[e] = mu_hi
@@ -178,20 +171,20 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
                     c1_e[e] = dt(c1)
                     c2_e[e] = dt(c2 - c1 * float64(mu_lo))
             q0 = r_lo
-            if KB > 1 and n_csegs == 1 and xs_spatial == L and dys_spatial == L and dxs_spatial == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_write:
+                LK = L * kb
+                for k in range(1, kb):
                     dts[k * L:(k + 1) * L] = dts[0:L]
                     dts[TD + k * L:TD + (k + 1) * L] = dts[TD:TD + L]
                     dts[2 * TD + k * L:2 * TD + (k + 1) * L] = dts[2 * TD:2 * TD + L]
                     dts[3 * TD + k * L:3 * TD + (k + 1) * L] = dts[3 * TD:3 * TD + L]
-                while q0 + KB <= r_hi:
+                while q0 + kb <= r_hi:
                     x_r = x_u + (q0) * xs_spatial
                     dy_r = dy_u + (q0) * dys_spatial
                     dx_r = dx_u + (q0) * dxs_spatial
                     grad_row(dx[dx_r:dx_r + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK], dts[0:LK], dts[TD:TD + LK],
                              dts[2 * TD:2 * TD + LK], dts[3 * TD:3 * TD + LK])
-                    q0 += KB
+                    q0 += kb
             for q in range(q0, r_hi):  # rows: spatial0·spatial1
                 x_r = x_u + (q) * xs_spatial
                 dy_r = dy_u + (q) * dys_spatial
@@ -200,7 +193,7 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratch, g, blk_lo, blk_hi):
+def backward_partial(x, dy, weight, kstats, sums, dparams, scratch, g, blk_lo, blk_hi):
     """The two sums per column for each part (a range of rows), merged afterwards; parameter gradients."""
     n_N = g[0]  # size of N
     n_spatial = g[1]  # size of spatial0·spatial1
@@ -209,34 +202,23 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
     xs_N = g[4]  # x stride along N
     xs_spatial = g[5]  # x stride along spatial0·spatial1
     xs_G = g[6]  # x stride along G
-    xs_c = g[7]  # x stride along c
     dys_N = g[8]  # dy stride along N
     dys_spatial = g[9]  # dy stride along spatial0·spatial1
     dys_G = g[10]  # dy stride along G
-    dys_c = g[11]  # dy stride along c
-    dxs_N = g[12]  # dx stride along N
-    dxs_spatial = g[13]  # dx stride along spatial0·spatial1
-    dxs_G = g[14]  # dx stride along G
-    dxs_c = g[15]  # dx stride along c
     ss_N = g[16]  # statistics stride along N
-    ss_spatial = g[17]  # statistics stride along spatial0·spatial1
     ss_G = g[18]  # statistics stride along G
-    ss_c = g[19]  # statistics stride along c
-    ps_N = g[20]  # parameter stride along N
-    ps_spatial = g[21]  # parameter stride along spatial0·spatial1
     ps_G = g[22]  # parameter stride along G
     ps_c = g[23]  # parameter stride along c
-    n_parts = g[24]  # parts per group (1: fused)
+    n_parts = g[24]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[25]  # parallel blocks of units
     seg = g[26]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[27]  # rows per two-pass chunk (columns)
-    n_param = g[28]  # elements per parameter
+    kb = g[28]  # rows per block step; the scratch holds kb rows of a tile (columns)
+    kb_read = g[29]  # 1: the reading pass takes kb rows a step (columns)
+    n_param = g[31]  # elements per parameter
     n_rows = n_spatial
     n_csegs = (n_G + seg - 1) // seg
     n_units = n_N * n_csegs * n_parts
-    TL = seg * n_c  # scratch per tile array
-    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
-    TD = TL * KB  # scratch per tile array: KB rows of the tile
+    TD = seg * n_c * kb  # scratch per tile array: kb rows of a tile
     for blk in range(blk_lo, blk_hi):
         f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         dw_o = 2 * blk * n_param
@@ -252,16 +234,16 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
             L = nc * n_c  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
-            x_u = 0 + i_N * xs_N + c_lo * xs_G
-            dy_u = 0 + i_N * dys_N + c_lo * dys_G
-            s_u = 0 + i_N * ss_N + c_lo * ss_G
+            x_u = i_N * xs_N + c_lo * xs_G
+            dy_u = i_N * dys_N + c_lo * dys_G
+            s_u = i_N * ss_N + c_lo * ss_G
             p_u = 0 + c_lo * ps_G
             mu_e = f64s[0:L]
             rs_e = f64s[TD:TD + L]
             w_e = f64s[2 * TD:2 * TD + L]
             for j in range(nc):
-                mu = float64(mu_his[s_u + j * ss_G]) + float64(mu_los[s_u + j * ss_G])
-                rs = float64(rstds[s_u + j * ss_G])
+                mu = float64(kstats[3 * (s_u + j * ss_G)]) + float64(kstats[3 * (s_u + j * ss_G) + 1])
+                rs = float64(kstats[3 * (s_u + j * ss_G) + 2])
                 for k in range(n_c):
                     e = j * n_c + k
                     p = p_u + j * ps_G + k * ps_c
@@ -273,20 +255,20 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
             pq_p[:] = 0.0
             pq_q[:] = 0.0
             q = r_lo
-            if KB > 1 and n_csegs == 1 and xs_spatial == L and dys_spatial == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_read:
+                LK = L * kb
+                for k in range(1, kb):
                     f64s[k * L:(k + 1) * L] = f64s[0:L]
                     f64s[TD + k * L:TD + (k + 1) * L] = f64s[TD:TD + L]
                 f64s[3 * TD:3 * TD + LK] = 0.0
                 f64s[4 * TD:4 * TD + LK] = 0.0
-                while q + KB <= r_hi:
+                while q + kb <= r_hi:
                     x_r = x_u + (q) * xs_spatial
                     dy_r = dy_u + (q) * dys_spatial
                     col_grad(f64s[3 * TD:3 * TD + LK], f64s[4 * TD:4 * TD + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK],
                              f64s[0:LK], f64s[TD:TD + LK])
-                    q += KB
-                for k in range(1, KB):
+                    q += kb
+                for k in range(1, kb):
                     col_add(pq_p, f64s[3 * TD + k * L:3 * TD + (k + 1) * L])
                     col_add(pq_q, f64s[4 * TD + k * L:4 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: spatial0·spatial1, two at a time
@@ -326,7 +308,7 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, scratch_dt, g, blk_lo, blk_hi):
+def backward_apply(x, dy, dx, weight, kstats, coef, scratch, scratch_dt, g, blk_lo, blk_hi):
     """dx = c0 * dy * weight + c1 * (x - mu) + c2, with per-column coefficients."""
     n_N = g[0]  # size of N
     n_spatial = g[1]  # size of spatial0·spatial1
@@ -335,34 +317,25 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, sc
     xs_N = g[4]  # x stride along N
     xs_spatial = g[5]  # x stride along spatial0·spatial1
     xs_G = g[6]  # x stride along G
-    xs_c = g[7]  # x stride along c
     dys_N = g[8]  # dy stride along N
     dys_spatial = g[9]  # dy stride along spatial0·spatial1
     dys_G = g[10]  # dy stride along G
-    dys_c = g[11]  # dy stride along c
     dxs_N = g[12]  # dx stride along N
     dxs_spatial = g[13]  # dx stride along spatial0·spatial1
     dxs_G = g[14]  # dx stride along G
-    dxs_c = g[15]  # dx stride along c
     ss_N = g[16]  # statistics stride along N
-    ss_spatial = g[17]  # statistics stride along spatial0·spatial1
     ss_G = g[18]  # statistics stride along G
-    ss_c = g[19]  # statistics stride along c
-    ps_N = g[20]  # parameter stride along N
-    ps_spatial = g[21]  # parameter stride along spatial0·spatial1
     ps_G = g[22]  # parameter stride along G
     ps_c = g[23]  # parameter stride along c
-    n_parts = g[24]  # parts per group (1: fused)
+    n_parts = g[24]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[25]  # parallel blocks of units
     seg = g[26]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[27]  # rows per two-pass chunk (columns)
-    n_param = g[28]  # elements per parameter
+    kb = g[28]  # rows per block step; the scratch holds kb rows of a tile (columns)
+    kb_write = g[30]  # 1: the writing pass takes kb rows a step (columns)
     n_rows = n_spatial
     n_csegs = (n_G + seg - 1) // seg
     n_units = n_N * n_csegs * n_parts
-    TL = seg * n_c  # scratch per tile array
-    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
-    TD = TL * KB  # scratch per tile array: KB rows of the tile
+    TD = seg * n_c * kb  # scratch per tile array: kb rows of a tile
     for blk in range(blk_lo, blk_hi):
         f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         dts = scratch_dt[blk * 4 * TD:(blk + 1) * 4 * TD]
@@ -377,10 +350,10 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, sc
             L = nc * n_c  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
-            x_u = 0 + i_N * xs_N + c_lo * xs_G
-            dy_u = 0 + i_N * dys_N + c_lo * dys_G
-            dx_u = 0 + i_N * dxs_N + c_lo * dxs_G
-            s_u = 0 + i_N * ss_N + c_lo * ss_G
+            x_u = i_N * xs_N + c_lo * xs_G
+            dy_u = i_N * dys_N + c_lo * dys_G
+            dx_u = i_N * dxs_N + c_lo * dxs_G
+            s_u = i_N * ss_N + c_lo * ss_G
             p_u = 0 + c_lo * ps_G
             w_e = f64s[2 * TD:2 * TD + L]
             for j in range(nc):
@@ -393,11 +366,11 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, sc
             c1_e = dts[2 * TD:2 * TD + L]
             c2_e = dts[3 * TD:3 * TD + L]
             for j in range(nc):
-                c0 = float64(c0s[s_u + j * ss_G])
-                c1 = float64(c1s[s_u + j * ss_G])
-                c2 = float64(c2s[s_u + j * ss_G])
-                mu_hi = mu_his[s_u + j * ss_G]
-                mu_lo = mu_los[s_u + j * ss_G]
+                c0 = float64(coef[3 * (s_u + j * ss_G)])
+                c1 = float64(coef[3 * (s_u + j * ss_G) + 1])
+                c2 = float64(coef[3 * (s_u + j * ss_G) + 2])
+                mu_hi = kstats[3 * (s_u + j * ss_G)]
+                mu_lo = kstats[3 * (s_u + j * ss_G) + 1]
                 for k in range(n_c):
                     e = j * n_c + k
                     hi_e[e] = mu_hi
@@ -405,20 +378,20 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, sc
                     c1_e[e] = dt(c1)
                     c2_e[e] = dt(c2 - c1 * float64(mu_lo))
             q0 = r_lo
-            if KB > 1 and n_csegs == 1 and xs_spatial == L and dys_spatial == L and dxs_spatial == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_write:
+                LK = L * kb
+                for k in range(1, kb):
                     dts[k * L:(k + 1) * L] = dts[0:L]
                     dts[TD + k * L:TD + (k + 1) * L] = dts[TD:TD + L]
                     dts[2 * TD + k * L:2 * TD + (k + 1) * L] = dts[2 * TD:2 * TD + L]
                     dts[3 * TD + k * L:3 * TD + (k + 1) * L] = dts[3 * TD:3 * TD + L]
-                while q0 + KB <= r_hi:
+                while q0 + kb <= r_hi:
                     x_r = x_u + (q0) * xs_spatial
                     dy_r = dy_u + (q0) * dys_spatial
                     dx_r = dx_u + (q0) * dxs_spatial
                     grad_row(dx[dx_r:dx_r + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK], dts[0:LK], dts[TD:TD + LK],
                              dts[2 * TD:2 * TD + LK], dts[3 * TD:3 * TD + LK])
-                    q0 += KB
+                    q0 += kb
             for q in range(q0, r_hi):  # rows: spatial0·spatial1
                 x_r = x_u + (q) * xs_spatial
                 dy_r = dy_u + (q) * dys_spatial

@@ -3,7 +3,10 @@
 # spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 # plan:      forward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 # loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-# key:       520dd3c2d0ee0474d68a3f4d364105aa
+# kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
+#            forward_partial  moments of each part of each group (merged afterwards)
+#            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
+# key:       7709b978040faf10241bca9898ca684e
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,8 +14,7 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
+from normgen.codegen.cpu_prelude import affine_row, col_add, col_dev, col_dev2
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -25,11 +27,9 @@ APPLY_FM = {"contract"}
 @njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
-    mu = mean
-    ss = m2
-    rstd = 1.0 / np.sqrt(ss / n + eps)
-    mu_hi = dt(mu)
-    return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
+    rstd = 1.0 / np.sqrt(m2 / n + eps)
+    mu_hi = dt(mean)
+    return mu_hi, dt(mean - float64(mu_hi)), dt(rstd)
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
@@ -42,30 +42,23 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
     xs_N = g[4]  # x stride along N
     xs_spatial = g[5]  # x stride along spatial0·spatial1
     xs_G = g[6]  # x stride along G
-    xs_c = g[7]  # x stride along c
     ys_N = g[8]  # y stride along N
     ys_spatial = g[9]  # y stride along spatial0·spatial1
     ys_G = g[10]  # y stride along G
-    ys_c = g[11]  # y stride along c
     ss_N = g[12]  # statistics stride along N
-    ss_spatial = g[13]  # statistics stride along spatial0·spatial1
     ss_G = g[14]  # statistics stride along G
-    ss_c = g[15]  # statistics stride along c
-    ps_N = g[16]  # parameter stride along N
-    ps_spatial = g[17]  # parameter stride along spatial0·spatial1
     ps_G = g[18]  # parameter stride along G
     ps_c = g[19]  # parameter stride along c
-    n_parts = g[20]  # parts per group (1: fused)
+    n_parts = g[20]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[21]  # parallel blocks of units
     seg = g[22]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[23]  # rows per two-pass chunk (columns)
-    n_param = g[24]  # elements per parameter
+    kb = g[24]  # rows per block step; the scratch holds kb rows of a tile (columns)
+    kb_read = g[25]  # 1: the reading pass takes kb rows a step (columns)
+    kb_write = g[26]  # 1: the writing pass takes kb rows a step (columns)
     n_rows = n_spatial
     n_csegs = (n_G + seg - 1) // seg
     n_units = n_N * n_csegs * n_parts
-    TL = seg * n_c  # scratch per tile array
-    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
-    TD = TL * KB  # scratch per tile array: KB rows of the tile
+    TD = seg * n_c * kb  # scratch per tile array: kb rows of a tile
     for blk in range(blk_lo, blk_hi):
         f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         dts = scratch_dt[blk * 3 * TD:(blk + 1) * 3 * TD]
@@ -80,9 +73,9 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
             L = nc * n_c  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
-            x_u = 0 + i_N * xs_N + c_lo * xs_G
-            y_u = 0 + i_N * ys_N + c_lo * ys_G
-            s_u = 0 + i_N * ss_N + c_lo * ss_G
+            x_u = i_N * xs_N + c_lo * xs_G
+            y_u = i_N * ys_N + c_lo * ys_G
+            s_u = i_N * ss_N + c_lo * ss_G
             p_u = 0 + c_lo * ps_G
             k_e = f64s[0:L]
             s1 = f64s[TD:TD + L]
@@ -95,17 +88,17 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
             s1[:] = 0.0
             s2[:] = 0.0
             q = r_lo
-            if KB > 1 and L <= 64 and n_csegs == 1 and xs_spatial == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_read:
+                LK = L * kb
+                for k in range(1, kb):
                     f64s[k * L:(k + 1) * L] = f64s[0:L]
                 f64s[TD:TD + LK] = 0.0
                 f64s[2 * TD:2 * TD + LK] = 0.0
-                while q + KB <= r_hi:
+                while q + kb <= r_hi:
                     x_r = x_u + (q) * xs_spatial
                     col_dev(f64s[TD:TD + LK], f64s[2 * TD:2 * TD + LK], x[x_r:x_r + LK], f64s[0:LK])
-                    q += KB
-                for k in range(1, KB):
+                    q += kb
+                for k in range(1, kb):
                     col_add(s1, f64s[TD + k * L:TD + (k + 1) * L])
                     col_add(s2, f64s[2 * TD + k * L:2 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: spatial0·spatial1, two at a time
@@ -153,17 +146,17 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
                     sc_e[e] = dt(sc)
                     sh_e[e] = dt(bias[p] - float64(mu_lo) * sc)
             q0 = r_lo
-            if KB > 1 and n_csegs == 1 and xs_spatial == L and ys_spatial == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_write:
+                LK = L * kb
+                for k in range(1, kb):
                     dts[k * L:(k + 1) * L] = dts[0:L]
                     dts[TD + k * L:TD + (k + 1) * L] = dts[TD:TD + L]
                     dts[2 * TD + k * L:2 * TD + (k + 1) * L] = dts[2 * TD:2 * TD + L]
-                while q0 + KB <= r_hi:
+                while q0 + kb <= r_hi:
                     x_r = x_u + (q0) * xs_spatial
                     y_r = y_u + (q0) * ys_spatial
                     affine_row(y[y_r:y_r + LK], x[x_r:x_r + LK], dts[0:LK], dts[TD:TD + LK], dts[2 * TD:2 * TD + LK])
-                    q0 += KB
+                    q0 += kb
             for q in range(q0, r_hi):  # rows: spatial0·spatial1
                 x_r = x_u + (q) * xs_spatial
                 y_r = y_u + (q) * ys_spatial
@@ -180,30 +173,17 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
     xs_N = g[4]  # x stride along N
     xs_spatial = g[5]  # x stride along spatial0·spatial1
     xs_G = g[6]  # x stride along G
-    xs_c = g[7]  # x stride along c
-    ys_N = g[8]  # y stride along N
-    ys_spatial = g[9]  # y stride along spatial0·spatial1
-    ys_G = g[10]  # y stride along G
-    ys_c = g[11]  # y stride along c
     ss_N = g[12]  # statistics stride along N
-    ss_spatial = g[13]  # statistics stride along spatial0·spatial1
     ss_G = g[14]  # statistics stride along G
-    ss_c = g[15]  # statistics stride along c
-    ps_N = g[16]  # parameter stride along N
-    ps_spatial = g[17]  # parameter stride along spatial0·spatial1
-    ps_G = g[18]  # parameter stride along G
-    ps_c = g[19]  # parameter stride along c
-    n_parts = g[20]  # parts per group (1: fused)
+    n_parts = g[20]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[21]  # parallel blocks of units
     seg = g[22]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[23]  # rows per two-pass chunk (columns)
-    n_param = g[24]  # elements per parameter
+    kb = g[24]  # rows per block step; the scratch holds kb rows of a tile (columns)
+    kb_read = g[25]  # 1: the reading pass takes kb rows a step (columns)
     n_rows = n_spatial
     n_csegs = (n_G + seg - 1) // seg
     n_units = n_N * n_csegs * n_parts
-    TL = seg * n_c  # scratch per tile array
-    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
-    TD = TL * KB  # scratch per tile array: KB rows of the tile
+    TD = seg * n_c * kb  # scratch per tile array: kb rows of a tile
     for blk in range(blk_lo, blk_hi):
         f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
@@ -217,8 +197,8 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
             L = nc * n_c  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
-            x_u = 0 + i_N * xs_N + c_lo * xs_G
-            s_u = 0 + i_N * ss_N + c_lo * ss_G
+            x_u = i_N * xs_N + c_lo * xs_G
+            s_u = i_N * ss_N + c_lo * ss_G
             k_e = f64s[0:L]
             s1 = f64s[TD:TD + L]
             s2 = f64s[2 * TD:2 * TD + L]
@@ -230,17 +210,17 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
             s1[:] = 0.0
             s2[:] = 0.0
             q = r_lo
-            if KB > 1 and L <= 64 and n_csegs == 1 and xs_spatial == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_read:
+                LK = L * kb
+                for k in range(1, kb):
                     f64s[k * L:(k + 1) * L] = f64s[0:L]
                 f64s[TD:TD + LK] = 0.0
                 f64s[2 * TD:2 * TD + LK] = 0.0
-                while q + KB <= r_hi:
+                while q + kb <= r_hi:
                     x_r = x_u + (q) * xs_spatial
                     col_dev(f64s[TD:TD + LK], f64s[2 * TD:2 * TD + LK], x[x_r:x_r + LK], f64s[0:LK])
-                    q += KB
-                for k in range(1, KB):
+                    q += kb
+                for k in range(1, kb):
                     col_add(s1, f64s[TD + k * L:TD + (k + 1) * L])
                     col_add(s2, f64s[2 * TD + k * L:2 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: spatial0·spatial1, two at a time
@@ -276,7 +256,7 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, scratch_dt, g, blk_lo, blk_hi):
+def forward_apply(x, y, weight, bias, kstats, scratch_dt, g, blk_lo, blk_hi):
     """Normalize with given statistics (merged parts, mixtures, or running statistics)."""
     n_N = g[0]  # size of N
     n_spatial = g[1]  # size of spatial0·spatial1
@@ -285,30 +265,22 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, scratch_dt, g, blk_
     xs_N = g[4]  # x stride along N
     xs_spatial = g[5]  # x stride along spatial0·spatial1
     xs_G = g[6]  # x stride along G
-    xs_c = g[7]  # x stride along c
     ys_N = g[8]  # y stride along N
     ys_spatial = g[9]  # y stride along spatial0·spatial1
     ys_G = g[10]  # y stride along G
-    ys_c = g[11]  # y stride along c
     ss_N = g[12]  # statistics stride along N
-    ss_spatial = g[13]  # statistics stride along spatial0·spatial1
     ss_G = g[14]  # statistics stride along G
-    ss_c = g[15]  # statistics stride along c
-    ps_N = g[16]  # parameter stride along N
-    ps_spatial = g[17]  # parameter stride along spatial0·spatial1
     ps_G = g[18]  # parameter stride along G
     ps_c = g[19]  # parameter stride along c
-    n_parts = g[20]  # parts per group (1: fused)
+    n_parts = g[20]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[21]  # parallel blocks of units
     seg = g[22]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[23]  # rows per two-pass chunk (columns)
-    n_param = g[24]  # elements per parameter
+    kb = g[24]  # rows per block step; the scratch holds kb rows of a tile (columns)
+    kb_write = g[26]  # 1: the writing pass takes kb rows a step (columns)
     n_rows = n_spatial
     n_csegs = (n_G + seg - 1) // seg
     n_units = n_N * n_csegs * n_parts
-    TL = seg * n_c  # scratch per tile array
-    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
-    TD = TL * KB  # scratch per tile array: KB rows of the tile
+    TD = seg * n_c * kb  # scratch per tile array: kb rows of a tile
     for blk in range(blk_lo, blk_hi):
         dts = scratch_dt[blk * 3 * TD:(blk + 1) * 3 * TD]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
@@ -322,17 +294,17 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, scratch_dt, g, blk_
             L = nc * n_c  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
-            x_u = 0 + i_N * xs_N + c_lo * xs_G
-            y_u = 0 + i_N * ys_N + c_lo * ys_G
-            s_u = 0 + i_N * ss_N + c_lo * ss_G
+            x_u = i_N * xs_N + c_lo * xs_G
+            y_u = i_N * ys_N + c_lo * ys_G
+            s_u = i_N * ss_N + c_lo * ss_G
             p_u = 0 + c_lo * ps_G
             hi_e = dts[0:L]
             sc_e = dts[TD:TD + L]
             sh_e = dts[2 * TD:2 * TD + L]
             for j in range(nc):
-                mu_hi = mu_his[s_u + j * ss_G]
-                mu_lo = mu_los[s_u + j * ss_G]
-                rstd = rstds[s_u + j * ss_G]
+                mu_hi = kstats[3 * (s_u + j * ss_G)]
+                mu_lo = kstats[3 * (s_u + j * ss_G) + 1]
+                rstd = kstats[3 * (s_u + j * ss_G) + 2]
                 for k in range(n_c):
                     e = j * n_c + k
                     p = p_u + j * ps_G + k * ps_c
@@ -341,17 +313,17 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, scratch_dt, g, blk_
                     sc_e[e] = dt(sc)
                     sh_e[e] = dt(bias[p] - float64(mu_lo) * sc)
             q0 = r_lo
-            if KB > 1 and n_csegs == 1 and xs_spatial == L and ys_spatial == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_write:
+                LK = L * kb
+                for k in range(1, kb):
                     dts[k * L:(k + 1) * L] = dts[0:L]
                     dts[TD + k * L:TD + (k + 1) * L] = dts[TD:TD + L]
                     dts[2 * TD + k * L:2 * TD + (k + 1) * L] = dts[2 * TD:2 * TD + L]
-                while q0 + KB <= r_hi:
+                while q0 + kb <= r_hi:
                     x_r = x_u + (q0) * xs_spatial
                     y_r = y_u + (q0) * ys_spatial
                     affine_row(y[y_r:y_r + LK], x[x_r:x_r + LK], dts[0:LK], dts[TD:TD + LK], dts[2 * TD:2 * TD + LK])
-                    q0 += KB
+                    q0 += kb
             for q in range(q0, r_hi):  # rows: spatial0·spatial1
                 x_r = x_u + (q) * xs_spatial
                 y_r = y_u + (q) * ys_spatial

@@ -3,16 +3,16 @@
 # spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 # plan:      backward · float32 · rows · groups (N, G) · rows (c) · inner spatial0·spatial1
 # loop dims: N(K) G(K) c(R) spatial0·spatial1(R)
-# key:       23f309085f66b54cb58b31fefdefcb0f
+# kernels:   backward_fused    sums of g and g·x̂ of each group, then dx (one unit per group)
+#            backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
+#            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
+# key:       06f89a89f74ac1cd1df431f5c20bd5fc
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
 import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
-
-from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -25,11 +25,9 @@ APPLY_FM = {"contract"}
 @njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
-    mu = mean
-    ss = m2
-    rstd = 1.0 / np.sqrt(ss / n + eps)
-    mu_hi = dt(mu)
-    return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
+    rstd = 1.0 / np.sqrt(m2 / n + eps)
+    mu_hi = dt(mean)
+    return mu_hi, dt(mean - float64(mu_hi)), dt(rstd)
 
 
 @njit(fastmath=REDUCE_FM, error_model="numpy", cache=True, nogil=True)
@@ -52,7 +50,7 @@ def _grad_sums(x_v, dy_v, w, mu, rstd, dw_v, db_v):
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo, blk_hi):
+def backward_fused(x, dy, dx, weight, kstats, dparams, g, blk_lo, blk_hi):
     """Per group (N, G): the two sums over c, spatial0·spatial1, then dx.    Parameter gradients accumulate per block in dparams[block, weight|bias, :]."""
     n_N = g[0]  # size of N
     n_G = g[1]  # size of G
@@ -72,21 +70,15 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo,
     dxs_spatial = g[15]  # dx stride along spatial0·spatial1
     ss_N = g[16]  # statistics stride along N
     ss_G = g[17]  # statistics stride along G
-    ss_c = g[18]  # statistics stride along c
-    ss_spatial = g[19]  # statistics stride along spatial0·spatial1
-    ps_N = g[20]  # parameter stride along N
     ps_G = g[21]  # parameter stride along G
     ps_c = g[22]  # parameter stride along c
-    ps_spatial = g[23]  # parameter stride along spatial0·spatial1
-    n_parts = g[24]  # parts per group (1: fused)
     n_blocks = g[25]  # parallel blocks of units
     seg = g[26]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[27]  # rows per two-pass chunk (columns)
-    n_param = g[28]  # elements per parameter
+    n_param = g[31]  # elements per parameter
     n_units = n_N * n_G
     n_segs = (n_spatial + seg - 1) // seg
     n_chunks = n_c * n_segs
-    count = float64(n_chunks // n_segs) * n_spatial
+    count = float64(n_c * n_spatial)
     for blk in range(blk_lo, blk_hi):
         dw_o = 2 * blk * n_param
         db_o = dw_o + n_param
@@ -95,14 +87,14 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo,
             i_G = rem % n_G  # kept G
             rem //= n_G
             i_N = rem  # kept N
-            x_u = 0 + i_N * xs_N + i_G * xs_G
-            dy_u = 0 + i_N * dys_N + i_G * dys_G
-            dx_u = 0 + i_N * dxs_N + i_G * dxs_G
-            s_u = 0 + i_N * ss_N + i_G * ss_G
-            p_u = 0 + i_G * ps_G
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            rstd = rstds[s_u]
+            x_u = i_N * xs_N + i_G * xs_G
+            dy_u = i_N * dys_N + i_G * dys_G
+            dx_u = i_N * dxs_N + i_G * dxs_G
+            s_u = i_N * ss_N + i_G * ss_G
+            p_u = i_G * ps_G
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            rstd = kstats[3 * s_u + 2]
             c_lo = 0
             c_hi = n_chunks
             a = 0.0
@@ -146,7 +138,7 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo,
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk_lo, blk_hi):
+def backward_partial(x, dy, weight, kstats, sums, dparams, g, blk_lo, blk_hi):
     """The two sums of each part of each group (merged afterwards), and parameter gradients."""
     n_N = g[0]  # size of N
     n_G = g[1]  # size of G
@@ -160,23 +152,14 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk
     dys_G = g[9]  # dy stride along G
     dys_c = g[10]  # dy stride along c
     dys_spatial = g[11]  # dy stride along spatial0·spatial1
-    dxs_N = g[12]  # dx stride along N
-    dxs_G = g[13]  # dx stride along G
-    dxs_c = g[14]  # dx stride along c
-    dxs_spatial = g[15]  # dx stride along spatial0·spatial1
     ss_N = g[16]  # statistics stride along N
     ss_G = g[17]  # statistics stride along G
-    ss_c = g[18]  # statistics stride along c
-    ss_spatial = g[19]  # statistics stride along spatial0·spatial1
-    ps_N = g[20]  # parameter stride along N
     ps_G = g[21]  # parameter stride along G
     ps_c = g[22]  # parameter stride along c
-    ps_spatial = g[23]  # parameter stride along spatial0·spatial1
-    n_parts = g[24]  # parts per group (1: fused)
+    n_parts = g[24]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[25]  # parallel blocks of units
     seg = g[26]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[27]  # rows per two-pass chunk (columns)
-    n_param = g[28]  # elements per parameter
+    n_param = g[31]  # elements per parameter
     n_units = n_N * n_G * n_parts
     n_segs = (n_spatial + seg - 1) // seg
     n_chunks = n_c * n_segs
@@ -192,13 +175,13 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk
             i_G = rem % n_G  # kept G
             rem //= n_G
             i_N = rem  # kept N
-            x_u = 0 + i_N * xs_N + i_G * xs_G
-            dy_u = 0 + i_N * dys_N + i_G * dys_G
-            s_u = 0 + i_N * ss_N + i_G * ss_G
-            p_u = 0 + i_G * ps_G
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            rstd = rstds[s_u]
+            x_u = i_N * xs_N + i_G * xs_G
+            dy_u = i_N * dys_N + i_G * dys_G
+            s_u = i_N * ss_N + i_G * ss_G
+            p_u = i_G * ps_G
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            rstd = kstats[3 * s_u + 2]
             a = 0.0
             b = 0.0
             mu = float64(mu_hi) + float64(mu_lo)
@@ -224,7 +207,7 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, blk_hi):
+def backward_apply(x, dy, dx, weight, kstats, coef, g, blk_lo, blk_hi):
     """dx = c0 * dy * weight + c1 * (x - mu) + c2, with per-group coefficients."""
     n_N = g[0]  # size of N
     n_G = g[1]  # size of G
@@ -244,17 +227,11 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, 
     dxs_spatial = g[15]  # dx stride along spatial0·spatial1
     ss_N = g[16]  # statistics stride along N
     ss_G = g[17]  # statistics stride along G
-    ss_c = g[18]  # statistics stride along c
-    ss_spatial = g[19]  # statistics stride along spatial0·spatial1
-    ps_N = g[20]  # parameter stride along N
     ps_G = g[21]  # parameter stride along G
     ps_c = g[22]  # parameter stride along c
-    ps_spatial = g[23]  # parameter stride along spatial0·spatial1
-    n_parts = g[24]  # parts per group (1: fused)
+    n_parts = g[24]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[25]  # parallel blocks of units
     seg = g[26]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[27]  # rows per two-pass chunk (columns)
-    n_param = g[28]  # elements per parameter
     n_units = n_N * n_G * n_parts
     n_segs = (n_spatial + seg - 1) // seg
     n_chunks = n_c * n_segs
@@ -268,16 +245,16 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, 
             i_G = rem % n_G  # kept G
             rem //= n_G
             i_N = rem  # kept N
-            x_u = 0 + i_N * xs_N + i_G * xs_G
-            dy_u = 0 + i_N * dys_N + i_G * dys_G
-            dx_u = 0 + i_N * dxs_N + i_G * dxs_G
-            s_u = 0 + i_N * ss_N + i_G * ss_G
-            p_u = 0 + i_G * ps_G
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            c0 = c0s[s_u]
-            c1 = c1s[s_u]
-            c2 = c2s[s_u]
+            x_u = i_N * xs_N + i_G * xs_G
+            dy_u = i_N * dys_N + i_G * dys_G
+            dx_u = i_N * dxs_N + i_G * dxs_G
+            s_u = i_N * ss_N + i_G * ss_G
+            p_u = i_G * ps_G
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            c0 = coef[3 * s_u]
+            c1 = coef[3 * s_u + 1]
+            c2 = coef[3 * s_u + 2]
             for c in range(c_lo, c_hi):  # chunks: rows of c × segments of spatial0·spatial1
                 q = c // n_segs
                 s_lo = (c - q * n_segs) * seg

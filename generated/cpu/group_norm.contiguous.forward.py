@@ -3,7 +3,10 @@
 # spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 # plan:      forward · float32 · rows · groups (N, G) · rows (c) · inner spatial0·spatial1
 # loop dims: N(K) G(K) c(R) spatial0·spatial1(R)
-# key:       841d6bd158e05097c3ea68253312a8a3
+# kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
+#            forward_partial  moments of each part of each group (merged afterwards)
+#            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
+# key:       ed51760257535ee16fdae7e3840f4061
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,8 +14,7 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
+from normgen.codegen.cpu_prelude import add_chunk
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -25,11 +27,9 @@ APPLY_FM = {"contract"}
 @njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
-    mu = mean
-    ss = m2
-    rstd = 1.0 / np.sqrt(ss / n + eps)
-    mu_hi = dt(mu)
-    return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
+    rstd = 1.0 / np.sqrt(m2 / n + eps)
+    mu_hi = dt(mean)
+    return mu_hi, dt(mean - float64(mu_hi)), dt(rstd)
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
@@ -49,17 +49,10 @@ def forward_fused(x, y, weight, bias, moments, kstats, g, eps, blk_lo, blk_hi):
     ys_spatial = g[11]  # y stride along spatial0·spatial1
     ss_N = g[12]  # statistics stride along N
     ss_G = g[13]  # statistics stride along G
-    ss_c = g[14]  # statistics stride along c
-    ss_spatial = g[15]  # statistics stride along spatial0·spatial1
-    ps_N = g[16]  # parameter stride along N
     ps_G = g[17]  # parameter stride along G
     ps_c = g[18]  # parameter stride along c
-    ps_spatial = g[19]  # parameter stride along spatial0·spatial1
-    n_parts = g[20]  # parts per group (1: fused)
     n_blocks = g[21]  # parallel blocks of units
     seg = g[22]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[23]  # rows per two-pass chunk (columns)
-    n_param = g[24]  # elements per parameter
     n_units = n_N * n_G
     n_segs = (n_spatial + seg - 1) // seg
     n_chunks = n_c * n_segs
@@ -69,10 +62,10 @@ def forward_fused(x, y, weight, bias, moments, kstats, g, eps, blk_lo, blk_hi):
             i_G = rem % n_G  # kept G
             rem //= n_G
             i_N = rem  # kept N
-            x_u = 0 + i_N * xs_N + i_G * xs_G
-            y_u = 0 + i_N * ys_N + i_G * ys_G
-            s_u = 0 + i_N * ss_N + i_G * ss_G
-            p_u = 0 + i_G * ps_G
+            x_u = i_N * xs_N + i_G * xs_G
+            y_u = i_N * ys_N + i_G * ys_G
+            s_u = i_N * ss_N + i_G * ss_G
+            p_u = i_G * ps_G
             c_lo = 0
             c_hi = n_chunks
             n = 0.0
@@ -120,23 +113,11 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
     xs_G = g[5]  # x stride along G
     xs_c = g[6]  # x stride along c
     xs_spatial = g[7]  # x stride along spatial0·spatial1
-    ys_N = g[8]  # y stride along N
-    ys_G = g[9]  # y stride along G
-    ys_c = g[10]  # y stride along c
-    ys_spatial = g[11]  # y stride along spatial0·spatial1
     ss_N = g[12]  # statistics stride along N
     ss_G = g[13]  # statistics stride along G
-    ss_c = g[14]  # statistics stride along c
-    ss_spatial = g[15]  # statistics stride along spatial0·spatial1
-    ps_N = g[16]  # parameter stride along N
-    ps_G = g[17]  # parameter stride along G
-    ps_c = g[18]  # parameter stride along c
-    ps_spatial = g[19]  # parameter stride along spatial0·spatial1
-    n_parts = g[20]  # parts per group (1: fused)
+    n_parts = g[20]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[21]  # parallel blocks of units
     seg = g[22]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[23]  # rows per two-pass chunk (columns)
-    n_param = g[24]  # elements per parameter
     n_units = n_N * n_G * n_parts
     n_segs = (n_spatial + seg - 1) // seg
     n_chunks = n_c * n_segs
@@ -150,8 +131,8 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
             i_G = rem % n_G  # kept G
             rem //= n_G
             i_N = rem  # kept N
-            x_u = 0 + i_N * xs_N + i_G * xs_G
-            s_u = 0 + i_N * ss_N + i_G * ss_G
+            x_u = i_N * xs_N + i_G * xs_G
+            s_u = i_N * ss_N + i_G * ss_G
             n = 0.0
             mean = 0.0
             m2 = 0.0
@@ -169,7 +150,7 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
+def forward_apply(x, y, weight, bias, kstats, g, blk_lo, blk_hi):
     """Normalize with given statistics (merged parts, mixtures, or running statistics)."""
     n_N = g[0]  # size of N
     n_G = g[1]  # size of G
@@ -185,17 +166,11 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
     ys_spatial = g[11]  # y stride along spatial0·spatial1
     ss_N = g[12]  # statistics stride along N
     ss_G = g[13]  # statistics stride along G
-    ss_c = g[14]  # statistics stride along c
-    ss_spatial = g[15]  # statistics stride along spatial0·spatial1
-    ps_N = g[16]  # parameter stride along N
     ps_G = g[17]  # parameter stride along G
     ps_c = g[18]  # parameter stride along c
-    ps_spatial = g[19]  # parameter stride along spatial0·spatial1
-    n_parts = g[20]  # parts per group (1: fused)
+    n_parts = g[20]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[21]  # parallel blocks of units
     seg = g[22]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[23]  # rows per two-pass chunk (columns)
-    n_param = g[24]  # elements per parameter
     n_units = n_N * n_G * n_parts
     n_segs = (n_spatial + seg - 1) // seg
     n_chunks = n_c * n_segs
@@ -209,13 +184,13 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
             i_G = rem % n_G  # kept G
             rem //= n_G
             i_N = rem  # kept N
-            x_u = 0 + i_N * xs_N + i_G * xs_G
-            y_u = 0 + i_N * ys_N + i_G * ys_G
-            s_u = 0 + i_N * ss_N + i_G * ss_G
-            p_u = 0 + i_G * ps_G
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            rstd = rstds[s_u]
+            x_u = i_N * xs_N + i_G * xs_G
+            y_u = i_N * ys_N + i_G * ys_G
+            s_u = i_N * ss_N + i_G * ss_G
+            p_u = i_G * ps_G
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            rstd = kstats[3 * s_u + 2]
             for c in range(c_lo, c_hi):  # chunks: rows of c × segments of spatial0·spatial1
                 q = c // n_segs
                 s_lo = (c - q * n_segs) * seg

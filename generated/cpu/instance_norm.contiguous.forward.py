@@ -3,7 +3,10 @@
 # spec:      instance_norm (instance_norm.toml: input 'N C *spatial', kept 'N C'), center mean, scale std
 # plan:      forward · float32 · rows · groups (N, C) · inner spatial0·spatial1
 # loop dims: N(K) C(K) spatial0·spatial1(R)
-# key:       1579b8924c3385c879267f5d49f97aa8
+# kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
+#            forward_partial  moments of each part of each group (merged afterwards)
+#            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
+# key:       51955ec2084df568ab4ab16ce2fae910
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,8 +14,7 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
+from normgen.codegen.cpu_prelude import add_chunk
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -25,11 +27,9 @@ APPLY_FM = {"contract"}
 @njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
-    mu = mean
-    ss = m2
-    rstd = 1.0 / np.sqrt(ss / n + eps)
-    mu_hi = dt(mu)
-    return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
+    rstd = 1.0 / np.sqrt(m2 / n + eps)
+    mu_hi = dt(mean)
+    return mu_hi, dt(mean - float64(mu_hi)), dt(rstd)
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
@@ -46,28 +46,22 @@ def forward_fused(x, y, weight, bias, moments, kstats, g, eps, blk_lo, blk_hi):
     ys_spatial = g[8]  # y stride along spatial0·spatial1
     ss_N = g[9]  # statistics stride along N
     ss_C = g[10]  # statistics stride along C
-    ss_spatial = g[11]  # statistics stride along spatial0·spatial1
-    ps_N = g[12]  # parameter stride along N
     ps_C = g[13]  # parameter stride along C
-    ps_spatial = g[14]  # parameter stride along spatial0·spatial1
-    n_parts = g[15]  # parts per group (1: fused)
     n_blocks = g[16]  # parallel blocks of units
     seg = g[17]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[18]  # rows per two-pass chunk (columns)
-    n_param = g[19]  # elements per parameter
     n_units = n_N * n_C
     n_segs = (n_spatial + seg - 1) // seg
-    n_chunks = 1 * n_segs
+    n_chunks = n_segs
     for blk in range(blk_lo, blk_hi):
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             rem = unit
             i_C = rem % n_C  # kept C
             rem //= n_C
             i_N = rem  # kept N
-            x_u = 0 + i_N * xs_N + i_C * xs_C
-            y_u = 0 + i_N * ys_N + i_C * ys_C
-            s_u = 0 + i_N * ss_N + i_C * ss_C
-            p_u = 0 + i_C * ps_C
+            x_u = i_N * xs_N + i_C * xs_C
+            y_u = i_N * ys_N + i_C * ys_C
+            s_u = i_N * ss_N + i_C * ss_C
+            p_u = i_C * ps_C
             c_lo = 0
             c_hi = n_chunks
             n = 0.0
@@ -111,23 +105,14 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
     xs_N = g[3]  # x stride along N
     xs_C = g[4]  # x stride along C
     xs_spatial = g[5]  # x stride along spatial0·spatial1
-    ys_N = g[6]  # y stride along N
-    ys_C = g[7]  # y stride along C
-    ys_spatial = g[8]  # y stride along spatial0·spatial1
     ss_N = g[9]  # statistics stride along N
     ss_C = g[10]  # statistics stride along C
-    ss_spatial = g[11]  # statistics stride along spatial0·spatial1
-    ps_N = g[12]  # parameter stride along N
-    ps_C = g[13]  # parameter stride along C
-    ps_spatial = g[14]  # parameter stride along spatial0·spatial1
-    n_parts = g[15]  # parts per group (1: fused)
+    n_parts = g[15]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[16]  # parallel blocks of units
     seg = g[17]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[18]  # rows per two-pass chunk (columns)
-    n_param = g[19]  # elements per parameter
     n_units = n_N * n_C * n_parts
     n_segs = (n_spatial + seg - 1) // seg
-    n_chunks = 1 * n_segs
+    n_chunks = n_segs
     for blk in range(blk_lo, blk_hi):
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
@@ -138,8 +123,8 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
             i_C = rem % n_C  # kept C
             rem //= n_C
             i_N = rem  # kept N
-            x_u = 0 + i_N * xs_N + i_C * xs_C
-            s_u = 0 + i_N * ss_N + i_C * ss_C
+            x_u = i_N * xs_N + i_C * xs_C
+            s_u = i_N * ss_N + i_C * ss_C
             n = 0.0
             mean = 0.0
             m2 = 0.0
@@ -156,7 +141,7 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
+def forward_apply(x, y, weight, bias, kstats, g, blk_lo, blk_hi):
     """Normalize with given statistics (merged parts, mixtures, or running statistics)."""
     n_N = g[0]  # size of N
     n_C = g[1]  # size of C
@@ -169,18 +154,13 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
     ys_spatial = g[8]  # y stride along spatial0·spatial1
     ss_N = g[9]  # statistics stride along N
     ss_C = g[10]  # statistics stride along C
-    ss_spatial = g[11]  # statistics stride along spatial0·spatial1
-    ps_N = g[12]  # parameter stride along N
     ps_C = g[13]  # parameter stride along C
-    ps_spatial = g[14]  # parameter stride along spatial0·spatial1
-    n_parts = g[15]  # parts per group (1: fused)
+    n_parts = g[15]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[16]  # parallel blocks of units
     seg = g[17]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[18]  # rows per two-pass chunk (columns)
-    n_param = g[19]  # elements per parameter
     n_units = n_N * n_C * n_parts
     n_segs = (n_spatial + seg - 1) // seg
-    n_chunks = 1 * n_segs
+    n_chunks = n_segs
     for blk in range(blk_lo, blk_hi):
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
@@ -191,13 +171,13 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
             i_C = rem % n_C  # kept C
             rem //= n_C
             i_N = rem  # kept N
-            x_u = 0 + i_N * xs_N + i_C * xs_C
-            y_u = 0 + i_N * ys_N + i_C * ys_C
-            s_u = 0 + i_N * ss_N + i_C * ss_C
-            p_u = 0 + i_C * ps_C
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            rstd = rstds[s_u]
+            x_u = i_N * xs_N + i_C * xs_C
+            y_u = i_N * ys_N + i_C * ys_C
+            s_u = i_N * ss_N + i_C * ss_C
+            p_u = i_C * ps_C
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            rstd = kstats[3 * s_u + 2]
             for c in range(c_lo, c_hi):  # chunks: segments of spatial0·spatial1
                 q = c // n_segs
                 s_lo = (c - q * n_segs) * seg

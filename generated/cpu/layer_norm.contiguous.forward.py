@@ -3,7 +3,10 @@
 # spec:      layer_norm (layer_norm.toml: input '*batch *normalized', kept '*batch'), center mean, scale std
 # plan:      forward · float32 · rows · groups (batch) · inner normalized
 # loop dims: batch(K) normalized(R)
-# key:       6e95b4d2885c114fd77f3bf8a36e650a
+# kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
+#            forward_partial  moments of each part of each group (merged afterwards)
+#            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
+# key:       3e3728bfda55087dee2e78d5c7022cc2
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,8 +14,7 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
+from normgen.codegen.cpu_prelude import add_chunk
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -25,11 +27,9 @@ APPLY_FM = {"contract"}
 @njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
-    mu = mean
-    ss = m2
-    rstd = 1.0 / np.sqrt(ss / n + eps)
-    mu_hi = dt(mu)
-    return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
+    rstd = 1.0 / np.sqrt(m2 / n + eps)
+    mu_hi = dt(mean)
+    return mu_hi, dt(mean - float64(mu_hi)), dt(rstd)
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
@@ -42,23 +42,18 @@ def forward_fused(x, y, weight, bias, moments, kstats, g, eps, blk_lo, blk_hi):
     ys_batch = g[4]  # y stride along batch
     ys_normalized = g[5]  # y stride along normalized
     ss_batch = g[6]  # statistics stride along batch
-    ss_normalized = g[7]  # statistics stride along normalized
-    ps_batch = g[8]  # parameter stride along batch
     ps_normalized = g[9]  # parameter stride along normalized
-    n_parts = g[10]  # parts per group (1: fused)
     n_blocks = g[11]  # parallel blocks of units
     seg = g[12]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[13]  # rows per two-pass chunk (columns)
-    n_param = g[14]  # elements per parameter
     n_units = n_batch
     n_segs = (n_normalized + seg - 1) // seg
-    n_chunks = 1 * n_segs
+    n_chunks = n_segs
     for blk in range(blk_lo, blk_hi):
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             i_batch = unit  # kept batch
-            x_u = 0 + i_batch * xs_batch
-            y_u = 0 + i_batch * ys_batch
-            s_u = 0 + i_batch * ss_batch
+            x_u = i_batch * xs_batch
+            y_u = i_batch * ys_batch
+            s_u = i_batch * ss_batch
             p_u = 0
             c_lo = 0
             c_hi = n_chunks
@@ -100,20 +95,13 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
     n_normalized = g[1]  # size of normalized
     xs_batch = g[2]  # x stride along batch
     xs_normalized = g[3]  # x stride along normalized
-    ys_batch = g[4]  # y stride along batch
-    ys_normalized = g[5]  # y stride along normalized
     ss_batch = g[6]  # statistics stride along batch
-    ss_normalized = g[7]  # statistics stride along normalized
-    ps_batch = g[8]  # parameter stride along batch
-    ps_normalized = g[9]  # parameter stride along normalized
-    n_parts = g[10]  # parts per group (1: fused)
+    n_parts = g[10]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[11]  # parallel blocks of units
     seg = g[12]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[13]  # rows per two-pass chunk (columns)
-    n_param = g[14]  # elements per parameter
     n_units = n_batch * n_parts
     n_segs = (n_normalized + seg - 1) // seg
-    n_chunks = 1 * n_segs
+    n_chunks = n_segs
     for blk in range(blk_lo, blk_hi):
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
@@ -121,8 +109,8 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
             c_lo = part * n_chunks // n_parts
             c_hi = (part + 1) * n_chunks // n_parts
             i_batch = grp  # kept batch
-            x_u = 0 + i_batch * xs_batch
-            s_u = 0 + i_batch * ss_batch
+            x_u = i_batch * xs_batch
+            s_u = i_batch * ss_batch
             n = 0.0
             mean = 0.0
             m2 = 0.0
@@ -139,7 +127,7 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
+def forward_apply(x, y, weight, bias, kstats, g, blk_lo, blk_hi):
     """Normalize with given statistics (merged parts, mixtures, or running statistics)."""
     n_batch = g[0]  # size of batch
     n_normalized = g[1]  # size of normalized
@@ -148,17 +136,13 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
     ys_batch = g[4]  # y stride along batch
     ys_normalized = g[5]  # y stride along normalized
     ss_batch = g[6]  # statistics stride along batch
-    ss_normalized = g[7]  # statistics stride along normalized
-    ps_batch = g[8]  # parameter stride along batch
     ps_normalized = g[9]  # parameter stride along normalized
-    n_parts = g[10]  # parts per group (1: fused)
+    n_parts = g[10]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[11]  # parallel blocks of units
     seg = g[12]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[13]  # rows per two-pass chunk (columns)
-    n_param = g[14]  # elements per parameter
     n_units = n_batch * n_parts
     n_segs = (n_normalized + seg - 1) // seg
-    n_chunks = 1 * n_segs
+    n_chunks = n_segs
     for blk in range(blk_lo, blk_hi):
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
@@ -166,13 +150,13 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
             c_lo = part * n_chunks // n_parts
             c_hi = (part + 1) * n_chunks // n_parts
             i_batch = grp  # kept batch
-            x_u = 0 + i_batch * xs_batch
-            y_u = 0 + i_batch * ys_batch
-            s_u = 0 + i_batch * ss_batch
+            x_u = i_batch * xs_batch
+            y_u = i_batch * ys_batch
+            s_u = i_batch * ss_batch
             p_u = 0
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            rstd = rstds[s_u]
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            rstd = kstats[3 * s_u + 2]
             for c in range(c_lo, c_hi):  # chunks: segments of normalized
                 q = c // n_segs
                 s_lo = (c - q * n_segs) * seg

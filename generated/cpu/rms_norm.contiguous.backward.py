@@ -3,16 +3,16 @@
 # spec:      rms_norm (rms_norm.toml: input '*batch *normalized', kept '*batch'), center none, scale rms
 # plan:      backward · float32 · rows · groups (batch) · inner normalized
 # loop dims: batch(K) normalized(R)
-# key:       a07196f3d63b04c3a4ed934637e7125a
+# kernels:   backward_fused    sums of g and g·x̂ of each group, then dx (one unit per group)
+#            backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
+#            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
+# key:       ea4b3a2bc3124dc1551ca2291bfed36b
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
 import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
-
-from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -25,11 +25,8 @@ APPLY_FM = {"contract"}
 @njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(sum(x^2) / n + eps)."""
-    mu = 0.0
-    ss = m2 + n * mean * mean
-    rstd = 1.0 / np.sqrt(ss / n + eps)
-    mu_hi = dt(mu)
-    return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
+    rstd = 1.0 / np.sqrt((m2 + n * mean * mean) / n + eps)
+    return dt(0.0), dt(0.0), dt(rstd)
 
 
 @njit(fastmath=REDUCE_FM, error_model="numpy", cache=True, nogil=True)
@@ -47,7 +44,7 @@ def _grad_sums(x_v, dy_v, w, mu, rstd, dw_v, db_v):
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo, blk_hi):
+def backward_fused(x, dy, dx, weight, kstats, dparams, g, blk_lo, blk_hi):
     """Per group (batch): the two sums over normalized, then dx.    Parameter gradients accumulate per block in dparams[block, weight|bias, :]."""
     n_batch = g[0]  # size of batch
     n_normalized = g[1]  # size of normalized
@@ -58,31 +55,27 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo,
     dxs_batch = g[6]  # dx stride along batch
     dxs_normalized = g[7]  # dx stride along normalized
     ss_batch = g[8]  # statistics stride along batch
-    ss_normalized = g[9]  # statistics stride along normalized
-    ps_batch = g[10]  # parameter stride along batch
     ps_normalized = g[11]  # parameter stride along normalized
-    n_parts = g[12]  # parts per group (1: fused)
     n_blocks = g[13]  # parallel blocks of units
     seg = g[14]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[15]  # rows per two-pass chunk (columns)
-    n_param = g[16]  # elements per parameter
+    n_param = g[19]  # elements per parameter
     n_units = n_batch
     n_segs = (n_normalized + seg - 1) // seg
-    n_chunks = 1 * n_segs
-    count = float64(n_chunks // n_segs) * n_normalized
+    n_chunks = n_segs
+    count = float64(n_normalized)
     for blk in range(blk_lo, blk_hi):
         dw_o = 2 * blk * n_param
         db_o = dw_o + n_param
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             i_batch = unit  # kept batch
-            x_u = 0 + i_batch * xs_batch
-            dy_u = 0 + i_batch * dys_batch
-            dx_u = 0 + i_batch * dxs_batch
-            s_u = 0 + i_batch * ss_batch
+            x_u = i_batch * xs_batch
+            dy_u = i_batch * dys_batch
+            dx_u = i_batch * dxs_batch
+            s_u = i_batch * ss_batch
             p_u = 0
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            rstd = rstds[s_u]
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            rstd = kstats[3 * s_u + 2]
             c_lo = 0
             c_hi = n_chunks
             a = 0.0
@@ -123,7 +116,7 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo,
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk_lo, blk_hi):
+def backward_partial(x, dy, weight, kstats, sums, dparams, g, blk_lo, blk_hi):
     """The two sums of each part of each group (merged afterwards), and parameter gradients."""
     n_batch = g[0]  # size of batch
     n_normalized = g[1]  # size of normalized
@@ -131,20 +124,15 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk
     xs_normalized = g[3]  # x stride along normalized
     dys_batch = g[4]  # dy stride along batch
     dys_normalized = g[5]  # dy stride along normalized
-    dxs_batch = g[6]  # dx stride along batch
-    dxs_normalized = g[7]  # dx stride along normalized
     ss_batch = g[8]  # statistics stride along batch
-    ss_normalized = g[9]  # statistics stride along normalized
-    ps_batch = g[10]  # parameter stride along batch
     ps_normalized = g[11]  # parameter stride along normalized
-    n_parts = g[12]  # parts per group (1: fused)
+    n_parts = g[12]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[13]  # parallel blocks of units
     seg = g[14]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[15]  # rows per two-pass chunk (columns)
-    n_param = g[16]  # elements per parameter
+    n_param = g[19]  # elements per parameter
     n_units = n_batch * n_parts
     n_segs = (n_normalized + seg - 1) // seg
-    n_chunks = 1 * n_segs
+    n_chunks = n_segs
     for blk in range(blk_lo, blk_hi):
         dw_o = 2 * blk * n_param
         db_o = dw_o + n_param
@@ -154,13 +142,13 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk
             c_lo = part * n_chunks // n_parts
             c_hi = (part + 1) * n_chunks // n_parts
             i_batch = grp  # kept batch
-            x_u = 0 + i_batch * xs_batch
-            dy_u = 0 + i_batch * dys_batch
-            s_u = 0 + i_batch * ss_batch
+            x_u = i_batch * xs_batch
+            dy_u = i_batch * dys_batch
+            s_u = i_batch * ss_batch
             p_u = 0
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            rstd = rstds[s_u]
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            rstd = kstats[3 * s_u + 2]
             a = 0.0
             b = 0.0
             mu = float64(mu_hi) + float64(mu_lo)
@@ -185,7 +173,7 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, blk_hi):
+def backward_apply(x, dy, dx, weight, kstats, coef, g, blk_lo, blk_hi):
     """dx = c0 * dy * weight + c1 * (x - mu) + c2, with per-group coefficients."""
     n_batch = g[0]  # size of batch
     n_normalized = g[1]  # size of normalized
@@ -196,17 +184,13 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, 
     dxs_batch = g[6]  # dx stride along batch
     dxs_normalized = g[7]  # dx stride along normalized
     ss_batch = g[8]  # statistics stride along batch
-    ss_normalized = g[9]  # statistics stride along normalized
-    ps_batch = g[10]  # parameter stride along batch
     ps_normalized = g[11]  # parameter stride along normalized
-    n_parts = g[12]  # parts per group (1: fused)
+    n_parts = g[12]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[13]  # parallel blocks of units
     seg = g[14]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[15]  # rows per two-pass chunk (columns)
-    n_param = g[16]  # elements per parameter
     n_units = n_batch * n_parts
     n_segs = (n_normalized + seg - 1) // seg
-    n_chunks = 1 * n_segs
+    n_chunks = n_segs
     for blk in range(blk_lo, blk_hi):
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
@@ -214,16 +198,16 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, 
             c_lo = part * n_chunks // n_parts
             c_hi = (part + 1) * n_chunks // n_parts
             i_batch = grp  # kept batch
-            x_u = 0 + i_batch * xs_batch
-            dy_u = 0 + i_batch * dys_batch
-            dx_u = 0 + i_batch * dxs_batch
-            s_u = 0 + i_batch * ss_batch
+            x_u = i_batch * xs_batch
+            dy_u = i_batch * dys_batch
+            dx_u = i_batch * dxs_batch
+            s_u = i_batch * ss_batch
             p_u = 0
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            c0 = c0s[s_u]
-            c1 = c1s[s_u]
-            c2 = c2s[s_u]
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            c0 = coef[3 * s_u]
+            c1 = coef[3 * s_u + 1]
+            c2 = coef[3 * s_u + 2]
             for c in range(c_lo, c_hi):  # chunks: segments of normalized
                 q = c // n_segs
                 s_lo = (c - q * n_segs) * seg

@@ -3,7 +3,10 @@
 # spec:      standardize (standardize.toml: input 'N F', kept 'F'), center mean, scale std
 # plan:      backward · float32 · columns · groups () · rows (N) · columns F
 # loop dims: N(R) F(K)
-# key:       b2436ad4d2dd1478dd67db7fadd747e1
+# kernels:   backward_fused    sums of g and g·x̂ of each group, then dx (one unit per group)
+#            backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
+#            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
+# key:       67fa56c9234fddb721efa1b015823869
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,8 +14,7 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
+from normgen.codegen.cpu_prelude import col_add, col_grad, col_grad2, grad_row
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -25,15 +27,13 @@ APPLY_FM = {"contract"}
 @njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
-    mu = mean
-    ss = m2
-    rstd = 1.0 / np.sqrt(ss / n + eps)
-    mu_hi = dt(mu)
-    return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
+    rstd = 1.0 / np.sqrt(m2 / n + eps)
+    mu_hi = dt(mean)
+    return mu_hi, dt(mean - float64(mu_hi)), dt(rstd)
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, scratch_dt, g, blk_lo, blk_hi):
+def backward_fused(x, dy, dx, weight, kstats, dparams, scratch, scratch_dt, g, blk_lo, blk_hi):
     """Per unit (columns of F): the two sums per column over N, then dx."""
     n_N = g[0]  # size of N
     n_F = g[1]  # size of F
@@ -43,21 +43,18 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
     dys_F = g[5]  # dy stride along F
     dxs_N = g[6]  # dx stride along N
     dxs_F = g[7]  # dx stride along F
-    ss_N = g[8]  # statistics stride along N
     ss_F = g[9]  # statistics stride along F
-    ps_N = g[10]  # parameter stride along N
     ps_F = g[11]  # parameter stride along F
-    n_parts = g[12]  # parts per group (1: fused)
+    n_parts = g[12]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[13]  # parallel blocks of units
     seg = g[14]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[15]  # rows per two-pass chunk (columns)
-    n_param = g[16]  # elements per parameter
+    kb = g[16]  # rows per block step; the scratch holds kb rows of a tile (columns)
+    kb_read = g[17]  # 1: the reading pass takes kb rows a step (columns)
+    kb_write = g[18]  # 1: the writing pass takes kb rows a step (columns)
     n_rows = n_N
     n_csegs = (n_F + seg - 1) // seg
-    n_units = 1 * n_csegs * n_parts
-    TL = seg * 1  # scratch per tile array
-    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
-    TD = TL * KB  # scratch per tile array: KB rows of the tile
+    n_units = n_csegs * n_parts
+    TD = seg * kb  # scratch per tile array: kb rows of a tile
     for blk in range(blk_lo, blk_hi):
         f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         dts = scratch_dt[blk * 4 * TD:(blk + 1) * 4 * TD]
@@ -68,7 +65,7 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             grp = rest // n_csegs
             c_lo = cs * seg
             nc = min(seg, n_F - c_lo)
-            L = nc * 1  # elements of this unit's tile in one row
+            L = nc  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + c_lo * xs_F
@@ -80,8 +77,8 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             rs_e = f64s[TD:TD + L]
             w_e = f64s[2 * TD:2 * TD + L]
             for j in range(nc):
-                mu = float64(mu_his[s_u + j * ss_F]) + float64(mu_los[s_u + j * ss_F])
-                rs = float64(rstds[s_u + j * ss_F])
+                mu = float64(kstats[3 * (s_u + j * ss_F)]) + float64(kstats[3 * (s_u + j * ss_F) + 1])
+                rs = float64(kstats[3 * (s_u + j * ss_F) + 2])
                 e = j
                 p = p_u + j * ps_F
                 mu_e[e] = mu
@@ -92,20 +89,20 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             pq_p[:] = 0.0
             pq_q[:] = 0.0
             q = r_lo
-            if KB > 1 and n_csegs == 1 and xs_N == L and dys_N == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_read:
+                LK = L * kb
+                for k in range(1, kb):
                     f64s[k * L:(k + 1) * L] = f64s[0:L]
                     f64s[TD + k * L:TD + (k + 1) * L] = f64s[TD:TD + L]
                 f64s[3 * TD:3 * TD + LK] = 0.0
                 f64s[4 * TD:4 * TD + LK] = 0.0
-                while q + KB <= r_hi:
+                while q + kb <= r_hi:
                     x_r = x_u + (q) * xs_N
                     dy_r = dy_u + (q) * dys_N
                     col_grad(f64s[3 * TD:3 * TD + LK], f64s[4 * TD:4 * TD + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK],
                              f64s[0:LK], f64s[TD:TD + LK])
-                    q += KB
-                for k in range(1, KB):
+                    q += kb
+                for k in range(1, kb):
                     col_add(pq_p, f64s[3 * TD + k * L:3 * TD + (k + 1) * L])
                     col_add(pq_q, f64s[4 * TD + k * L:4 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: N, two at a time
@@ -126,9 +123,9 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
                 a_c[j] = pq_q[j] * w_e[j]
             for j in range(nc):
                 b_c[j] = pq_p[j] * w_e[j]
-            count = float64(n_rows * 1)
+            count = float64(n_rows)
             for j in range(nc):  # coefficients of dx = c0 * g + c1 * (x - mean) + c2, per column
-                r = float64(rstds[s_u + j * ss_F])
+                r = float64(kstats[3 * (s_u + j * ss_F) + 2])
                 ga = a_c[j]  # sum of g = dy * weight
                 gb = b_c[j]  # sum of g * x_hat
                 a_c[j] = -r * r * gb / count  # from here on: c1
@@ -138,31 +135,31 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
             c1_e = dts[2 * TD:2 * TD + L]
             c2_e = dts[3 * TD:3 * TD + L]
             for j in range(nc):
-                c0 = float64(rstds[s_u + j * ss_F])
+                c0 = float64(kstats[3 * (s_u + j * ss_F) + 2])
                 c1 = a_c[j]
                 c2 = b_c[j]
-                mu_hi = mu_his[s_u + j * ss_F]
-                mu_lo = mu_los[s_u + j * ss_F]
+                mu_hi = kstats[3 * (s_u + j * ss_F)]
+                mu_lo = kstats[3 * (s_u + j * ss_F) + 1]
                 e = j
                 hi_e[e] = mu_hi
                 c0w_e[e] = dt(c0 * w_e[e])
                 c1_e[e] = dt(c1)
                 c2_e[e] = dt(c2 - c1 * float64(mu_lo))
             q0 = r_lo
-            if KB > 1 and n_csegs == 1 and xs_N == L and dys_N == L and dxs_N == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_write:
+                LK = L * kb
+                for k in range(1, kb):
                     dts[k * L:(k + 1) * L] = dts[0:L]
                     dts[TD + k * L:TD + (k + 1) * L] = dts[TD:TD + L]
                     dts[2 * TD + k * L:2 * TD + (k + 1) * L] = dts[2 * TD:2 * TD + L]
                     dts[3 * TD + k * L:3 * TD + (k + 1) * L] = dts[3 * TD:3 * TD + L]
-                while q0 + KB <= r_hi:
+                while q0 + kb <= r_hi:
                     x_r = x_u + (q0) * xs_N
                     dy_r = dy_u + (q0) * dys_N
                     dx_r = dx_u + (q0) * dxs_N
                     grad_row(dx[dx_r:dx_r + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK], dts[0:LK], dts[TD:TD + LK],
                              dts[2 * TD:2 * TD + LK], dts[3 * TD:3 * TD + LK])
-                    q0 += KB
+                    q0 += kb
             for q in range(q0, r_hi):  # rows: N
                 x_r = x_u + (q) * xs_N
                 dy_r = dy_u + (q) * dys_N
@@ -171,7 +168,7 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, scratch, s
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratch, g, blk_lo, blk_hi):
+def backward_partial(x, dy, weight, kstats, sums, dparams, scratch, g, blk_lo, blk_hi):
     """The two sums per column for each part (a range of rows), merged afterwards; parameter gradients."""
     n_N = g[0]  # size of N
     n_F = g[1]  # size of F
@@ -179,23 +176,17 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
     xs_F = g[3]  # x stride along F
     dys_N = g[4]  # dy stride along N
     dys_F = g[5]  # dy stride along F
-    dxs_N = g[6]  # dx stride along N
-    dxs_F = g[7]  # dx stride along F
-    ss_N = g[8]  # statistics stride along N
     ss_F = g[9]  # statistics stride along F
-    ps_N = g[10]  # parameter stride along N
     ps_F = g[11]  # parameter stride along F
-    n_parts = g[12]  # parts per group (1: fused)
+    n_parts = g[12]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[13]  # parallel blocks of units
     seg = g[14]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[15]  # rows per two-pass chunk (columns)
-    n_param = g[16]  # elements per parameter
+    kb = g[16]  # rows per block step; the scratch holds kb rows of a tile (columns)
+    kb_read = g[17]  # 1: the reading pass takes kb rows a step (columns)
     n_rows = n_N
     n_csegs = (n_F + seg - 1) // seg
-    n_units = 1 * n_csegs * n_parts
-    TL = seg * 1  # scratch per tile array
-    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
-    TD = TL * KB  # scratch per tile array: KB rows of the tile
+    n_units = n_csegs * n_parts
+    TD = seg * kb  # scratch per tile array: kb rows of a tile
     for blk in range(blk_lo, blk_hi):
         f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
@@ -205,7 +196,7 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
             grp = rest // n_csegs
             c_lo = cs * seg
             nc = min(seg, n_F - c_lo)
-            L = nc * 1  # elements of this unit's tile in one row
+            L = nc  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + c_lo * xs_F
@@ -216,8 +207,8 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
             rs_e = f64s[TD:TD + L]
             w_e = f64s[2 * TD:2 * TD + L]
             for j in range(nc):
-                mu = float64(mu_his[s_u + j * ss_F]) + float64(mu_los[s_u + j * ss_F])
-                rs = float64(rstds[s_u + j * ss_F])
+                mu = float64(kstats[3 * (s_u + j * ss_F)]) + float64(kstats[3 * (s_u + j * ss_F) + 1])
+                rs = float64(kstats[3 * (s_u + j * ss_F) + 2])
                 e = j
                 p = p_u + j * ps_F
                 mu_e[e] = mu
@@ -228,20 +219,20 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
             pq_p[:] = 0.0
             pq_q[:] = 0.0
             q = r_lo
-            if KB > 1 and n_csegs == 1 and xs_N == L and dys_N == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_read:
+                LK = L * kb
+                for k in range(1, kb):
                     f64s[k * L:(k + 1) * L] = f64s[0:L]
                     f64s[TD + k * L:TD + (k + 1) * L] = f64s[TD:TD + L]
                 f64s[3 * TD:3 * TD + LK] = 0.0
                 f64s[4 * TD:4 * TD + LK] = 0.0
-                while q + KB <= r_hi:
+                while q + kb <= r_hi:
                     x_r = x_u + (q) * xs_N
                     dy_r = dy_u + (q) * dys_N
                     col_grad(f64s[3 * TD:3 * TD + LK], f64s[4 * TD:4 * TD + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK],
                              f64s[0:LK], f64s[TD:TD + LK])
-                    q += KB
-                for k in range(1, KB):
+                    q += kb
+                for k in range(1, kb):
                     col_add(pq_p, f64s[3 * TD + k * L:3 * TD + (k + 1) * L])
                     col_add(pq_q, f64s[4 * TD + k * L:4 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: N, two at a time
@@ -269,7 +260,7 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, scratc
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, scratch_dt, g, blk_lo, blk_hi):
+def backward_apply(x, dy, dx, weight, kstats, coef, scratch, scratch_dt, g, blk_lo, blk_hi):
     """dx = c0 * dy * weight + c1 * (x - mu) + c2, with per-column coefficients."""
     n_N = g[0]  # size of N
     n_F = g[1]  # size of F
@@ -279,21 +270,17 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, sc
     dys_F = g[5]  # dy stride along F
     dxs_N = g[6]  # dx stride along N
     dxs_F = g[7]  # dx stride along F
-    ss_N = g[8]  # statistics stride along N
     ss_F = g[9]  # statistics stride along F
-    ps_N = g[10]  # parameter stride along N
     ps_F = g[11]  # parameter stride along F
-    n_parts = g[12]  # parts per group (1: fused)
+    n_parts = g[12]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[13]  # parallel blocks of units
     seg = g[14]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[15]  # rows per two-pass chunk (columns)
-    n_param = g[16]  # elements per parameter
+    kb = g[16]  # rows per block step; the scratch holds kb rows of a tile (columns)
+    kb_write = g[18]  # 1: the writing pass takes kb rows a step (columns)
     n_rows = n_N
     n_csegs = (n_F + seg - 1) // seg
-    n_units = 1 * n_csegs * n_parts
-    TL = seg * 1  # scratch per tile array
-    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
-    TD = TL * KB  # scratch per tile array: KB rows of the tile
+    n_units = n_csegs * n_parts
+    TD = seg * kb  # scratch per tile array: kb rows of a tile
     for blk in range(blk_lo, blk_hi):
         f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         dts = scratch_dt[blk * 4 * TD:(blk + 1) * 4 * TD]
@@ -304,7 +291,7 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, sc
             grp = rest // n_csegs
             c_lo = cs * seg
             nc = min(seg, n_F - c_lo)
-            L = nc * 1  # elements of this unit's tile in one row
+            L = nc  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + c_lo * xs_F
@@ -322,31 +309,31 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, scratch, sc
             c1_e = dts[2 * TD:2 * TD + L]
             c2_e = dts[3 * TD:3 * TD + L]
             for j in range(nc):
-                c0 = float64(c0s[s_u + j * ss_F])
-                c1 = float64(c1s[s_u + j * ss_F])
-                c2 = float64(c2s[s_u + j * ss_F])
-                mu_hi = mu_his[s_u + j * ss_F]
-                mu_lo = mu_los[s_u + j * ss_F]
+                c0 = float64(coef[3 * (s_u + j * ss_F)])
+                c1 = float64(coef[3 * (s_u + j * ss_F) + 1])
+                c2 = float64(coef[3 * (s_u + j * ss_F) + 2])
+                mu_hi = kstats[3 * (s_u + j * ss_F)]
+                mu_lo = kstats[3 * (s_u + j * ss_F) + 1]
                 e = j
                 hi_e[e] = mu_hi
                 c0w_e[e] = dt(c0 * w_e[e])
                 c1_e[e] = dt(c1)
                 c2_e[e] = dt(c2 - c1 * float64(mu_lo))
             q0 = r_lo
-            if KB > 1 and n_csegs == 1 and xs_N == L and dys_N == L and dxs_N == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_write:
+                LK = L * kb
+                for k in range(1, kb):
                     dts[k * L:(k + 1) * L] = dts[0:L]
                     dts[TD + k * L:TD + (k + 1) * L] = dts[TD:TD + L]
                     dts[2 * TD + k * L:2 * TD + (k + 1) * L] = dts[2 * TD:2 * TD + L]
                     dts[3 * TD + k * L:3 * TD + (k + 1) * L] = dts[3 * TD:3 * TD + L]
-                while q0 + KB <= r_hi:
+                while q0 + kb <= r_hi:
                     x_r = x_u + (q0) * xs_N
                     dy_r = dy_u + (q0) * dys_N
                     dx_r = dx_u + (q0) * dxs_N
                     grad_row(dx[dx_r:dx_r + LK], x[x_r:x_r + LK], dy[dy_r:dy_r + LK], dts[0:LK], dts[TD:TD + LK],
                              dts[2 * TD:2 * TD + LK], dts[3 * TD:3 * TD + LK])
-                    q0 += KB
+                    q0 += kb
             for q in range(q0, r_hi):  # rows: N
                 x_r = x_u + (q) * xs_N
                 dy_r = dy_u + (q) * dys_N

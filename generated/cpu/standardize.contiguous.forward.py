@@ -3,7 +3,10 @@
 # spec:      standardize (standardize.toml: input 'N F', kept 'F'), center mean, scale std
 # plan:      forward · float32 · columns · groups () · rows (N) · columns F
 # loop dims: N(R) F(K)
-# key:       91f30c95a03ee48f5493acacf3ba1834
+# kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
+#            forward_partial  moments of each part of each group (merged afterwards)
+#            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
+# key:       a2cb3743e1c367ec9aafe27ca37f1e42
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,8 +14,7 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
+from normgen.codegen.cpu_prelude import affine_row, col_add, col_dev, col_dev2
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -25,11 +27,9 @@ APPLY_FM = {"contract"}
 @njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
-    mu = mean
-    ss = m2
-    rstd = 1.0 / np.sqrt(ss / n + eps)
-    mu_hi = dt(mu)
-    return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
+    rstd = 1.0 / np.sqrt(m2 / n + eps)
+    mu_hi = dt(mean)
+    return mu_hi, dt(mean - float64(mu_hi)), dt(rstd)
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
@@ -41,21 +41,18 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
     xs_F = g[3]  # x stride along F
     ys_N = g[4]  # y stride along N
     ys_F = g[5]  # y stride along F
-    ss_N = g[6]  # statistics stride along N
     ss_F = g[7]  # statistics stride along F
-    ps_N = g[8]  # parameter stride along N
     ps_F = g[9]  # parameter stride along F
-    n_parts = g[10]  # parts per group (1: fused)
+    n_parts = g[10]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[11]  # parallel blocks of units
     seg = g[12]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[13]  # rows per two-pass chunk (columns)
-    n_param = g[14]  # elements per parameter
+    kb = g[14]  # rows per block step; the scratch holds kb rows of a tile (columns)
+    kb_read = g[15]  # 1: the reading pass takes kb rows a step (columns)
+    kb_write = g[16]  # 1: the writing pass takes kb rows a step (columns)
     n_rows = n_N
     n_csegs = (n_F + seg - 1) // seg
-    n_units = 1 * n_csegs * n_parts
-    TL = seg * 1  # scratch per tile array
-    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
-    TD = TL * KB  # scratch per tile array: KB rows of the tile
+    n_units = n_csegs * n_parts
+    TD = seg * kb  # scratch per tile array: kb rows of a tile
     for blk in range(blk_lo, blk_hi):
         f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         dts = scratch_dt[blk * 3 * TD:(blk + 1) * 3 * TD]
@@ -66,7 +63,7 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
             grp = rest // n_csegs
             c_lo = cs * seg
             nc = min(seg, n_F - c_lo)
-            L = nc * 1  # elements of this unit's tile in one row
+            L = nc  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + c_lo * xs_F
@@ -84,17 +81,17 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
             s1[:] = 0.0
             s2[:] = 0.0
             q = r_lo
-            if KB > 1 and L <= 64 and n_csegs == 1 and xs_N == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_read:
+                LK = L * kb
+                for k in range(1, kb):
                     f64s[k * L:(k + 1) * L] = f64s[0:L]
                 f64s[TD:TD + LK] = 0.0
                 f64s[2 * TD:2 * TD + LK] = 0.0
-                while q + KB <= r_hi:
+                while q + kb <= r_hi:
                     x_r = x_u + (q) * xs_N
                     col_dev(f64s[TD:TD + LK], f64s[2 * TD:2 * TD + LK], x[x_r:x_r + LK], f64s[0:LK])
-                    q += KB
-                for k in range(1, KB):
+                    q += kb
+                for k in range(1, kb):
                     col_add(s1, f64s[TD + k * L:TD + (k + 1) * L])
                     col_add(s2, f64s[2 * TD + k * L:2 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: N, two at a time
@@ -107,7 +104,7 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
                 col_dev(s1, s2, x[x_r:x_r + L], k_e)
                 q += 1
             nr = float64(r_hi - r_lo)
-            n = nr * 1
+            n = nr
             for j in range(nc):  # moments of each column: its tile elements merged (equal counts)
                 a_mean[j] = k_e[j] + s1[j] / nr
                 a_m2[j] = max(s2[j] - s1[j] * s1[j] / nr, 0.0)
@@ -130,17 +127,17 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch, scratch_dt, g, e
                 sc_e[e] = dt(sc)
                 sh_e[e] = dt(-float64(mu_lo) * sc)
             q0 = r_lo
-            if KB > 1 and n_csegs == 1 and xs_N == L and ys_N == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_write:
+                LK = L * kb
+                for k in range(1, kb):
                     dts[k * L:(k + 1) * L] = dts[0:L]
                     dts[TD + k * L:TD + (k + 1) * L] = dts[TD:TD + L]
                     dts[2 * TD + k * L:2 * TD + (k + 1) * L] = dts[2 * TD:2 * TD + L]
-                while q0 + KB <= r_hi:
+                while q0 + kb <= r_hi:
                     x_r = x_u + (q0) * xs_N
                     y_r = y_u + (q0) * ys_N
                     affine_row(y[y_r:y_r + LK], x[x_r:x_r + LK], dts[0:LK], dts[TD:TD + LK], dts[2 * TD:2 * TD + LK])
-                    q0 += KB
+                    q0 += kb
             for q in range(q0, r_hi):  # rows: N
                 x_r = x_u + (q) * xs_N
                 y_r = y_u + (q) * ys_N
@@ -154,23 +151,16 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
     n_F = g[1]  # size of F
     xs_N = g[2]  # x stride along N
     xs_F = g[3]  # x stride along F
-    ys_N = g[4]  # y stride along N
-    ys_F = g[5]  # y stride along F
-    ss_N = g[6]  # statistics stride along N
     ss_F = g[7]  # statistics stride along F
-    ps_N = g[8]  # parameter stride along N
-    ps_F = g[9]  # parameter stride along F
-    n_parts = g[10]  # parts per group (1: fused)
+    n_parts = g[10]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[11]  # parallel blocks of units
     seg = g[12]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[13]  # rows per two-pass chunk (columns)
-    n_param = g[14]  # elements per parameter
+    kb = g[14]  # rows per block step; the scratch holds kb rows of a tile (columns)
+    kb_read = g[15]  # 1: the reading pass takes kb rows a step (columns)
     n_rows = n_N
     n_csegs = (n_F + seg - 1) // seg
-    n_units = 1 * n_csegs * n_parts
-    TL = seg * 1  # scratch per tile array
-    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
-    TD = TL * KB  # scratch per tile array: KB rows of the tile
+    n_units = n_csegs * n_parts
+    TD = seg * kb  # scratch per tile array: kb rows of a tile
     for blk in range(blk_lo, blk_hi):
         f64s = scratch[blk * (5 * TD + 2 * seg):(blk + 1) * (5 * TD + 2 * seg)]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
@@ -180,7 +170,7 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
             grp = rest // n_csegs
             c_lo = cs * seg
             nc = min(seg, n_F - c_lo)
-            L = nc * 1  # elements of this unit's tile in one row
+            L = nc  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + c_lo * xs_F
@@ -196,17 +186,17 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
             s1[:] = 0.0
             s2[:] = 0.0
             q = r_lo
-            if KB > 1 and L <= 64 and n_csegs == 1 and xs_N == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_read:
+                LK = L * kb
+                for k in range(1, kb):
                     f64s[k * L:(k + 1) * L] = f64s[0:L]
                 f64s[TD:TD + LK] = 0.0
                 f64s[2 * TD:2 * TD + LK] = 0.0
-                while q + KB <= r_hi:
+                while q + kb <= r_hi:
                     x_r = x_u + (q) * xs_N
                     col_dev(f64s[TD:TD + LK], f64s[2 * TD:2 * TD + LK], x[x_r:x_r + LK], f64s[0:LK])
-                    q += KB
-                for k in range(1, KB):
+                    q += kb
+                for k in range(1, kb):
                     col_add(s1, f64s[TD + k * L:TD + (k + 1) * L])
                     col_add(s2, f64s[2 * TD + k * L:2 * TD + (k + 1) * L])
             while q + 2 <= r_hi:  # rows: N, two at a time
@@ -219,7 +209,7 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
                 col_dev(s1, s2, x[x_r:x_r + L], k_e)
                 q += 1
             nr = float64(r_hi - r_lo)
-            n = nr * 1
+            n = nr
             for j in range(nc):  # moments of each column: its tile elements merged (equal counts)
                 a_mean[j] = k_e[j] + s1[j] / nr
                 a_m2[j] = max(s2[j] - s1[j] * s1[j] / nr, 0.0)
@@ -231,7 +221,7 @@ def forward_partial(x, moments, scratch, g, blk_lo, blk_hi):
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, scratch_dt, g, blk_lo, blk_hi):
+def forward_apply(x, y, weight, bias, kstats, scratch_dt, g, blk_lo, blk_hi):
     """Normalize with given statistics (merged parts, mixtures, or running statistics)."""
     n_N = g[0]  # size of N
     n_F = g[1]  # size of F
@@ -239,21 +229,17 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, scratch_dt, g, blk_
     xs_F = g[3]  # x stride along F
     ys_N = g[4]  # y stride along N
     ys_F = g[5]  # y stride along F
-    ss_N = g[6]  # statistics stride along N
     ss_F = g[7]  # statistics stride along F
-    ps_N = g[8]  # parameter stride along N
     ps_F = g[9]  # parameter stride along F
-    n_parts = g[10]  # parts per group (1: fused)
+    n_parts = g[10]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[11]  # parallel blocks of units
     seg = g[12]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[13]  # rows per two-pass chunk (columns)
-    n_param = g[14]  # elements per parameter
+    kb = g[14]  # rows per block step; the scratch holds kb rows of a tile (columns)
+    kb_write = g[16]  # 1: the writing pass takes kb rows a step (columns)
     n_rows = n_N
     n_csegs = (n_F + seg - 1) // seg
-    n_units = 1 * n_csegs * n_parts
-    TL = seg * 1  # scratch per tile array
-    KB = max(1, 1024 // TL)  # rows per apply step when rows lie back to back
-    TD = TL * KB  # scratch per tile array: KB rows of the tile
+    n_units = n_csegs * n_parts
+    TD = seg * kb  # scratch per tile array: kb rows of a tile
     for blk in range(blk_lo, blk_hi):
         dts = scratch_dt[blk * 3 * TD:(blk + 1) * 3 * TD]
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
@@ -263,7 +249,7 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, scratch_dt, g, blk_
             grp = rest // n_csegs
             c_lo = cs * seg
             nc = min(seg, n_F - c_lo)
-            L = nc * 1  # elements of this unit's tile in one row
+            L = nc  # elements of this unit's tile in one row
             r_lo = part * n_rows // n_parts
             r_hi = (part + 1) * n_rows // n_parts
             x_u = 0 + c_lo * xs_F
@@ -274,9 +260,9 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, scratch_dt, g, blk_
             sc_e = dts[TD:TD + L]
             sh_e = dts[2 * TD:2 * TD + L]
             for j in range(nc):
-                mu_hi = mu_his[s_u + j * ss_F]
-                mu_lo = mu_los[s_u + j * ss_F]
-                rstd = rstds[s_u + j * ss_F]
+                mu_hi = kstats[3 * (s_u + j * ss_F)]
+                mu_lo = kstats[3 * (s_u + j * ss_F) + 1]
+                rstd = kstats[3 * (s_u + j * ss_F) + 2]
                 e = j
                 p = p_u + j * ps_F
                 sc = float64(rstd)
@@ -284,17 +270,17 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, scratch_dt, g, blk_
                 sc_e[e] = dt(sc)
                 sh_e[e] = dt(-float64(mu_lo) * sc)
             q0 = r_lo
-            if KB > 1 and n_csegs == 1 and xs_N == L and ys_N == L:
-                LK = L * KB
-                for k in range(1, KB):
+            if kb_write:
+                LK = L * kb
+                for k in range(1, kb):
                     dts[k * L:(k + 1) * L] = dts[0:L]
                     dts[TD + k * L:TD + (k + 1) * L] = dts[TD:TD + L]
                     dts[2 * TD + k * L:2 * TD + (k + 1) * L] = dts[2 * TD:2 * TD + L]
-                while q0 + KB <= r_hi:
+                while q0 + kb <= r_hi:
                     x_r = x_u + (q0) * xs_N
                     y_r = y_u + (q0) * ys_N
                     affine_row(y[y_r:y_r + LK], x[x_r:x_r + LK], dts[0:LK], dts[TD:TD + LK], dts[2 * TD:2 * TD + LK])
-                    q0 += KB
+                    q0 += kb
             for q in range(q0, r_hi):  # rows: N
                 x_r = x_u + (q) * xs_N
                 y_r = y_u + (q) * ys_N

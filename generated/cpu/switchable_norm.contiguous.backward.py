@@ -3,16 +3,16 @@
 # spec:      switchable_norm (switchable_norm.toml: input 'N C *spatial', kept 'N C | N | C'), center mean, scale std
 # plan:      backward · float32 · rows · groups (N, C) · inner spatial0·spatial1
 # loop dims: N(K) C(K) spatial0·spatial1(R)
-# key:       757501a221d6fcb1380f467a64c6cbcd
+# kernels:   backward_fused    sums of g and g·x̂ of each group, then dx (one unit per group)
+#            backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
+#            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
+# key:       ba020b4ae1a4c5dee610dfa85d70f438
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
 import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
-
-from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -25,11 +25,9 @@ APPLY_FM = {"contract"}
 @njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
-    mu = mean
-    ss = m2
-    rstd = 1.0 / np.sqrt(ss / n + eps)
-    mu_hi = dt(mu)
-    return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
+    rstd = 1.0 / np.sqrt(m2 / n + eps)
+    mu_hi = dt(mean)
+    return mu_hi, dt(mean - float64(mu_hi)), dt(rstd)
 
 
 @njit(fastmath=REDUCE_FM, error_model="numpy", cache=True, nogil=True)
@@ -52,7 +50,7 @@ def _grad_sums(x_v, dy_v, w, mu, rstd, dw_v, db_v):
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo, blk_hi):
+def backward_fused(x, dy, dx, weight, kstats, dparams, g, blk_lo, blk_hi):
     """Per group (N, C): the two sums over spatial0·spatial1, then dx.    Parameter gradients accumulate per block in dparams[block, weight|bias, :]."""
     n_N = g[0]  # size of N
     n_C = g[1]  # size of C
@@ -68,19 +66,14 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo,
     dxs_spatial = g[11]  # dx stride along spatial0·spatial1
     ss_N = g[12]  # statistics stride along N
     ss_C = g[13]  # statistics stride along C
-    ss_spatial = g[14]  # statistics stride along spatial0·spatial1
-    ps_N = g[15]  # parameter stride along N
     ps_C = g[16]  # parameter stride along C
-    ps_spatial = g[17]  # parameter stride along spatial0·spatial1
-    n_parts = g[18]  # parts per group (1: fused)
     n_blocks = g[19]  # parallel blocks of units
     seg = g[20]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[21]  # rows per two-pass chunk (columns)
-    n_param = g[22]  # elements per parameter
+    n_param = g[25]  # elements per parameter
     n_units = n_N * n_C
     n_segs = (n_spatial + seg - 1) // seg
-    n_chunks = 1 * n_segs
-    count = float64(n_chunks // n_segs) * n_spatial
+    n_chunks = n_segs
+    count = float64(n_spatial)
     for blk in range(blk_lo, blk_hi):
         dw_o = 2 * blk * n_param
         db_o = dw_o + n_param
@@ -89,14 +82,14 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo,
             i_C = rem % n_C  # kept C
             rem //= n_C
             i_N = rem  # kept N
-            x_u = 0 + i_N * xs_N + i_C * xs_C
-            dy_u = 0 + i_N * dys_N + i_C * dys_C
-            dx_u = 0 + i_N * dxs_N + i_C * dxs_C
-            s_u = 0 + i_N * ss_N + i_C * ss_C
-            p_u = 0 + i_C * ps_C
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            rstd = rstds[s_u]
+            x_u = i_N * xs_N + i_C * xs_C
+            dy_u = i_N * dys_N + i_C * dys_C
+            dx_u = i_N * dxs_N + i_C * dxs_C
+            s_u = i_N * ss_N + i_C * ss_C
+            p_u = i_C * ps_C
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            rstd = kstats[3 * s_u + 2]
             c_lo = 0
             c_hi = n_chunks
             a = 0.0
@@ -138,7 +131,7 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo,
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk_lo, blk_hi):
+def backward_partial(x, dy, weight, kstats, sums, dparams, g, blk_lo, blk_hi):
     """The two sums of each part of each group (merged afterwards), and parameter gradients."""
     n_N = g[0]  # size of N
     n_C = g[1]  # size of C
@@ -149,23 +142,16 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk
     dys_N = g[6]  # dy stride along N
     dys_C = g[7]  # dy stride along C
     dys_spatial = g[8]  # dy stride along spatial0·spatial1
-    dxs_N = g[9]  # dx stride along N
-    dxs_C = g[10]  # dx stride along C
-    dxs_spatial = g[11]  # dx stride along spatial0·spatial1
     ss_N = g[12]  # statistics stride along N
     ss_C = g[13]  # statistics stride along C
-    ss_spatial = g[14]  # statistics stride along spatial0·spatial1
-    ps_N = g[15]  # parameter stride along N
     ps_C = g[16]  # parameter stride along C
-    ps_spatial = g[17]  # parameter stride along spatial0·spatial1
-    n_parts = g[18]  # parts per group (1: fused)
+    n_parts = g[18]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[19]  # parallel blocks of units
     seg = g[20]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[21]  # rows per two-pass chunk (columns)
-    n_param = g[22]  # elements per parameter
+    n_param = g[25]  # elements per parameter
     n_units = n_N * n_C * n_parts
     n_segs = (n_spatial + seg - 1) // seg
-    n_chunks = 1 * n_segs
+    n_chunks = n_segs
     for blk in range(blk_lo, blk_hi):
         dw_o = 2 * blk * n_param
         db_o = dw_o + n_param
@@ -178,13 +164,13 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk
             i_C = rem % n_C  # kept C
             rem //= n_C
             i_N = rem  # kept N
-            x_u = 0 + i_N * xs_N + i_C * xs_C
-            dy_u = 0 + i_N * dys_N + i_C * dys_C
-            s_u = 0 + i_N * ss_N + i_C * ss_C
-            p_u = 0 + i_C * ps_C
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            rstd = rstds[s_u]
+            x_u = i_N * xs_N + i_C * xs_C
+            dy_u = i_N * dys_N + i_C * dys_C
+            s_u = i_N * ss_N + i_C * ss_C
+            p_u = i_C * ps_C
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            rstd = kstats[3 * s_u + 2]
             a = 0.0
             b = 0.0
             mu = float64(mu_hi) + float64(mu_lo)
@@ -209,7 +195,7 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, blk_hi):
+def backward_apply(x, dy, dx, weight, kstats, coef, g, blk_lo, blk_hi):
     """dx = c0 * dy * weight + c1 * (x - mu) + c2, with per-group coefficients."""
     n_N = g[0]  # size of N
     n_C = g[1]  # size of C
@@ -225,18 +211,13 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, 
     dxs_spatial = g[11]  # dx stride along spatial0·spatial1
     ss_N = g[12]  # statistics stride along N
     ss_C = g[13]  # statistics stride along C
-    ss_spatial = g[14]  # statistics stride along spatial0·spatial1
-    ps_N = g[15]  # parameter stride along N
     ps_C = g[16]  # parameter stride along C
-    ps_spatial = g[17]  # parameter stride along spatial0·spatial1
-    n_parts = g[18]  # parts per group (1: fused)
+    n_parts = g[18]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[19]  # parallel blocks of units
     seg = g[20]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[21]  # rows per two-pass chunk (columns)
-    n_param = g[22]  # elements per parameter
     n_units = n_N * n_C * n_parts
     n_segs = (n_spatial + seg - 1) // seg
-    n_chunks = 1 * n_segs
+    n_chunks = n_segs
     for blk in range(blk_lo, blk_hi):
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
@@ -247,16 +228,16 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, 
             i_C = rem % n_C  # kept C
             rem //= n_C
             i_N = rem  # kept N
-            x_u = 0 + i_N * xs_N + i_C * xs_C
-            dy_u = 0 + i_N * dys_N + i_C * dys_C
-            dx_u = 0 + i_N * dxs_N + i_C * dxs_C
-            s_u = 0 + i_N * ss_N + i_C * ss_C
-            p_u = 0 + i_C * ps_C
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            c0 = c0s[s_u]
-            c1 = c1s[s_u]
-            c2 = c2s[s_u]
+            x_u = i_N * xs_N + i_C * xs_C
+            dy_u = i_N * dys_N + i_C * dys_C
+            dx_u = i_N * dxs_N + i_C * dxs_C
+            s_u = i_N * ss_N + i_C * ss_C
+            p_u = i_C * ps_C
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            c0 = coef[3 * s_u]
+            c1 = coef[3 * s_u + 1]
+            c2 = coef[3 * s_u + 2]
             for c in range(c_lo, c_hi):  # chunks: segments of spatial0·spatial1
                 q = c // n_segs
                 s_lo = (c - q * n_segs) * seg

@@ -3,16 +3,16 @@
 # spec:      weight_standardization (weight_standardization.toml: input 'O *fan_in', kept 'O'), center mean, scale std
 # plan:      backward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 # loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-# key:       5bde0a321743b428e9cc501030b06be5
+# kernels:   backward_fused    sums of g and g·x̂ of each group, then dx (one unit per group)
+#            backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
+#            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
+# key:       b844e3a080f80a349ab560bd2417afa1
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
 import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
-
-from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -25,11 +25,9 @@ APPLY_FM = {"contract"}
 @njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
-    mu = mean
-    ss = m2
-    rstd = 1.0 / np.sqrt(ss / n + eps)
-    mu_hi = dt(mu)
-    return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
+    rstd = 1.0 / np.sqrt(m2 / n + eps)
+    mu_hi = dt(mean)
+    return mu_hi, dt(mean - float64(mu_hi)), dt(rstd)
 
 
 @njit(fastmath=REDUCE_FM, error_model="numpy", cache=True, nogil=True)
@@ -46,7 +44,7 @@ def _grad_sums(x_v, dy_v, w, mu, rstd):
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo, blk_hi):
+def backward_fused(x, dy, dx, weight, kstats, dparams, g, blk_lo, blk_hi):
     """Per group (O): the two sums over fan_in0·fan_in1·fan_in2, then dx."""
     n_O = g[0]  # size of O
     n_fan_in = g[1]  # size of fan_in0·fan_in1·fan_in2
@@ -57,28 +55,22 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo,
     dxs_O = g[6]  # dx stride along O
     dxs_fan_in = g[7]  # dx stride along fan_in0·fan_in1·fan_in2
     ss_O = g[8]  # statistics stride along O
-    ss_fan_in = g[9]  # statistics stride along fan_in0·fan_in1·fan_in2
-    ps_O = g[10]  # parameter stride along O
-    ps_fan_in = g[11]  # parameter stride along fan_in0·fan_in1·fan_in2
-    n_parts = g[12]  # parts per group (1: fused)
     n_blocks = g[13]  # parallel blocks of units
     seg = g[14]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[15]  # rows per two-pass chunk (columns)
-    n_param = g[16]  # elements per parameter
     n_units = n_O
     n_segs = (n_fan_in + seg - 1) // seg
-    n_chunks = 1 * n_segs
-    count = float64(n_chunks // n_segs) * n_fan_in
+    n_chunks = n_segs
+    count = float64(n_fan_in)
     for blk in range(blk_lo, blk_hi):
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             i_O = unit  # kept O
-            x_u = 0 + i_O * xs_O
-            dy_u = 0 + i_O * dys_O
-            dx_u = 0 + i_O * dxs_O
-            s_u = 0 + i_O * ss_O
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            rstd = rstds[s_u]
+            x_u = i_O * xs_O
+            dy_u = i_O * dys_O
+            dx_u = i_O * dxs_O
+            s_u = i_O * ss_O
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            rstd = kstats[3 * s_u + 2]
             c_lo = 0
             c_hi = n_chunks
             a = 0.0
@@ -114,7 +106,7 @@ def backward_fused(x, dy, dx, weight, mu_his, mu_los, rstds, dparams, g, blk_lo,
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk_lo, blk_hi):
+def backward_partial(x, dy, weight, kstats, sums, dparams, g, blk_lo, blk_hi):
     """The two sums of each part of each group (merged afterwards), and parameter gradients."""
     n_O = g[0]  # size of O
     n_fan_in = g[1]  # size of fan_in0·fan_in1·fan_in2
@@ -122,20 +114,13 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk
     xs_fan_in = g[3]  # x stride along fan_in0·fan_in1·fan_in2
     dys_O = g[4]  # dy stride along O
     dys_fan_in = g[5]  # dy stride along fan_in0·fan_in1·fan_in2
-    dxs_O = g[6]  # dx stride along O
-    dxs_fan_in = g[7]  # dx stride along fan_in0·fan_in1·fan_in2
     ss_O = g[8]  # statistics stride along O
-    ss_fan_in = g[9]  # statistics stride along fan_in0·fan_in1·fan_in2
-    ps_O = g[10]  # parameter stride along O
-    ps_fan_in = g[11]  # parameter stride along fan_in0·fan_in1·fan_in2
-    n_parts = g[12]  # parts per group (1: fused)
+    n_parts = g[12]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[13]  # parallel blocks of units
     seg = g[14]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[15]  # rows per two-pass chunk (columns)
-    n_param = g[16]  # elements per parameter
     n_units = n_O * n_parts
     n_segs = (n_fan_in + seg - 1) // seg
-    n_chunks = 1 * n_segs
+    n_chunks = n_segs
     for blk in range(blk_lo, blk_hi):
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
@@ -143,12 +128,12 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk
             c_lo = part * n_chunks // n_parts
             c_hi = (part + 1) * n_chunks // n_parts
             i_O = grp  # kept O
-            x_u = 0 + i_O * xs_O
-            dy_u = 0 + i_O * dys_O
-            s_u = 0 + i_O * ss_O
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            rstd = rstds[s_u]
+            x_u = i_O * xs_O
+            dy_u = i_O * dys_O
+            s_u = i_O * ss_O
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            rstd = kstats[3 * s_u + 2]
             a = 0.0
             b = 0.0
             mu = float64(mu_hi) + float64(mu_lo)
@@ -170,7 +155,7 @@ def backward_partial(x, dy, weight, mu_his, mu_los, rstds, sums, dparams, g, blk
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, blk_hi):
+def backward_apply(x, dy, dx, weight, kstats, coef, g, blk_lo, blk_hi):
     """dx = c0 * dy * weight + c1 * (x - mu) + c2, with per-group coefficients."""
     n_O = g[0]  # size of O
     n_fan_in = g[1]  # size of fan_in0·fan_in1·fan_in2
@@ -181,17 +166,12 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, 
     dxs_O = g[6]  # dx stride along O
     dxs_fan_in = g[7]  # dx stride along fan_in0·fan_in1·fan_in2
     ss_O = g[8]  # statistics stride along O
-    ss_fan_in = g[9]  # statistics stride along fan_in0·fan_in1·fan_in2
-    ps_O = g[10]  # parameter stride along O
-    ps_fan_in = g[11]  # parameter stride along fan_in0·fan_in1·fan_in2
-    n_parts = g[12]  # parts per group (1: fused)
+    n_parts = g[12]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[13]  # parallel blocks of units
     seg = g[14]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[15]  # rows per two-pass chunk (columns)
-    n_param = g[16]  # elements per parameter
     n_units = n_O * n_parts
     n_segs = (n_fan_in + seg - 1) // seg
-    n_chunks = 1 * n_segs
+    n_chunks = n_segs
     for blk in range(blk_lo, blk_hi):
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
@@ -199,15 +179,15 @@ def backward_apply(x, dy, dx, weight, mu_his, mu_los, c0s, c1s, c2s, g, blk_lo, 
             c_lo = part * n_chunks // n_parts
             c_hi = (part + 1) * n_chunks // n_parts
             i_O = grp  # kept O
-            x_u = 0 + i_O * xs_O
-            dy_u = 0 + i_O * dys_O
-            dx_u = 0 + i_O * dxs_O
-            s_u = 0 + i_O * ss_O
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            c0 = c0s[s_u]
-            c1 = c1s[s_u]
-            c2 = c2s[s_u]
+            x_u = i_O * xs_O
+            dy_u = i_O * dys_O
+            dx_u = i_O * dxs_O
+            s_u = i_O * ss_O
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            c0 = coef[3 * s_u]
+            c1 = coef[3 * s_u + 1]
+            c2 = coef[3 * s_u + 2]
             for c in range(c_lo, c_hi):  # chunks: segments of fan_in0·fan_in1·fan_in2
                 q = c // n_segs
                 s_lo = (c - q * n_segs) * seg

@@ -3,7 +3,10 @@
 # spec:      weight_standardization (weight_standardization.toml: input 'O *fan_in', kept 'O'), center mean, scale std
 # plan:      forward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 # loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-# key:       b0a905eeb4682388f9c1745278ea6be9
+# kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
+#            forward_partial  moments of each part of each group (merged afterwards)
+#            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
+# key:       b647e339ea2cfa9544e713cb8f4174f6
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -11,8 +14,7 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.codegen.cpu_prelude import (add_chunk, affine_row, chan, col_add, col_add4, col_dev, col_dev2,
-                                       col_grad, col_grad2, dev_sums, grad_row, sum_f64)
+from normgen.codegen.cpu_prelude import add_chunk
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -25,11 +27,9 @@ APPLY_FM = {"contract"}
 @njit(error_model="numpy", cache=True, nogil=True)
 def _finalize(n, mean, m2, eps):
     """(mu_hi, mu_lo, rstd) of a group: rstd = 1 / sqrt(M2 / n + eps)."""
-    mu = mean
-    ss = m2
-    rstd = 1.0 / np.sqrt(ss / n + eps)
-    mu_hi = dt(mu)
-    return mu_hi, dt(mu - float64(mu_hi)), dt(rstd)
+    rstd = 1.0 / np.sqrt(m2 / n + eps)
+    mu_hi = dt(mean)
+    return mu_hi, dt(mean - float64(mu_hi)), dt(rstd)
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
@@ -42,23 +42,17 @@ def forward_fused(x, y, weight, bias, moments, kstats, g, eps, blk_lo, blk_hi):
     ys_O = g[4]  # y stride along O
     ys_fan_in = g[5]  # y stride along fan_in0·fan_in1·fan_in2
     ss_O = g[6]  # statistics stride along O
-    ss_fan_in = g[7]  # statistics stride along fan_in0·fan_in1·fan_in2
-    ps_O = g[8]  # parameter stride along O
-    ps_fan_in = g[9]  # parameter stride along fan_in0·fan_in1·fan_in2
-    n_parts = g[10]  # parts per group (1: fused)
     n_blocks = g[11]  # parallel blocks of units
     seg = g[12]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[13]  # rows per two-pass chunk (columns)
-    n_param = g[14]  # elements per parameter
     n_units = n_O
     n_segs = (n_fan_in + seg - 1) // seg
-    n_chunks = 1 * n_segs
+    n_chunks = n_segs
     for blk in range(blk_lo, blk_hi):
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             i_O = unit  # kept O
-            x_u = 0 + i_O * xs_O
-            y_u = 0 + i_O * ys_O
-            s_u = 0 + i_O * ss_O
+            x_u = i_O * xs_O
+            y_u = i_O * ys_O
+            s_u = i_O * ss_O
             c_lo = 0
             c_hi = n_chunks
             n = 0.0
@@ -96,20 +90,13 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
     n_fan_in = g[1]  # size of fan_in0·fan_in1·fan_in2
     xs_O = g[2]  # x stride along O
     xs_fan_in = g[3]  # x stride along fan_in0·fan_in1·fan_in2
-    ys_O = g[4]  # y stride along O
-    ys_fan_in = g[5]  # y stride along fan_in0·fan_in1·fan_in2
     ss_O = g[6]  # statistics stride along O
-    ss_fan_in = g[7]  # statistics stride along fan_in0·fan_in1·fan_in2
-    ps_O = g[8]  # parameter stride along O
-    ps_fan_in = g[9]  # parameter stride along fan_in0·fan_in1·fan_in2
-    n_parts = g[10]  # parts per group (1: fused)
+    n_parts = g[10]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[11]  # parallel blocks of units
     seg = g[12]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[13]  # rows per two-pass chunk (columns)
-    n_param = g[14]  # elements per parameter
     n_units = n_O * n_parts
     n_segs = (n_fan_in + seg - 1) // seg
-    n_chunks = 1 * n_segs
+    n_chunks = n_segs
     for blk in range(blk_lo, blk_hi):
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
@@ -117,8 +104,8 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
             c_lo = part * n_chunks // n_parts
             c_hi = (part + 1) * n_chunks // n_parts
             i_O = grp  # kept O
-            x_u = 0 + i_O * xs_O
-            s_u = 0 + i_O * ss_O
+            x_u = i_O * xs_O
+            s_u = i_O * ss_O
             n = 0.0
             mean = 0.0
             m2 = 0.0
@@ -135,7 +122,7 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
+def forward_apply(x, y, weight, bias, kstats, g, blk_lo, blk_hi):
     """Normalize with given statistics (merged parts, mixtures, or running statistics)."""
     n_O = g[0]  # size of O
     n_fan_in = g[1]  # size of fan_in0·fan_in1·fan_in2
@@ -144,17 +131,12 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
     ys_O = g[4]  # y stride along O
     ys_fan_in = g[5]  # y stride along fan_in0·fan_in1·fan_in2
     ss_O = g[6]  # statistics stride along O
-    ss_fan_in = g[7]  # statistics stride along fan_in0·fan_in1·fan_in2
-    ps_O = g[8]  # parameter stride along O
-    ps_fan_in = g[9]  # parameter stride along fan_in0·fan_in1·fan_in2
-    n_parts = g[10]  # parts per group (1: fused)
+    n_parts = g[10]  # parts per group (1: a unit reduces a whole group)
     n_blocks = g[11]  # parallel blocks of units
     seg = g[12]  # elements per chunk (rows) / columns per unit (columns)
-    row_chunk = g[13]  # rows per two-pass chunk (columns)
-    n_param = g[14]  # elements per parameter
     n_units = n_O * n_parts
     n_segs = (n_fan_in + seg - 1) // seg
-    n_chunks = 1 * n_segs
+    n_chunks = n_segs
     for blk in range(blk_lo, blk_hi):
         for unit in range(blk * n_units // n_blocks, (blk + 1) * n_units // n_blocks):
             part = unit % n_parts
@@ -162,12 +144,12 @@ def forward_apply(x, y, weight, bias, mu_his, mu_los, rstds, g, blk_lo, blk_hi):
             c_lo = part * n_chunks // n_parts
             c_hi = (part + 1) * n_chunks // n_parts
             i_O = grp  # kept O
-            x_u = 0 + i_O * xs_O
-            y_u = 0 + i_O * ys_O
-            s_u = 0 + i_O * ss_O
-            mu_hi = mu_his[s_u]
-            mu_lo = mu_los[s_u]
-            rstd = rstds[s_u]
+            x_u = i_O * xs_O
+            y_u = i_O * ys_O
+            s_u = i_O * ss_O
+            mu_hi = kstats[3 * s_u]
+            mu_lo = kstats[3 * s_u + 1]
+            rstd = kstats[3 * s_u + 2]
             for c in range(c_lo, c_hi):  # chunks: segments of fan_in0·fan_in1·fan_in2
                 q = c // n_segs
                 s_lo = (c - q * n_segs) * seg

@@ -3,7 +3,11 @@
 // spec:      batch_norm (batch_norm.toml: input 'N C *spatial', kept 'C'), center mean, scale std
 // plan:      forward · float32 · columns · groups () · rows (N·spatial0·spatial1) · columns C
 // loop dims: N·spatial0·spatial1(R) C(K)
-// key:       02420d21482194f6108a7dd731f8bf00
+// kernels:   forward_partial  moments of each part of each group (merged afterwards)
+//            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
+//            forward_merge    one thread per group: merge the parts' moments (Chan), finalize
+//            backward_merge   one thread per group: add the parts' sums, coefficients of dx
+// key:       d86123f53d0cceb9074f0b51bd5e6107
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -84,32 +88,22 @@ __device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, N
 
 // (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(M2 / n + eps)
 __device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
-    const double mu = mean, ss = m2;
-    const double r = 1.0 / sqrt(ss / n + eps);
-    hi = (CT)mu;
-    lo = (CT)(mu - (double)hi);
-    rs = (CT)r;
+    hi = (CT)mean;
+    lo = (CT)(mean - (double)hi);
+    rs = (CT)(1.0 / sqrt(m2 / n + eps));
 }
 
 
 extern "C" __global__ void __launch_bounds__(1024) forward_partial(
     const T* __restrict__ x, double* __restrict__ moments, const long long* __restrict__ g) {
     // Moments of each column of a tile over one part of the rows (N·spatial0·spatial1).
-    [[maybe_unused]] const long long n_N_spatial = g[0];  // size of N·spatial0·spatial1
-    [[maybe_unused]] const long long n_C = g[1];  // size of C
-    [[maybe_unused]] const long long xs_N_spatial = g[2];  // x stride along N·spatial0·spatial1
-    [[maybe_unused]] const long long xs_C = g[3];  // x stride along C
-    [[maybe_unused]] const long long ys_N_spatial = g[4];  // y stride along N·spatial0·spatial1
-    [[maybe_unused]] const long long ys_C = g[5];  // y stride along C
-    [[maybe_unused]] const long long ss_N_spatial = g[6];  // statistics stride along N·spatial0·spatial1
-    [[maybe_unused]] const long long ss_C = g[7];  // statistics stride along C
-    [[maybe_unused]] const long long ps_N_spatial = g[8];  // parameter stride along N·spatial0·spatial1
-    [[maybe_unused]] const long long ps_C = g[9];  // parameter stride along C
-    [[maybe_unused]] const long long n_parts = g[10];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[12];  // elements per parameter
-
-const long long S = 1LL;  // tail elements per column
+    const long long n_N_spatial = g[0];  // size of N·spatial0·spatial1
+    const long long n_C = g[1];  // size of C
+    const long long xs_N_spatial = g[2];  // x stride along N·spatial0·spatial1
+    const long long xs_C = g[3];  // x stride along C
+    const long long ss_C = g[7];  // statistics stride along C
+    const long long n_parts = g[10];  // parts per group (1: a unit reduces a whole group)
+    const long long S = 1LL;  // tail elements per column
     const long long cpt = blockDim.x / S;  // columns per tile
     const long long n_tiles = (n_C + cpt - 1) / cpt;
     const long long unit = blockIdx.x;
@@ -132,7 +126,7 @@ const long long S = 1LL;  // tail elements per column
         K0 = (double)ld(x, x_u + i_N_spatial * xs_N_spatial);
     }
     double v1 = 0.0, v2 = 0.0;
-if (valid) {
+    if (valid) {
         for (long long q = r_lo + ty; q < r_hi; q += blockDim.y) {  // rows: N·spatial0·spatial1
             const long long i_N_spatial = q;  // reduced N·spatial0·spatial1
             const long long x_r = x_u + i_N_spatial * xs_N_spatial;
@@ -140,7 +134,8 @@ if (valid) {
             v1 += dv;
             v2 += dv * dv;
         }
-    }NG_SHARED(double, red, 2 * 1024);
+    }
+    NG_SHARED(double, red, 2 * 1024);
     const long long me = ty * blockDim.x + tx;
     red[2 * me] = v1;
     red[2 * me + 1] = v2;
@@ -183,21 +178,16 @@ extern "C" __global__ void __launch_bounds__(1024) forward_apply(
     const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
     const CT* __restrict__ kstats, const long long* __restrict__ g) {
     // Normalize each element of the tile with its column's statistics.
-    [[maybe_unused]] const long long n_N_spatial = g[0];  // size of N·spatial0·spatial1
-    [[maybe_unused]] const long long n_C = g[1];  // size of C
-    [[maybe_unused]] const long long xs_N_spatial = g[2];  // x stride along N·spatial0·spatial1
-    [[maybe_unused]] const long long xs_C = g[3];  // x stride along C
-    [[maybe_unused]] const long long ys_N_spatial = g[4];  // y stride along N·spatial0·spatial1
-    [[maybe_unused]] const long long ys_C = g[5];  // y stride along C
-    [[maybe_unused]] const long long ss_N_spatial = g[6];  // statistics stride along N·spatial0·spatial1
-    [[maybe_unused]] const long long ss_C = g[7];  // statistics stride along C
-    [[maybe_unused]] const long long ps_N_spatial = g[8];  // parameter stride along N·spatial0·spatial1
-    [[maybe_unused]] const long long ps_C = g[9];  // parameter stride along C
-    [[maybe_unused]] const long long n_parts = g[10];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[12];  // elements per parameter
-
-const long long S = 1LL;  // tail elements per column
+    const long long n_N_spatial = g[0];  // size of N·spatial0·spatial1
+    const long long n_C = g[1];  // size of C
+    const long long xs_N_spatial = g[2];  // x stride along N·spatial0·spatial1
+    const long long xs_C = g[3];  // x stride along C
+    const long long ys_N_spatial = g[4];  // y stride along N·spatial0·spatial1
+    const long long ys_C = g[5];  // y stride along C
+    const long long ss_C = g[7];  // statistics stride along C
+    const long long ps_C = g[9];  // parameter stride along C
+    const long long n_parts = g[10];  // parts per group (1: a unit reduces a whole group)
+    const long long S = 1LL;  // tail elements per column
     const long long cpt = blockDim.x / S;  // columns per tile
     const long long n_tiles = (n_C + cpt - 1) / cpt;
     const long long unit = blockIdx.x;
@@ -219,7 +209,7 @@ const long long S = 1LL;  // tail elements per column
     const CT rs = valid ? kstats[3 * s_u + 2] : (CT)0;
     const CT w = valid ? ld(weight, p_u) : (CT)0;
     const CT b = valid ? ld(bias, p_u) : (CT)0;
-if (valid) {
+    if (valid) {
         for (long long q = r_lo + ty; q < r_hi; q += blockDim.y) {  // rows: N·spatial0·spatial1
             const long long i_N_spatial = q;  // reduced N·spatial0·spatial1
             const long long x_r = x_u + i_N_spatial * xs_N_spatial;
@@ -227,7 +217,8 @@ if (valid) {
             const CT xv = ld(x, x_r);
             st(y, y_r, ((xv - hi) - lo) * rs * w + b);
         }
-    }}
+    }
+}
 
 
 extern "C" __global__ void __launch_bounds__(256) forward_merge(

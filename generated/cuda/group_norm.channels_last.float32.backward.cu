@@ -3,7 +3,11 @@
 // spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 // plan:      backward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 // loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-// key:       13c68229b2843c0d08df0c8bd9f56df8
+// kernels:   backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
+//            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
+//            forward_merge     one thread per group: merge the parts' moments (Chan), finalize
+//            backward_merge    one thread per group: add the parts' sums, coefficients of dx
+// key:       bc8b6f926098f0e3a9c4357b1726406b
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -84,49 +88,35 @@ __device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, N
 
 // (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(M2 / n + eps)
 __device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
-    const double mu = mean, ss = m2;
-    const double r = 1.0 / sqrt(ss / n + eps);
-    hi = (CT)mu;
-    lo = (CT)(mu - (double)hi);
-    rs = (CT)r;
+    hi = (CT)mean;
+    lo = (CT)(mean - (double)hi);
+    rs = (CT)(1.0 / sqrt(m2 / n + eps));
 }
 
 
 extern "C" __global__ void __launch_bounds__(1024) backward_partial(
-    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ weight,
-    const CT* __restrict__ kstats, double* __restrict__ sums, double* __restrict__ pgrad,
-    const long long* __restrict__ g) {
+    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ weight, const CT* __restrict__ kstats,
+    double* __restrict__ sums, double* __restrict__ pgrad, const long long* __restrict__ g) {
     // Per element of the tile over one part of the rows: sum dy * x_hat and sum dy (the
     // parameter gradients' partials); per column: sum g and sum g * x_hat (g = dy * weight).
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_spatial = g[1];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long n_G = g[2];  // size of G
-    [[maybe_unused]] const long long n_c = g[3];  // size of c
-    [[maybe_unused]] const long long xs_N = g[4];  // x stride along N
-    [[maybe_unused]] const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long xs_G = g[6];  // x stride along G
-    [[maybe_unused]] const long long xs_c = g[7];  // x stride along c
-    [[maybe_unused]] const long long dys_N = g[8];  // dy stride along N
-    [[maybe_unused]] const long long dys_spatial = g[9];  // dy stride along spatial0·spatial1
-    [[maybe_unused]] const long long dys_G = g[10];  // dy stride along G
-    [[maybe_unused]] const long long dys_c = g[11];  // dy stride along c
-    [[maybe_unused]] const long long dxs_N = g[12];  // dx stride along N
-    [[maybe_unused]] const long long dxs_spatial = g[13];  // dx stride along spatial0·spatial1
-    [[maybe_unused]] const long long dxs_G = g[14];  // dx stride along G
-    [[maybe_unused]] const long long dxs_c = g[15];  // dx stride along c
-    [[maybe_unused]] const long long ss_N = g[16];  // statistics stride along N
-    [[maybe_unused]] const long long ss_spatial = g[17];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_G = g[18];  // statistics stride along G
-    [[maybe_unused]] const long long ss_c = g[19];  // statistics stride along c
-    [[maybe_unused]] const long long ps_N = g[20];  // parameter stride along N
-    [[maybe_unused]] const long long ps_spatial = g[21];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_G = g[22];  // parameter stride along G
-    [[maybe_unused]] const long long ps_c = g[23];  // parameter stride along c
-    [[maybe_unused]] const long long n_parts = g[24];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[25];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[26];  // elements per parameter
-
-const long long S = n_c;  // tail elements per column
+    const long long n_spatial = g[1];  // size of spatial0·spatial1
+    const long long n_G = g[2];  // size of G
+    const long long n_c = g[3];  // size of c
+    const long long xs_N = g[4];  // x stride along N
+    const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
+    const long long xs_G = g[6];  // x stride along G
+    const long long xs_c = g[7];  // x stride along c
+    const long long dys_N = g[8];  // dy stride along N
+    const long long dys_spatial = g[9];  // dy stride along spatial0·spatial1
+    const long long dys_G = g[10];  // dy stride along G
+    const long long dys_c = g[11];  // dy stride along c
+    const long long ss_N = g[16];  // statistics stride along N
+    const long long ss_G = g[18];  // statistics stride along G
+    const long long ss_c = g[19];  // statistics stride along c
+    const long long ps_G = g[22];  // parameter stride along G
+    const long long ps_c = g[23];  // parameter stride along c
+    const long long n_parts = g[24];  // parts per group (1: a unit reduces a whole group)
+    const long long S = n_c;  // tail elements per column
     const long long cpt = blockDim.x / S;  // columns per tile
     const long long n_tiles = (n_G + cpt - 1) / cpt;
     const long long unit = blockIdx.x;
@@ -141,15 +131,15 @@ const long long S = n_c;  // tail elements per column
     const bool valid = j < n_G;
     const long long n_rows = n_spatial;
     const long long r_lo = part * n_rows / n_parts, r_hi = (part + 1) * n_rows / n_parts;
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + j * xs_G + k * xs_c;
-    [[maybe_unused]] const long long dy_u = 0LL + i_N * dys_N + j * dys_G + k * dys_c;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + j * ss_G + k * ss_c;
-    [[maybe_unused]] const long long p_u = 0LL + i_N * ps_N + j * ps_G + k * ps_c;
+    [[maybe_unused]] const long long x_u = i_N * xs_N + j * xs_G + k * xs_c;
+    [[maybe_unused]] const long long dy_u = i_N * dys_N + j * dys_G + k * dys_c;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + j * ss_G + k * ss_c;
+    [[maybe_unused]] const long long p_u = 0LL + j * ps_G + k * ps_c;
     const double mu = valid ? (double)kstats[3 * s_u] + (double)kstats[3 * s_u + 1] : 0.0;
     const double r = valid ? (double)kstats[3 * s_u + 2] : 0.0;
     const double w = valid ? (double)ld(weight, p_u) : 0.0;
     double v1 = 0.0, v2 = 0.0;  // sum dy * x_hat, sum dy
-if (valid) {
+    if (valid) {
         for (long long q = r_lo + ty; q < r_hi; q += blockDim.y) {  // rows: spatial0·spatial1
             const long long i_spatial = q;  // reduced spatial0·spatial1
             const long long x_r = x_u + i_spatial * xs_spatial;
@@ -159,7 +149,8 @@ if (valid) {
             v1 += dyv * xh;
             v2 += dyv;
         }
-    }NG_SHARED(double, red, 2 * 1024);
+    }
+    NG_SHARED(double, red, 2 * 1024);
     const long long me = ty * blockDim.x + tx;
     red[2 * me] = v1;
     red[2 * me + 1] = v2;
@@ -205,35 +196,28 @@ extern "C" __global__ void __launch_bounds__(1024) backward_apply(
     const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, const T* __restrict__ weight,
     const CT* __restrict__ kstats, const CT* __restrict__ coef, const long long* __restrict__ g) {
     // dx = c0 * dy * weight + c1 * (x - mean) + c2, with per-column coefficients.
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_spatial = g[1];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long n_G = g[2];  // size of G
-    [[maybe_unused]] const long long n_c = g[3];  // size of c
-    [[maybe_unused]] const long long xs_N = g[4];  // x stride along N
-    [[maybe_unused]] const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long xs_G = g[6];  // x stride along G
-    [[maybe_unused]] const long long xs_c = g[7];  // x stride along c
-    [[maybe_unused]] const long long dys_N = g[8];  // dy stride along N
-    [[maybe_unused]] const long long dys_spatial = g[9];  // dy stride along spatial0·spatial1
-    [[maybe_unused]] const long long dys_G = g[10];  // dy stride along G
-    [[maybe_unused]] const long long dys_c = g[11];  // dy stride along c
-    [[maybe_unused]] const long long dxs_N = g[12];  // dx stride along N
-    [[maybe_unused]] const long long dxs_spatial = g[13];  // dx stride along spatial0·spatial1
-    [[maybe_unused]] const long long dxs_G = g[14];  // dx stride along G
-    [[maybe_unused]] const long long dxs_c = g[15];  // dx stride along c
-    [[maybe_unused]] const long long ss_N = g[16];  // statistics stride along N
-    [[maybe_unused]] const long long ss_spatial = g[17];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_G = g[18];  // statistics stride along G
-    [[maybe_unused]] const long long ss_c = g[19];  // statistics stride along c
-    [[maybe_unused]] const long long ps_N = g[20];  // parameter stride along N
-    [[maybe_unused]] const long long ps_spatial = g[21];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_G = g[22];  // parameter stride along G
-    [[maybe_unused]] const long long ps_c = g[23];  // parameter stride along c
-    [[maybe_unused]] const long long n_parts = g[24];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[25];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[26];  // elements per parameter
-
-const long long S = n_c;  // tail elements per column
+    const long long n_spatial = g[1];  // size of spatial0·spatial1
+    const long long n_G = g[2];  // size of G
+    const long long n_c = g[3];  // size of c
+    const long long xs_N = g[4];  // x stride along N
+    const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
+    const long long xs_G = g[6];  // x stride along G
+    const long long xs_c = g[7];  // x stride along c
+    const long long dys_N = g[8];  // dy stride along N
+    const long long dys_spatial = g[9];  // dy stride along spatial0·spatial1
+    const long long dys_G = g[10];  // dy stride along G
+    const long long dys_c = g[11];  // dy stride along c
+    const long long dxs_N = g[12];  // dx stride along N
+    const long long dxs_spatial = g[13];  // dx stride along spatial0·spatial1
+    const long long dxs_G = g[14];  // dx stride along G
+    const long long dxs_c = g[15];  // dx stride along c
+    const long long ss_N = g[16];  // statistics stride along N
+    const long long ss_G = g[18];  // statistics stride along G
+    const long long ss_c = g[19];  // statistics stride along c
+    const long long ps_G = g[22];  // parameter stride along G
+    const long long ps_c = g[23];  // parameter stride along c
+    const long long n_parts = g[24];  // parts per group (1: a unit reduces a whole group)
+    const long long S = n_c;  // tail elements per column
     const long long cpt = blockDim.x / S;  // columns per tile
     const long long n_tiles = (n_G + cpt - 1) / cpt;
     const long long unit = blockIdx.x;
@@ -248,16 +232,16 @@ const long long S = n_c;  // tail elements per column
     const bool valid = j < n_G;
     const long long n_rows = n_spatial;
     const long long r_lo = part * n_rows / n_parts, r_hi = (part + 1) * n_rows / n_parts;
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + j * xs_G + k * xs_c;
-    [[maybe_unused]] const long long dy_u = 0LL + i_N * dys_N + j * dys_G + k * dys_c;
-    [[maybe_unused]] const long long dx_u = 0LL + i_N * dxs_N + j * dxs_G + k * dxs_c;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + j * ss_G + k * ss_c;
-    [[maybe_unused]] const long long p_u = 0LL + i_N * ps_N + j * ps_G + k * ps_c;
+    [[maybe_unused]] const long long x_u = i_N * xs_N + j * xs_G + k * xs_c;
+    [[maybe_unused]] const long long dy_u = i_N * dys_N + j * dys_G + k * dys_c;
+    [[maybe_unused]] const long long dx_u = i_N * dxs_N + j * dxs_G + k * dxs_c;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + j * ss_G + k * ss_c;
+    [[maybe_unused]] const long long p_u = 0LL + j * ps_G + k * ps_c;
     [[maybe_unused]] const CT hi = valid ? kstats[3 * s_u] : (CT)0, lo = valid ? kstats[3 * s_u + 1] : (CT)0;
     const CT c0 = valid ? coef[3 * s_u] : (CT)0, c1 = valid ? coef[3 * s_u + 1] : (CT)0;
     const CT c2 = valid ? coef[3 * s_u + 2] : (CT)0;
     const CT w = valid ? ld(weight, p_u) : (CT)0;
-if (valid) {
+    if (valid) {
         for (long long q = r_lo + ty; q < r_hi; q += blockDim.y) {  // rows: spatial0·spatial1
             const long long i_spatial = q;  // reduced spatial0·spatial1
             const long long x_r = x_u + i_spatial * xs_spatial;
@@ -266,7 +250,8 @@ if (valid) {
             const CT xv = ld(x, x_r);
             st(dx, dx_r, c0 * ld(dy, dy_r) * w + c1 * ((xv - hi) - lo) + c2);
         }
-    }}
+    }
+}
 
 
 extern "C" __global__ void __launch_bounds__(256) forward_merge(

@@ -3,7 +3,11 @@
 // spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 // plan:      forward · float32 · columns · groups (N) · rows (spatial0·spatial1) · columns G · tail c
 // loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
-// key:       9a80cd76cf4eabc661c04842ddbf6638
+// kernels:   forward_partial  moments of each part of each group (merged afterwards)
+//            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
+//            forward_merge    one thread per group: merge the parts' moments (Chan), finalize
+//            backward_merge   one thread per group: add the parts' sums, coefficients of dx
+// key:       53a55bf1068520f3bed0c7defe993caf
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -84,42 +88,27 @@ __device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, N
 
 // (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(M2 / n + eps)
 __device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
-    const double mu = mean, ss = m2;
-    const double r = 1.0 / sqrt(ss / n + eps);
-    hi = (CT)mu;
-    lo = (CT)(mu - (double)hi);
-    rs = (CT)r;
+    hi = (CT)mean;
+    lo = (CT)(mean - (double)hi);
+    rs = (CT)(1.0 / sqrt(m2 / n + eps));
 }
 
 
 extern "C" __global__ void __launch_bounds__(1024) forward_partial(
     const T* __restrict__ x, double* __restrict__ moments, const long long* __restrict__ g) {
     // Moments of each column of a tile over one part of the rows (spatial0·spatial1, and the tail c).
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_spatial = g[1];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long n_G = g[2];  // size of G
-    [[maybe_unused]] const long long n_c = g[3];  // size of c
-    [[maybe_unused]] const long long xs_N = g[4];  // x stride along N
-    [[maybe_unused]] const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long xs_G = g[6];  // x stride along G
-    [[maybe_unused]] const long long xs_c = g[7];  // x stride along c
-    [[maybe_unused]] const long long ys_N = g[8];  // y stride along N
-    [[maybe_unused]] const long long ys_spatial = g[9];  // y stride along spatial0·spatial1
-    [[maybe_unused]] const long long ys_G = g[10];  // y stride along G
-    [[maybe_unused]] const long long ys_c = g[11];  // y stride along c
-    [[maybe_unused]] const long long ss_N = g[12];  // statistics stride along N
-    [[maybe_unused]] const long long ss_spatial = g[13];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_G = g[14];  // statistics stride along G
-    [[maybe_unused]] const long long ss_c = g[15];  // statistics stride along c
-    [[maybe_unused]] const long long ps_N = g[16];  // parameter stride along N
-    [[maybe_unused]] const long long ps_spatial = g[17];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_G = g[18];  // parameter stride along G
-    [[maybe_unused]] const long long ps_c = g[19];  // parameter stride along c
-    [[maybe_unused]] const long long n_parts = g[20];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[21];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[22];  // elements per parameter
-
-const long long S = n_c;  // tail elements per column
+    const long long n_spatial = g[1];  // size of spatial0·spatial1
+    const long long n_G = g[2];  // size of G
+    const long long n_c = g[3];  // size of c
+    const long long xs_N = g[4];  // x stride along N
+    const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
+    const long long xs_G = g[6];  // x stride along G
+    const long long xs_c = g[7];  // x stride along c
+    const long long ss_N = g[12];  // statistics stride along N
+    const long long ss_G = g[14];  // statistics stride along G
+    const long long ss_c = g[15];  // statistics stride along c
+    const long long n_parts = g[20];  // parts per group (1: a unit reduces a whole group)
+    const long long S = n_c;  // tail elements per column
     const long long cpt = blockDim.x / S;  // columns per tile
     const long long n_tiles = (n_G + cpt - 1) / cpt;
     const long long unit = blockIdx.x;
@@ -134,8 +123,8 @@ const long long S = n_c;  // tail elements per column
     const bool valid = j < n_G;
     const long long n_rows = n_spatial;
     const long long r_lo = part * n_rows / n_parts, r_hi = (part + 1) * n_rows / n_parts;
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + j * xs_G + k * xs_c;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + j * ss_G + k * ss_c;
+    [[maybe_unused]] const long long x_u = i_N * xs_N + j * xs_G + k * xs_c;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + j * ss_G + k * ss_c;
     // the shift: this part's first row, element by element
     double K0 = 0.0;
     if (valid && r_lo < r_hi) {
@@ -143,7 +132,7 @@ const long long S = n_c;  // tail elements per column
         K0 = (double)ld(x, x_u + i_spatial * xs_spatial);
     }
     double v1 = 0.0, v2 = 0.0;
-if (valid) {
+    if (valid) {
         for (long long q = r_lo + ty; q < r_hi; q += blockDim.y) {  // rows: spatial0·spatial1
             const long long i_spatial = q;  // reduced spatial0·spatial1
             const long long x_r = x_u + i_spatial * xs_spatial;
@@ -151,7 +140,8 @@ if (valid) {
             v1 += dv;
             v2 += dv * dv;
         }
-    }NG_SHARED(double, red, 2 * 1024);
+    }
+    NG_SHARED(double, red, 2 * 1024);
     const long long me = ty * blockDim.x + tx;
     red[2 * me] = v1;
     red[2 * me + 1] = v2;
@@ -194,31 +184,24 @@ extern "C" __global__ void __launch_bounds__(1024) forward_apply(
     const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
     const CT* __restrict__ kstats, const long long* __restrict__ g) {
     // Normalize each element of the tile with its column's statistics.
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_spatial = g[1];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long n_G = g[2];  // size of G
-    [[maybe_unused]] const long long n_c = g[3];  // size of c
-    [[maybe_unused]] const long long xs_N = g[4];  // x stride along N
-    [[maybe_unused]] const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long xs_G = g[6];  // x stride along G
-    [[maybe_unused]] const long long xs_c = g[7];  // x stride along c
-    [[maybe_unused]] const long long ys_N = g[8];  // y stride along N
-    [[maybe_unused]] const long long ys_spatial = g[9];  // y stride along spatial0·spatial1
-    [[maybe_unused]] const long long ys_G = g[10];  // y stride along G
-    [[maybe_unused]] const long long ys_c = g[11];  // y stride along c
-    [[maybe_unused]] const long long ss_N = g[12];  // statistics stride along N
-    [[maybe_unused]] const long long ss_spatial = g[13];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_G = g[14];  // statistics stride along G
-    [[maybe_unused]] const long long ss_c = g[15];  // statistics stride along c
-    [[maybe_unused]] const long long ps_N = g[16];  // parameter stride along N
-    [[maybe_unused]] const long long ps_spatial = g[17];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_G = g[18];  // parameter stride along G
-    [[maybe_unused]] const long long ps_c = g[19];  // parameter stride along c
-    [[maybe_unused]] const long long n_parts = g[20];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[21];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[22];  // elements per parameter
-
-const long long S = n_c;  // tail elements per column
+    const long long n_spatial = g[1];  // size of spatial0·spatial1
+    const long long n_G = g[2];  // size of G
+    const long long n_c = g[3];  // size of c
+    const long long xs_N = g[4];  // x stride along N
+    const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
+    const long long xs_G = g[6];  // x stride along G
+    const long long xs_c = g[7];  // x stride along c
+    const long long ys_N = g[8];  // y stride along N
+    const long long ys_spatial = g[9];  // y stride along spatial0·spatial1
+    const long long ys_G = g[10];  // y stride along G
+    const long long ys_c = g[11];  // y stride along c
+    const long long ss_N = g[12];  // statistics stride along N
+    const long long ss_G = g[14];  // statistics stride along G
+    const long long ss_c = g[15];  // statistics stride along c
+    const long long ps_G = g[18];  // parameter stride along G
+    const long long ps_c = g[19];  // parameter stride along c
+    const long long n_parts = g[20];  // parts per group (1: a unit reduces a whole group)
+    const long long S = n_c;  // tail elements per column
     const long long cpt = blockDim.x / S;  // columns per tile
     const long long n_tiles = (n_G + cpt - 1) / cpt;
     const long long unit = blockIdx.x;
@@ -233,15 +216,15 @@ const long long S = n_c;  // tail elements per column
     const bool valid = j < n_G;
     const long long n_rows = n_spatial;
     const long long r_lo = part * n_rows / n_parts, r_hi = (part + 1) * n_rows / n_parts;
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + j * xs_G + k * xs_c;
-    [[maybe_unused]] const long long y_u = 0LL + i_N * ys_N + j * ys_G + k * ys_c;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + j * ss_G + k * ss_c;
-    [[maybe_unused]] const long long p_u = 0LL + i_N * ps_N + j * ps_G + k * ps_c;
+    [[maybe_unused]] const long long x_u = i_N * xs_N + j * xs_G + k * xs_c;
+    [[maybe_unused]] const long long y_u = i_N * ys_N + j * ys_G + k * ys_c;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + j * ss_G + k * ss_c;
+    [[maybe_unused]] const long long p_u = 0LL + j * ps_G + k * ps_c;
     [[maybe_unused]] const CT hi = valid ? kstats[3 * s_u] : (CT)0, lo = valid ? kstats[3 * s_u + 1] : (CT)0;
     const CT rs = valid ? kstats[3 * s_u + 2] : (CT)0;
     const CT w = valid ? ld(weight, p_u) : (CT)0;
     const CT b = valid ? ld(bias, p_u) : (CT)0;
-if (valid) {
+    if (valid) {
         for (long long q = r_lo + ty; q < r_hi; q += blockDim.y) {  // rows: spatial0·spatial1
             const long long i_spatial = q;  // reduced spatial0·spatial1
             const long long x_r = x_u + i_spatial * xs_spatial;
@@ -249,7 +232,8 @@ if (valid) {
             const CT xv = ld(x, x_r);
             st(y, y_r, ((xv - hi) - lo) * rs * w + b);
         }
-    }}
+    }
+}
 
 
 extern "C" __global__ void __launch_bounds__(256) forward_merge(

@@ -3,7 +3,12 @@
 // spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 // plan:      backward · float32 · rows · groups (N, G) · rows (c) · inner spatial0·spatial1
 // loop dims: N(K) G(K) c(R) spatial0·spatial1(R)
-// key:       d1affbbe95ff2f154b8153c8db1b5828
+// kernels:   backward_fused    sums of g and g·x̂ of each group, then dx (one unit per group)
+//            backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
+//            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
+//            forward_merge     one thread per group: merge the parts' moments (Chan), finalize
+//            backward_merge    one thread per group: add the parts' sums, coefficients of dx
+// key:       d209b2f7acb3b63396669ad6600684ac
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -84,11 +89,9 @@ __device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, N
 
 // (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(M2 / n + eps)
 __device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
-    const double mu = mean, ss = m2;
-    const double r = 1.0 / sqrt(ss / n + eps);
-    hi = (CT)mu;
-    lo = (CT)(mu - (double)hi);
-    rs = (CT)r;
+    hi = (CT)mean;
+    lo = (CT)(mean - (double)hi);
+    rs = (CT)(1.0 / sqrt(m2 / n + eps));
 }
 
 
@@ -96,33 +99,28 @@ extern "C" __global__ void __launch_bounds__(1024) backward_fused(
     const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, const T* __restrict__ weight,
     const CT* __restrict__ kstats, double* __restrict__ sums, const long long* __restrict__ g) {
     // Per group (N, G): the sums over c, spatial0·spatial1, then dx (one part per group).
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_G = g[1];  // size of G
-    [[maybe_unused]] const long long n_c = g[2];  // size of c
-    [[maybe_unused]] const long long n_spatial = g[3];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long xs_N = g[4];  // x stride along N
-    [[maybe_unused]] const long long xs_G = g[5];  // x stride along G
-    [[maybe_unused]] const long long xs_c = g[6];  // x stride along c
-    [[maybe_unused]] const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long dys_N = g[8];  // dy stride along N
-    [[maybe_unused]] const long long dys_G = g[9];  // dy stride along G
-    [[maybe_unused]] const long long dys_c = g[10];  // dy stride along c
-    [[maybe_unused]] const long long dys_spatial = g[11];  // dy stride along spatial0·spatial1
-    [[maybe_unused]] const long long dxs_N = g[12];  // dx stride along N
-    [[maybe_unused]] const long long dxs_G = g[13];  // dx stride along G
-    [[maybe_unused]] const long long dxs_c = g[14];  // dx stride along c
-    [[maybe_unused]] const long long dxs_spatial = g[15];  // dx stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_N = g[16];  // statistics stride along N
-    [[maybe_unused]] const long long ss_G = g[17];  // statistics stride along G
-    [[maybe_unused]] const long long ss_c = g[18];  // statistics stride along c
-    [[maybe_unused]] const long long ss_spatial = g[19];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_N = g[20];  // parameter stride along N
-    [[maybe_unused]] const long long ps_G = g[21];  // parameter stride along G
-    [[maybe_unused]] const long long ps_c = g[22];  // parameter stride along c
-    [[maybe_unused]] const long long ps_spatial = g[23];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long n_parts = g[24];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[25];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[26];  // elements per parameter
+    const long long n_N = g[0];  // size of N
+    const long long n_G = g[1];  // size of G
+    const long long n_c = g[2];  // size of c
+    const long long n_spatial = g[3];  // size of spatial0·spatial1
+    const long long xs_N = g[4];  // x stride along N
+    const long long xs_G = g[5];  // x stride along G
+    const long long xs_c = g[6];  // x stride along c
+    const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
+    const long long dys_N = g[8];  // dy stride along N
+    const long long dys_G = g[9];  // dy stride along G
+    const long long dys_c = g[10];  // dy stride along c
+    const long long dys_spatial = g[11];  // dy stride along spatial0·spatial1
+    const long long dxs_N = g[12];  // dx stride along N
+    const long long dxs_G = g[13];  // dx stride along G
+    const long long dxs_c = g[14];  // dx stride along c
+    const long long dxs_spatial = g[15];  // dx stride along spatial0·spatial1
+    const long long ss_N = g[16];  // statistics stride along N
+    const long long ss_G = g[17];  // statistics stride along G
+    const long long ps_G = g[21];  // parameter stride along G
+    const long long ps_c = g[22];  // parameter stride along c
+    const long long n_parts = g[24];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[25];  // threads per unit: 32 (a warp) or the block
     NG_SHARED(double, scratch, 4 * 32);
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
@@ -135,17 +133,17 @@ extern "C" __global__ void __launch_bounds__(1024) backward_fused(
     const long long i_G = rem_ % n_G;  // kept G
     rem_ /= n_G;
     const long long i_N = rem_;  // kept N
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + i_G * xs_G;
-    [[maybe_unused]] const long long dy_u = 0LL + i_N * dys_N + i_G * dys_G;
-    [[maybe_unused]] const long long dx_u = 0LL + i_N * dxs_N + i_G * dxs_G;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + i_G * ss_G;
-    [[maybe_unused]] const long long p_u = 0LL + i_N * ps_N + i_G * ps_G;
+    [[maybe_unused]] const long long x_u = i_N * xs_N + i_G * xs_G;
+    [[maybe_unused]] const long long dy_u = i_N * dys_N + i_G * dys_G;
+    [[maybe_unused]] const long long dx_u = i_N * dxs_N + i_G * dxs_G;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + i_G * ss_G;
+    [[maybe_unused]] const long long p_u = i_G * ps_G;
     const long long E = n_c * n_spatial;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-[[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
+    [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
     const double mu = (double)hi + (double)lo, r = (double)rs;
     double a = 0.0, b = 0.0, e_s = 0.0, f_s = 0.0;  // sum g, sum g x_hat; sum dy x_hat, sum dy
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;
@@ -173,7 +171,8 @@ extern "C" __global__ void __launch_bounds__(1024) backward_fused(
             q += dq;
             if (i >= n_spatial) { i -= n_spatial; ++q; }
         }
-    }    unit_sum4(a, b, e_s, f_s, tpu, scratch);
+    }
+    unit_sum4(a, b, e_s, f_s, tpu, scratch);
     [[maybe_unused]] const double count = (double)E;
     const CT c0 = rs;
     const CT c2 = (CT)(-r * a / count);
@@ -184,7 +183,7 @@ extern "C" __global__ void __launch_bounds__(1024) backward_fused(
         sums[4 * s_u + 2] = e_s;
         sums[4 * s_u + 3] = f_s;
     }
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;
@@ -215,36 +214,27 @@ extern "C" __global__ void __launch_bounds__(1024) backward_fused(
 
 
 extern "C" __global__ void __launch_bounds__(1024) backward_partial(
-    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ weight,
-    const CT* __restrict__ kstats, double* __restrict__ sums, const long long* __restrict__ g) {
+    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ weight, const CT* __restrict__ kstats,
+    double* __restrict__ sums, const long long* __restrict__ g) {
     // The sums of each part of each group, added up afterwards.
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_G = g[1];  // size of G
-    [[maybe_unused]] const long long n_c = g[2];  // size of c
-    [[maybe_unused]] const long long n_spatial = g[3];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long xs_N = g[4];  // x stride along N
-    [[maybe_unused]] const long long xs_G = g[5];  // x stride along G
-    [[maybe_unused]] const long long xs_c = g[6];  // x stride along c
-    [[maybe_unused]] const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long dys_N = g[8];  // dy stride along N
-    [[maybe_unused]] const long long dys_G = g[9];  // dy stride along G
-    [[maybe_unused]] const long long dys_c = g[10];  // dy stride along c
-    [[maybe_unused]] const long long dys_spatial = g[11];  // dy stride along spatial0·spatial1
-    [[maybe_unused]] const long long dxs_N = g[12];  // dx stride along N
-    [[maybe_unused]] const long long dxs_G = g[13];  // dx stride along G
-    [[maybe_unused]] const long long dxs_c = g[14];  // dx stride along c
-    [[maybe_unused]] const long long dxs_spatial = g[15];  // dx stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_N = g[16];  // statistics stride along N
-    [[maybe_unused]] const long long ss_G = g[17];  // statistics stride along G
-    [[maybe_unused]] const long long ss_c = g[18];  // statistics stride along c
-    [[maybe_unused]] const long long ss_spatial = g[19];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_N = g[20];  // parameter stride along N
-    [[maybe_unused]] const long long ps_G = g[21];  // parameter stride along G
-    [[maybe_unused]] const long long ps_c = g[22];  // parameter stride along c
-    [[maybe_unused]] const long long ps_spatial = g[23];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long n_parts = g[24];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[25];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[26];  // elements per parameter
+    const long long n_N = g[0];  // size of N
+    const long long n_G = g[1];  // size of G
+    const long long n_c = g[2];  // size of c
+    const long long n_spatial = g[3];  // size of spatial0·spatial1
+    const long long xs_N = g[4];  // x stride along N
+    const long long xs_G = g[5];  // x stride along G
+    const long long xs_c = g[6];  // x stride along c
+    const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
+    const long long dys_N = g[8];  // dy stride along N
+    const long long dys_G = g[9];  // dy stride along G
+    const long long dys_c = g[10];  // dy stride along c
+    const long long dys_spatial = g[11];  // dy stride along spatial0·spatial1
+    const long long ss_N = g[16];  // statistics stride along N
+    const long long ss_G = g[17];  // statistics stride along G
+    const long long ps_G = g[21];  // parameter stride along G
+    const long long ps_c = g[22];  // parameter stride along c
+    const long long n_parts = g[24];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[25];  // threads per unit: 32 (a warp) or the block
     NG_SHARED(double, scratch, 4 * 32);
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
@@ -257,16 +247,16 @@ extern "C" __global__ void __launch_bounds__(1024) backward_partial(
     const long long i_G = rem_ % n_G;  // kept G
     rem_ /= n_G;
     const long long i_N = rem_;  // kept N
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + i_G * xs_G;
-    [[maybe_unused]] const long long dy_u = 0LL + i_N * dys_N + i_G * dys_G;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + i_G * ss_G;
-    [[maybe_unused]] const long long p_u = 0LL + i_N * ps_N + i_G * ps_G;
+    [[maybe_unused]] const long long x_u = i_N * xs_N + i_G * xs_G;
+    [[maybe_unused]] const long long dy_u = i_N * dys_N + i_G * dys_G;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + i_G * ss_G;
+    [[maybe_unused]] const long long p_u = i_G * ps_G;
     const long long E = n_c * n_spatial;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-[[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
+    [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
     const double mu = (double)hi + (double)lo, r = (double)rs;
     double a = 0.0, b = 0.0, e_s = 0.0, f_s = 0.0;  // sum g, sum g x_hat; sum dy x_hat, sum dy
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;
@@ -294,7 +284,8 @@ extern "C" __global__ void __launch_bounds__(1024) backward_partial(
             q += dq;
             if (i >= n_spatial) { i -= n_spatial; ++q; }
         }
-    }    unit_sum4(a, b, e_s, f_s, tpu, scratch);
+    }
+    unit_sum4(a, b, e_s, f_s, tpu, scratch);
     if (lane == 0) {
         const long long k = 4 * (s_u * n_parts + part);
         sums[k] = a;
@@ -309,33 +300,28 @@ extern "C" __global__ void __launch_bounds__(1024) backward_apply(
     const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, const T* __restrict__ weight,
     const CT* __restrict__ kstats, const CT* __restrict__ coef, const long long* __restrict__ g) {
     // dx = c0 * dy * weight + c1 * (x - mean) + c2, with per-group coefficients.
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_G = g[1];  // size of G
-    [[maybe_unused]] const long long n_c = g[2];  // size of c
-    [[maybe_unused]] const long long n_spatial = g[3];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long xs_N = g[4];  // x stride along N
-    [[maybe_unused]] const long long xs_G = g[5];  // x stride along G
-    [[maybe_unused]] const long long xs_c = g[6];  // x stride along c
-    [[maybe_unused]] const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long dys_N = g[8];  // dy stride along N
-    [[maybe_unused]] const long long dys_G = g[9];  // dy stride along G
-    [[maybe_unused]] const long long dys_c = g[10];  // dy stride along c
-    [[maybe_unused]] const long long dys_spatial = g[11];  // dy stride along spatial0·spatial1
-    [[maybe_unused]] const long long dxs_N = g[12];  // dx stride along N
-    [[maybe_unused]] const long long dxs_G = g[13];  // dx stride along G
-    [[maybe_unused]] const long long dxs_c = g[14];  // dx stride along c
-    [[maybe_unused]] const long long dxs_spatial = g[15];  // dx stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_N = g[16];  // statistics stride along N
-    [[maybe_unused]] const long long ss_G = g[17];  // statistics stride along G
-    [[maybe_unused]] const long long ss_c = g[18];  // statistics stride along c
-    [[maybe_unused]] const long long ss_spatial = g[19];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_N = g[20];  // parameter stride along N
-    [[maybe_unused]] const long long ps_G = g[21];  // parameter stride along G
-    [[maybe_unused]] const long long ps_c = g[22];  // parameter stride along c
-    [[maybe_unused]] const long long ps_spatial = g[23];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long n_parts = g[24];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[25];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[26];  // elements per parameter
+    const long long n_N = g[0];  // size of N
+    const long long n_G = g[1];  // size of G
+    const long long n_c = g[2];  // size of c
+    const long long n_spatial = g[3];  // size of spatial0·spatial1
+    const long long xs_N = g[4];  // x stride along N
+    const long long xs_G = g[5];  // x stride along G
+    const long long xs_c = g[6];  // x stride along c
+    const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
+    const long long dys_N = g[8];  // dy stride along N
+    const long long dys_G = g[9];  // dy stride along G
+    const long long dys_c = g[10];  // dy stride along c
+    const long long dys_spatial = g[11];  // dy stride along spatial0·spatial1
+    const long long dxs_N = g[12];  // dx stride along N
+    const long long dxs_G = g[13];  // dx stride along G
+    const long long dxs_c = g[14];  // dx stride along c
+    const long long dxs_spatial = g[15];  // dx stride along spatial0·spatial1
+    const long long ss_N = g[16];  // statistics stride along N
+    const long long ss_G = g[17];  // statistics stride along G
+    const long long ps_G = g[21];  // parameter stride along G
+    const long long ps_c = g[22];  // parameter stride along c
+    const long long n_parts = g[24];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[25];  // threads per unit: 32 (a warp) or the block
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
     const long long unit = (long long)blockIdx.x * per_block + threadIdx.x / tpu;
@@ -347,16 +333,16 @@ extern "C" __global__ void __launch_bounds__(1024) backward_apply(
     const long long i_G = rem_ % n_G;  // kept G
     rem_ /= n_G;
     const long long i_N = rem_;  // kept N
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + i_G * xs_G;
-    [[maybe_unused]] const long long dy_u = 0LL + i_N * dys_N + i_G * dys_G;
-    [[maybe_unused]] const long long dx_u = 0LL + i_N * dxs_N + i_G * dxs_G;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + i_G * ss_G;
-    [[maybe_unused]] const long long p_u = 0LL + i_N * ps_N + i_G * ps_G;
+    [[maybe_unused]] const long long x_u = i_N * xs_N + i_G * xs_G;
+    [[maybe_unused]] const long long dy_u = i_N * dys_N + i_G * dys_G;
+    [[maybe_unused]] const long long dx_u = i_N * dxs_N + i_G * dxs_G;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + i_G * ss_G;
+    [[maybe_unused]] const long long p_u = i_G * ps_G;
     const long long E = n_c * n_spatial;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
     [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1];
     const CT c0 = coef[3 * s_u], c1 = coef[3 * s_u + 1], c2 = coef[3 * s_u + 2];
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;

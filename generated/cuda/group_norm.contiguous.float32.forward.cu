@@ -3,7 +3,12 @@
 // spec:      group_norm (group_norm.toml: input 'N (G c) *spatial', kept 'N G'), center mean, scale std
 // plan:      forward · float32 · rows · groups (N, G) · rows (c) · inner spatial0·spatial1
 // loop dims: N(K) G(K) c(R) spatial0·spatial1(R)
-// key:       df39fc658351ae66cd55d1128cf5f595
+// kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
+//            forward_partial  moments of each part of each group (merged afterwards)
+//            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
+//            forward_merge    one thread per group: merge the parts' moments (Chan), finalize
+//            backward_merge   one thread per group: add the parts' sums, coefficients of dx
+// key:       f3669ca633b443686f5b9ffeadf325c1
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -84,11 +89,9 @@ __device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, N
 
 // (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(M2 / n + eps)
 __device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
-    const double mu = mean, ss = m2;
-    const double r = 1.0 / sqrt(ss / n + eps);
-    hi = (CT)mu;
-    lo = (CT)(mu - (double)hi);
-    rs = (CT)r;
+    hi = (CT)mean;
+    lo = (CT)(mean - (double)hi);
+    rs = (CT)(1.0 / sqrt(m2 / n + eps));
 }
 
 
@@ -96,29 +99,24 @@ extern "C" __global__ void __launch_bounds__(1024) forward_fused(
     const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
     double* __restrict__ moments, CT* __restrict__ kstats, const long long* __restrict__ g, const double eps) {
     // Per group (N, G): moments over c, spatial0·spatial1, then normalize it (one part per group).
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_G = g[1];  // size of G
-    [[maybe_unused]] const long long n_c = g[2];  // size of c
-    [[maybe_unused]] const long long n_spatial = g[3];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long xs_N = g[4];  // x stride along N
-    [[maybe_unused]] const long long xs_G = g[5];  // x stride along G
-    [[maybe_unused]] const long long xs_c = g[6];  // x stride along c
-    [[maybe_unused]] const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long ys_N = g[8];  // y stride along N
-    [[maybe_unused]] const long long ys_G = g[9];  // y stride along G
-    [[maybe_unused]] const long long ys_c = g[10];  // y stride along c
-    [[maybe_unused]] const long long ys_spatial = g[11];  // y stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_N = g[12];  // statistics stride along N
-    [[maybe_unused]] const long long ss_G = g[13];  // statistics stride along G
-    [[maybe_unused]] const long long ss_c = g[14];  // statistics stride along c
-    [[maybe_unused]] const long long ss_spatial = g[15];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_N = g[16];  // parameter stride along N
-    [[maybe_unused]] const long long ps_G = g[17];  // parameter stride along G
-    [[maybe_unused]] const long long ps_c = g[18];  // parameter stride along c
-    [[maybe_unused]] const long long ps_spatial = g[19];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long n_parts = g[20];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[21];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[22];  // elements per parameter
+    const long long n_N = g[0];  // size of N
+    const long long n_G = g[1];  // size of G
+    const long long n_c = g[2];  // size of c
+    const long long n_spatial = g[3];  // size of spatial0·spatial1
+    const long long xs_N = g[4];  // x stride along N
+    const long long xs_G = g[5];  // x stride along G
+    const long long xs_c = g[6];  // x stride along c
+    const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
+    const long long ys_N = g[8];  // y stride along N
+    const long long ys_G = g[9];  // y stride along G
+    const long long ys_c = g[10];  // y stride along c
+    const long long ys_spatial = g[11];  // y stride along spatial0·spatial1
+    const long long ss_N = g[12];  // statistics stride along N
+    const long long ss_G = g[13];  // statistics stride along G
+    const long long ps_G = g[17];  // parameter stride along G
+    const long long ps_c = g[18];  // parameter stride along c
+    const long long n_parts = g[20];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[21];  // threads per unit: 32 (a warp) or the block
     NG_SHARED(double, scratch, 4 * 32);
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
@@ -131,15 +129,15 @@ extern "C" __global__ void __launch_bounds__(1024) forward_fused(
     const long long i_G = rem_ % n_G;  // kept G
     rem_ /= n_G;
     const long long i_N = rem_;  // kept N
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + i_G * xs_G;
-    [[maybe_unused]] const long long y_u = 0LL + i_N * ys_N + i_G * ys_G;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + i_G * ss_G;
-    [[maybe_unused]] const long long p_u = 0LL + i_N * ps_N + i_G * ps_G;
+    [[maybe_unused]] const long long x_u = i_N * xs_N + i_G * xs_G;
+    [[maybe_unused]] const long long y_u = i_N * ys_N + i_G * ys_G;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + i_G * ss_G;
+    [[maybe_unused]] const long long p_u = i_G * ps_G;
     const long long E = n_c * n_spatial;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-const double K = (double)ld(x, x_u);  // the shift: this group's first element
+    const double K = (double)ld(x, x_u);  // the shift: this group's first element
     double s1 = 0.0, s2 = 0.0;
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;
@@ -159,7 +157,8 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
             q += dq;
             if (i >= n_spatial) { i -= n_spatial; ++q; }
         }
-    }    unit_sum2(s1, s2, tpu, scratch);
+    }
+    unit_sum2(s1, s2, tpu, scratch);
     const double n = (double)(e_hi - e_lo);
     const double mean = K + s1 / n;
     const double m2 = fmax(s2 - s1 * s1 / n, 0.0);
@@ -173,7 +172,7 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
         kstats[3 * s_u + 1] = lo;
         kstats[3 * s_u + 2] = rs;
     }
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;
@@ -206,29 +205,18 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
 extern "C" __global__ void __launch_bounds__(1024) forward_partial(
     const T* __restrict__ x, double* __restrict__ moments, const long long* __restrict__ g) {
     // Moments of each part of each group, merged afterwards by forward_merge (Chan).
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_G = g[1];  // size of G
-    [[maybe_unused]] const long long n_c = g[2];  // size of c
-    [[maybe_unused]] const long long n_spatial = g[3];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long xs_N = g[4];  // x stride along N
-    [[maybe_unused]] const long long xs_G = g[5];  // x stride along G
-    [[maybe_unused]] const long long xs_c = g[6];  // x stride along c
-    [[maybe_unused]] const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long ys_N = g[8];  // y stride along N
-    [[maybe_unused]] const long long ys_G = g[9];  // y stride along G
-    [[maybe_unused]] const long long ys_c = g[10];  // y stride along c
-    [[maybe_unused]] const long long ys_spatial = g[11];  // y stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_N = g[12];  // statistics stride along N
-    [[maybe_unused]] const long long ss_G = g[13];  // statistics stride along G
-    [[maybe_unused]] const long long ss_c = g[14];  // statistics stride along c
-    [[maybe_unused]] const long long ss_spatial = g[15];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_N = g[16];  // parameter stride along N
-    [[maybe_unused]] const long long ps_G = g[17];  // parameter stride along G
-    [[maybe_unused]] const long long ps_c = g[18];  // parameter stride along c
-    [[maybe_unused]] const long long ps_spatial = g[19];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long n_parts = g[20];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[21];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[22];  // elements per parameter
+    const long long n_N = g[0];  // size of N
+    const long long n_G = g[1];  // size of G
+    const long long n_c = g[2];  // size of c
+    const long long n_spatial = g[3];  // size of spatial0·spatial1
+    const long long xs_N = g[4];  // x stride along N
+    const long long xs_G = g[5];  // x stride along G
+    const long long xs_c = g[6];  // x stride along c
+    const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
+    const long long ss_N = g[12];  // statistics stride along N
+    const long long ss_G = g[13];  // statistics stride along G
+    const long long n_parts = g[20];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[21];  // threads per unit: 32 (a warp) or the block
     NG_SHARED(double, scratch, 4 * 32);
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
@@ -241,13 +229,13 @@ extern "C" __global__ void __launch_bounds__(1024) forward_partial(
     const long long i_G = rem_ % n_G;  // kept G
     rem_ /= n_G;
     const long long i_N = rem_;  // kept N
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + i_G * xs_G;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + i_G * ss_G;
+    [[maybe_unused]] const long long x_u = i_N * xs_N + i_G * xs_G;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + i_G * ss_G;
     const long long E = n_c * n_spatial;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-const double K = (double)ld(x, x_u);  // the shift: this group's first element
+    const double K = (double)ld(x, x_u);  // the shift: this group's first element
     double s1 = 0.0, s2 = 0.0;
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;
@@ -267,7 +255,8 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
             q += dq;
             if (i >= n_spatial) { i -= n_spatial; ++q; }
         }
-    }    unit_sum2(s1, s2, tpu, scratch);
+    }
+    unit_sum2(s1, s2, tpu, scratch);
     const double n = (double)(e_hi - e_lo);
     const double mean = K + s1 / n;
     const double m2 = fmax(s2 - s1 * s1 / n, 0.0);
@@ -284,29 +273,24 @@ extern "C" __global__ void __launch_bounds__(1024) forward_apply(
     const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
     const CT* __restrict__ kstats, const long long* __restrict__ g) {
     // Normalize with given statistics (merged parts, mixtures, or running statistics).
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_G = g[1];  // size of G
-    [[maybe_unused]] const long long n_c = g[2];  // size of c
-    [[maybe_unused]] const long long n_spatial = g[3];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long xs_N = g[4];  // x stride along N
-    [[maybe_unused]] const long long xs_G = g[5];  // x stride along G
-    [[maybe_unused]] const long long xs_c = g[6];  // x stride along c
-    [[maybe_unused]] const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long ys_N = g[8];  // y stride along N
-    [[maybe_unused]] const long long ys_G = g[9];  // y stride along G
-    [[maybe_unused]] const long long ys_c = g[10];  // y stride along c
-    [[maybe_unused]] const long long ys_spatial = g[11];  // y stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_N = g[12];  // statistics stride along N
-    [[maybe_unused]] const long long ss_G = g[13];  // statistics stride along G
-    [[maybe_unused]] const long long ss_c = g[14];  // statistics stride along c
-    [[maybe_unused]] const long long ss_spatial = g[15];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_N = g[16];  // parameter stride along N
-    [[maybe_unused]] const long long ps_G = g[17];  // parameter stride along G
-    [[maybe_unused]] const long long ps_c = g[18];  // parameter stride along c
-    [[maybe_unused]] const long long ps_spatial = g[19];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long n_parts = g[20];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[21];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[22];  // elements per parameter
+    const long long n_N = g[0];  // size of N
+    const long long n_G = g[1];  // size of G
+    const long long n_c = g[2];  // size of c
+    const long long n_spatial = g[3];  // size of spatial0·spatial1
+    const long long xs_N = g[4];  // x stride along N
+    const long long xs_G = g[5];  // x stride along G
+    const long long xs_c = g[6];  // x stride along c
+    const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
+    const long long ys_N = g[8];  // y stride along N
+    const long long ys_G = g[9];  // y stride along G
+    const long long ys_c = g[10];  // y stride along c
+    const long long ys_spatial = g[11];  // y stride along spatial0·spatial1
+    const long long ss_N = g[12];  // statistics stride along N
+    const long long ss_G = g[13];  // statistics stride along G
+    const long long ps_G = g[17];  // parameter stride along G
+    const long long ps_c = g[18];  // parameter stride along c
+    const long long n_parts = g[20];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[21];  // threads per unit: 32 (a warp) or the block
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
     const long long unit = (long long)blockIdx.x * per_block + threadIdx.x / tpu;
@@ -318,14 +302,14 @@ extern "C" __global__ void __launch_bounds__(1024) forward_apply(
     const long long i_G = rem_ % n_G;  // kept G
     rem_ /= n_G;
     const long long i_N = rem_;  // kept N
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + i_G * xs_G;
-    [[maybe_unused]] const long long y_u = 0LL + i_N * ys_N + i_G * ys_G;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + i_G * ss_G;
-    [[maybe_unused]] const long long p_u = 0LL + i_N * ps_N + i_G * ps_G;
+    [[maybe_unused]] const long long x_u = i_N * xs_N + i_G * xs_G;
+    [[maybe_unused]] const long long y_u = i_N * ys_N + i_G * ys_G;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + i_G * ss_G;
+    [[maybe_unused]] const long long p_u = i_G * ps_G;
     const long long E = n_c * n_spatial;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
     [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;

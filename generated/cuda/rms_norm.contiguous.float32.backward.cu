@@ -3,7 +3,12 @@
 // spec:      rms_norm (rms_norm.toml: input '*batch *normalized', kept '*batch'), center none, scale rms
 // plan:      backward · float32 · rows · groups (batch) · inner normalized
 // loop dims: batch(K) normalized(R)
-// key:       e8fabf576730e28ae9810e797523be34
+// kernels:   backward_fused    sums of g and g·x̂ of each group, then dx (one unit per group)
+//            backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
+//            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
+//            forward_merge     one thread per group: merge the parts' moments (Chan), finalize
+//            backward_merge    one thread per group: add the parts' sums, coefficients of dx
+// key:       b41c248cbf13201c8d4ec3fd05bab923
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -84,11 +89,9 @@ __device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, N
 
 // (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(sum(x^2) / n + eps)
 __device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
-    const double mu = 0.0, ss = m2 + n * mean * mean;
-    const double r = 1.0 / sqrt(ss / n + eps);
-    hi = (CT)mu;
-    lo = (CT)(mu - (double)hi);
-    rs = (CT)r;
+    hi = (CT)0;
+    lo = (CT)0;
+    rs = (CT)(1.0 / sqrt((m2 + n * mean * mean) / n + eps));
 }
 
 
@@ -96,21 +99,18 @@ extern "C" __global__ void __launch_bounds__(1024) backward_fused(
     const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, const T* __restrict__ weight,
     const CT* __restrict__ kstats, double* __restrict__ sums, const long long* __restrict__ g) {
     // Per group (batch): the sums over normalized, then dx (one part per group).
-    [[maybe_unused]] const long long n_batch = g[0];  // size of batch
-    [[maybe_unused]] const long long n_normalized = g[1];  // size of normalized
-    [[maybe_unused]] const long long xs_batch = g[2];  // x stride along batch
-    [[maybe_unused]] const long long xs_normalized = g[3];  // x stride along normalized
-    [[maybe_unused]] const long long dys_batch = g[4];  // dy stride along batch
-    [[maybe_unused]] const long long dys_normalized = g[5];  // dy stride along normalized
-    [[maybe_unused]] const long long dxs_batch = g[6];  // dx stride along batch
-    [[maybe_unused]] const long long dxs_normalized = g[7];  // dx stride along normalized
-    [[maybe_unused]] const long long ss_batch = g[8];  // statistics stride along batch
-    [[maybe_unused]] const long long ss_normalized = g[9];  // statistics stride along normalized
-    [[maybe_unused]] const long long ps_batch = g[10];  // parameter stride along batch
-    [[maybe_unused]] const long long ps_normalized = g[11];  // parameter stride along normalized
-    [[maybe_unused]] const long long n_parts = g[12];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[13];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[14];  // elements per parameter
+    const long long n_batch = g[0];  // size of batch
+    const long long n_normalized = g[1];  // size of normalized
+    const long long xs_batch = g[2];  // x stride along batch
+    const long long xs_normalized = g[3];  // x stride along normalized
+    const long long dys_batch = g[4];  // dy stride along batch
+    const long long dys_normalized = g[5];  // dy stride along normalized
+    const long long dxs_batch = g[6];  // dx stride along batch
+    const long long dxs_normalized = g[7];  // dx stride along normalized
+    const long long ss_batch = g[8];  // statistics stride along batch
+    const long long ps_normalized = g[11];  // parameter stride along normalized
+    const long long n_parts = g[12];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[13];  // threads per unit: 32 (a warp) or the block
     NG_SHARED(double, scratch, 4 * 32);
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
@@ -120,17 +120,17 @@ extern "C" __global__ void __launch_bounds__(1024) backward_fused(
     if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
     [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
     const long long i_batch = grp;  // kept batch
-    [[maybe_unused]] const long long x_u = 0LL + i_batch * xs_batch;
-    [[maybe_unused]] const long long dy_u = 0LL + i_batch * dys_batch;
-    [[maybe_unused]] const long long dx_u = 0LL + i_batch * dxs_batch;
-    [[maybe_unused]] const long long s_u = 0LL + i_batch * ss_batch;
-    [[maybe_unused]] const long long p_u = 0LL + i_batch * ps_batch;
-    const long long E = 1LL * n_normalized;  // elements per group
+    [[maybe_unused]] const long long x_u = i_batch * xs_batch;
+    [[maybe_unused]] const long long dy_u = i_batch * dys_batch;
+    [[maybe_unused]] const long long dx_u = i_batch * dxs_batch;
+    [[maybe_unused]] const long long s_u = i_batch * ss_batch;
+    [[maybe_unused]] const long long p_u = 0LL;
+    const long long E = n_normalized;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-[[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
+    [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
     const double mu = (double)hi + (double)lo, r = (double)rs;
     double a = 0.0, b = 0.0, e_s = 0.0, f_s = 0.0;  // sum g, sum g x_hat; sum dy x_hat, sum dy
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_normalized;
         long long i = e - q * n_normalized;
@@ -150,7 +150,8 @@ extern "C" __global__ void __launch_bounds__(1024) backward_fused(
             q += dq;
             if (i >= n_normalized) { i -= n_normalized; ++q; }
         }
-    }    unit_sum4(a, b, e_s, f_s, tpu, scratch);
+    }
+    unit_sum4(a, b, e_s, f_s, tpu, scratch);
     [[maybe_unused]] const double count = (double)E;
     const CT c0 = rs;
     const CT c2 = (CT)0;
@@ -161,7 +162,7 @@ extern "C" __global__ void __launch_bounds__(1024) backward_fused(
         sums[4 * s_u + 2] = e_s;
         sums[4 * s_u + 3] = f_s;
     }
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_normalized;
         long long i = e - q * n_normalized;
@@ -183,24 +184,19 @@ extern "C" __global__ void __launch_bounds__(1024) backward_fused(
 
 
 extern "C" __global__ void __launch_bounds__(1024) backward_partial(
-    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ weight,
-    const CT* __restrict__ kstats, double* __restrict__ sums, const long long* __restrict__ g) {
+    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ weight, const CT* __restrict__ kstats,
+    double* __restrict__ sums, const long long* __restrict__ g) {
     // The sums of each part of each group, added up afterwards.
-    [[maybe_unused]] const long long n_batch = g[0];  // size of batch
-    [[maybe_unused]] const long long n_normalized = g[1];  // size of normalized
-    [[maybe_unused]] const long long xs_batch = g[2];  // x stride along batch
-    [[maybe_unused]] const long long xs_normalized = g[3];  // x stride along normalized
-    [[maybe_unused]] const long long dys_batch = g[4];  // dy stride along batch
-    [[maybe_unused]] const long long dys_normalized = g[5];  // dy stride along normalized
-    [[maybe_unused]] const long long dxs_batch = g[6];  // dx stride along batch
-    [[maybe_unused]] const long long dxs_normalized = g[7];  // dx stride along normalized
-    [[maybe_unused]] const long long ss_batch = g[8];  // statistics stride along batch
-    [[maybe_unused]] const long long ss_normalized = g[9];  // statistics stride along normalized
-    [[maybe_unused]] const long long ps_batch = g[10];  // parameter stride along batch
-    [[maybe_unused]] const long long ps_normalized = g[11];  // parameter stride along normalized
-    [[maybe_unused]] const long long n_parts = g[12];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[13];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[14];  // elements per parameter
+    const long long n_batch = g[0];  // size of batch
+    const long long n_normalized = g[1];  // size of normalized
+    const long long xs_batch = g[2];  // x stride along batch
+    const long long xs_normalized = g[3];  // x stride along normalized
+    const long long dys_batch = g[4];  // dy stride along batch
+    const long long dys_normalized = g[5];  // dy stride along normalized
+    const long long ss_batch = g[8];  // statistics stride along batch
+    const long long ps_normalized = g[11];  // parameter stride along normalized
+    const long long n_parts = g[12];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[13];  // threads per unit: 32 (a warp) or the block
     NG_SHARED(double, scratch, 4 * 32);
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
@@ -210,16 +206,16 @@ extern "C" __global__ void __launch_bounds__(1024) backward_partial(
     if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
     [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
     const long long i_batch = grp;  // kept batch
-    [[maybe_unused]] const long long x_u = 0LL + i_batch * xs_batch;
-    [[maybe_unused]] const long long dy_u = 0LL + i_batch * dys_batch;
-    [[maybe_unused]] const long long s_u = 0LL + i_batch * ss_batch;
-    [[maybe_unused]] const long long p_u = 0LL + i_batch * ps_batch;
-    const long long E = 1LL * n_normalized;  // elements per group
+    [[maybe_unused]] const long long x_u = i_batch * xs_batch;
+    [[maybe_unused]] const long long dy_u = i_batch * dys_batch;
+    [[maybe_unused]] const long long s_u = i_batch * ss_batch;
+    [[maybe_unused]] const long long p_u = 0LL;
+    const long long E = n_normalized;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-[[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
+    [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
     const double mu = (double)hi + (double)lo, r = (double)rs;
     double a = 0.0, b = 0.0, e_s = 0.0, f_s = 0.0;  // sum g, sum g x_hat; sum dy x_hat, sum dy
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_normalized;
         long long i = e - q * n_normalized;
@@ -239,7 +235,8 @@ extern "C" __global__ void __launch_bounds__(1024) backward_partial(
             q += dq;
             if (i >= n_normalized) { i -= n_normalized; ++q; }
         }
-    }    unit_sum4(a, b, e_s, f_s, tpu, scratch);
+    }
+    unit_sum4(a, b, e_s, f_s, tpu, scratch);
     if (lane == 0) {
         const long long k = 4 * (s_u * n_parts + part);
         sums[k] = a;
@@ -254,21 +251,18 @@ extern "C" __global__ void __launch_bounds__(1024) backward_apply(
     const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, const T* __restrict__ weight,
     const CT* __restrict__ kstats, const CT* __restrict__ coef, const long long* __restrict__ g) {
     // dx = c0 * dy * weight + c1 * (x - mean) + c2, with per-group coefficients.
-    [[maybe_unused]] const long long n_batch = g[0];  // size of batch
-    [[maybe_unused]] const long long n_normalized = g[1];  // size of normalized
-    [[maybe_unused]] const long long xs_batch = g[2];  // x stride along batch
-    [[maybe_unused]] const long long xs_normalized = g[3];  // x stride along normalized
-    [[maybe_unused]] const long long dys_batch = g[4];  // dy stride along batch
-    [[maybe_unused]] const long long dys_normalized = g[5];  // dy stride along normalized
-    [[maybe_unused]] const long long dxs_batch = g[6];  // dx stride along batch
-    [[maybe_unused]] const long long dxs_normalized = g[7];  // dx stride along normalized
-    [[maybe_unused]] const long long ss_batch = g[8];  // statistics stride along batch
-    [[maybe_unused]] const long long ss_normalized = g[9];  // statistics stride along normalized
-    [[maybe_unused]] const long long ps_batch = g[10];  // parameter stride along batch
-    [[maybe_unused]] const long long ps_normalized = g[11];  // parameter stride along normalized
-    [[maybe_unused]] const long long n_parts = g[12];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[13];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[14];  // elements per parameter
+    const long long n_batch = g[0];  // size of batch
+    const long long n_normalized = g[1];  // size of normalized
+    const long long xs_batch = g[2];  // x stride along batch
+    const long long xs_normalized = g[3];  // x stride along normalized
+    const long long dys_batch = g[4];  // dy stride along batch
+    const long long dys_normalized = g[5];  // dy stride along normalized
+    const long long dxs_batch = g[6];  // dx stride along batch
+    const long long dxs_normalized = g[7];  // dx stride along normalized
+    const long long ss_batch = g[8];  // statistics stride along batch
+    const long long ps_normalized = g[11];  // parameter stride along normalized
+    const long long n_parts = g[12];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[13];  // threads per unit: 32 (a warp) or the block
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
     const long long unit = (long long)blockIdx.x * per_block + threadIdx.x / tpu;
@@ -277,16 +271,16 @@ extern "C" __global__ void __launch_bounds__(1024) backward_apply(
     if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
     [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
     const long long i_batch = grp;  // kept batch
-    [[maybe_unused]] const long long x_u = 0LL + i_batch * xs_batch;
-    [[maybe_unused]] const long long dy_u = 0LL + i_batch * dys_batch;
-    [[maybe_unused]] const long long dx_u = 0LL + i_batch * dxs_batch;
-    [[maybe_unused]] const long long s_u = 0LL + i_batch * ss_batch;
-    [[maybe_unused]] const long long p_u = 0LL + i_batch * ps_batch;
-    const long long E = 1LL * n_normalized;  // elements per group
+    [[maybe_unused]] const long long x_u = i_batch * xs_batch;
+    [[maybe_unused]] const long long dy_u = i_batch * dys_batch;
+    [[maybe_unused]] const long long dx_u = i_batch * dxs_batch;
+    [[maybe_unused]] const long long s_u = i_batch * ss_batch;
+    [[maybe_unused]] const long long p_u = 0LL;
+    const long long E = n_normalized;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
     [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1];
     const CT c0 = coef[3 * s_u], c1 = coef[3 * s_u + 1], c2 = coef[3 * s_u + 2];
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_normalized;
         long long i = e - q * n_normalized;

@@ -3,7 +3,12 @@
 // spec:      rms_norm (rms_norm.toml: input '*batch *normalized', kept '*batch'), center none, scale rms
 // plan:      forward · float32 · rows · groups (batch) · inner normalized
 // loop dims: batch(K) normalized(R)
-// key:       e81e616b5b080f423c7626370cda4c65
+// kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
+//            forward_partial  moments of each part of each group (merged afterwards)
+//            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
+//            forward_merge    one thread per group: merge the parts' moments (Chan), finalize
+//            backward_merge   one thread per group: add the parts' sums, coefficients of dx
+// key:       39020a3ac5135dc8120b01f30b1d12e5
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -84,11 +89,9 @@ __device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, N
 
 // (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(sum(x^2) / n + eps)
 __device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
-    const double mu = 0.0, ss = m2 + n * mean * mean;
-    const double r = 1.0 / sqrt(ss / n + eps);
-    hi = (CT)mu;
-    lo = (CT)(mu - (double)hi);
-    rs = (CT)r;
+    hi = (CT)0;
+    lo = (CT)0;
+    rs = (CT)(1.0 / sqrt((m2 + n * mean * mean) / n + eps));
 }
 
 
@@ -96,19 +99,16 @@ extern "C" __global__ void __launch_bounds__(1024) forward_fused(
     const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
     double* __restrict__ moments, CT* __restrict__ kstats, const long long* __restrict__ g, const double eps) {
     // Per group (batch): moments over normalized, then normalize it (one part per group).
-    [[maybe_unused]] const long long n_batch = g[0];  // size of batch
-    [[maybe_unused]] const long long n_normalized = g[1];  // size of normalized
-    [[maybe_unused]] const long long xs_batch = g[2];  // x stride along batch
-    [[maybe_unused]] const long long xs_normalized = g[3];  // x stride along normalized
-    [[maybe_unused]] const long long ys_batch = g[4];  // y stride along batch
-    [[maybe_unused]] const long long ys_normalized = g[5];  // y stride along normalized
-    [[maybe_unused]] const long long ss_batch = g[6];  // statistics stride along batch
-    [[maybe_unused]] const long long ss_normalized = g[7];  // statistics stride along normalized
-    [[maybe_unused]] const long long ps_batch = g[8];  // parameter stride along batch
-    [[maybe_unused]] const long long ps_normalized = g[9];  // parameter stride along normalized
-    [[maybe_unused]] const long long n_parts = g[10];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[12];  // elements per parameter
+    const long long n_batch = g[0];  // size of batch
+    const long long n_normalized = g[1];  // size of normalized
+    const long long xs_batch = g[2];  // x stride along batch
+    const long long xs_normalized = g[3];  // x stride along normalized
+    const long long ys_batch = g[4];  // y stride along batch
+    const long long ys_normalized = g[5];  // y stride along normalized
+    const long long ss_batch = g[6];  // statistics stride along batch
+    const long long ps_normalized = g[9];  // parameter stride along normalized
+    const long long n_parts = g[10];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
     NG_SHARED(double, scratch, 4 * 32);
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
@@ -118,15 +118,15 @@ extern "C" __global__ void __launch_bounds__(1024) forward_fused(
     if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
     [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
     const long long i_batch = grp;  // kept batch
-    [[maybe_unused]] const long long x_u = 0LL + i_batch * xs_batch;
-    [[maybe_unused]] const long long y_u = 0LL + i_batch * ys_batch;
-    [[maybe_unused]] const long long s_u = 0LL + i_batch * ss_batch;
-    [[maybe_unused]] const long long p_u = 0LL + i_batch * ps_batch;
-    const long long E = 1LL * n_normalized;  // elements per group
+    [[maybe_unused]] const long long x_u = i_batch * xs_batch;
+    [[maybe_unused]] const long long y_u = i_batch * ys_batch;
+    [[maybe_unused]] const long long s_u = i_batch * ss_batch;
+    [[maybe_unused]] const long long p_u = 0LL;
+    const long long E = n_normalized;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-const double K = (double)ld(x, x_u);  // the shift: this group's first element
+    const double K = (double)ld(x, x_u);  // the shift: this group's first element
     double s1 = 0.0, s2 = 0.0;
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_normalized;
         long long i = e - q * n_normalized;
@@ -140,7 +140,8 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
             q += dq;
             if (i >= n_normalized) { i -= n_normalized; ++q; }
         }
-    }    unit_sum2(s1, s2, tpu, scratch);
+    }
+    unit_sum2(s1, s2, tpu, scratch);
     const double n = (double)(e_hi - e_lo);
     const double mean = K + s1 / n;
     const double m2 = fmax(s2 - s1 * s1 / n, 0.0);
@@ -154,7 +155,7 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
         kstats[3 * s_u + 1] = lo;
         kstats[3 * s_u + 2] = rs;
     }
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_normalized;
         long long i = e - q * n_normalized;
@@ -178,19 +179,13 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
 extern "C" __global__ void __launch_bounds__(1024) forward_partial(
     const T* __restrict__ x, double* __restrict__ moments, const long long* __restrict__ g) {
     // Moments of each part of each group, merged afterwards by forward_merge (Chan).
-    [[maybe_unused]] const long long n_batch = g[0];  // size of batch
-    [[maybe_unused]] const long long n_normalized = g[1];  // size of normalized
-    [[maybe_unused]] const long long xs_batch = g[2];  // x stride along batch
-    [[maybe_unused]] const long long xs_normalized = g[3];  // x stride along normalized
-    [[maybe_unused]] const long long ys_batch = g[4];  // y stride along batch
-    [[maybe_unused]] const long long ys_normalized = g[5];  // y stride along normalized
-    [[maybe_unused]] const long long ss_batch = g[6];  // statistics stride along batch
-    [[maybe_unused]] const long long ss_normalized = g[7];  // statistics stride along normalized
-    [[maybe_unused]] const long long ps_batch = g[8];  // parameter stride along batch
-    [[maybe_unused]] const long long ps_normalized = g[9];  // parameter stride along normalized
-    [[maybe_unused]] const long long n_parts = g[10];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[12];  // elements per parameter
+    const long long n_batch = g[0];  // size of batch
+    const long long n_normalized = g[1];  // size of normalized
+    const long long xs_batch = g[2];  // x stride along batch
+    const long long xs_normalized = g[3];  // x stride along normalized
+    const long long ss_batch = g[6];  // statistics stride along batch
+    const long long n_parts = g[10];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
     NG_SHARED(double, scratch, 4 * 32);
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
@@ -200,13 +195,13 @@ extern "C" __global__ void __launch_bounds__(1024) forward_partial(
     if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
     [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
     const long long i_batch = grp;  // kept batch
-    [[maybe_unused]] const long long x_u = 0LL + i_batch * xs_batch;
-    [[maybe_unused]] const long long s_u = 0LL + i_batch * ss_batch;
-    const long long E = 1LL * n_normalized;  // elements per group
+    [[maybe_unused]] const long long x_u = i_batch * xs_batch;
+    [[maybe_unused]] const long long s_u = i_batch * ss_batch;
+    const long long E = n_normalized;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-const double K = (double)ld(x, x_u);  // the shift: this group's first element
+    const double K = (double)ld(x, x_u);  // the shift: this group's first element
     double s1 = 0.0, s2 = 0.0;
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_normalized;
         long long i = e - q * n_normalized;
@@ -220,7 +215,8 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
             q += dq;
             if (i >= n_normalized) { i -= n_normalized; ++q; }
         }
-    }    unit_sum2(s1, s2, tpu, scratch);
+    }
+    unit_sum2(s1, s2, tpu, scratch);
     const double n = (double)(e_hi - e_lo);
     const double mean = K + s1 / n;
     const double m2 = fmax(s2 - s1 * s1 / n, 0.0);
@@ -237,19 +233,16 @@ extern "C" __global__ void __launch_bounds__(1024) forward_apply(
     const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
     const CT* __restrict__ kstats, const long long* __restrict__ g) {
     // Normalize with given statistics (merged parts, mixtures, or running statistics).
-    [[maybe_unused]] const long long n_batch = g[0];  // size of batch
-    [[maybe_unused]] const long long n_normalized = g[1];  // size of normalized
-    [[maybe_unused]] const long long xs_batch = g[2];  // x stride along batch
-    [[maybe_unused]] const long long xs_normalized = g[3];  // x stride along normalized
-    [[maybe_unused]] const long long ys_batch = g[4];  // y stride along batch
-    [[maybe_unused]] const long long ys_normalized = g[5];  // y stride along normalized
-    [[maybe_unused]] const long long ss_batch = g[6];  // statistics stride along batch
-    [[maybe_unused]] const long long ss_normalized = g[7];  // statistics stride along normalized
-    [[maybe_unused]] const long long ps_batch = g[8];  // parameter stride along batch
-    [[maybe_unused]] const long long ps_normalized = g[9];  // parameter stride along normalized
-    [[maybe_unused]] const long long n_parts = g[10];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[12];  // elements per parameter
+    const long long n_batch = g[0];  // size of batch
+    const long long n_normalized = g[1];  // size of normalized
+    const long long xs_batch = g[2];  // x stride along batch
+    const long long xs_normalized = g[3];  // x stride along normalized
+    const long long ys_batch = g[4];  // y stride along batch
+    const long long ys_normalized = g[5];  // y stride along normalized
+    const long long ss_batch = g[6];  // statistics stride along batch
+    const long long ps_normalized = g[9];  // parameter stride along normalized
+    const long long n_parts = g[10];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
     const long long unit = (long long)blockIdx.x * per_block + threadIdx.x / tpu;
@@ -258,14 +251,14 @@ extern "C" __global__ void __launch_bounds__(1024) forward_apply(
     if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
     [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
     const long long i_batch = grp;  // kept batch
-    [[maybe_unused]] const long long x_u = 0LL + i_batch * xs_batch;
-    [[maybe_unused]] const long long y_u = 0LL + i_batch * ys_batch;
-    [[maybe_unused]] const long long s_u = 0LL + i_batch * ss_batch;
-    [[maybe_unused]] const long long p_u = 0LL + i_batch * ps_batch;
-    const long long E = 1LL * n_normalized;  // elements per group
+    [[maybe_unused]] const long long x_u = i_batch * xs_batch;
+    [[maybe_unused]] const long long y_u = i_batch * ys_batch;
+    [[maybe_unused]] const long long s_u = i_batch * ss_batch;
+    [[maybe_unused]] const long long p_u = 0LL;
+    const long long E = n_normalized;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
     [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_normalized;
         long long i = e - q * n_normalized;

@@ -3,7 +3,11 @@
 // spec:      standardize (standardize.toml: input 'N F', kept 'F'), center mean, scale std
 // plan:      backward · float32 · columns · groups () · rows (N) · columns F
 // loop dims: N(R) F(K)
-// key:       c0a91450c557a4e5e52e5f89e6553ab5
+// kernels:   backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
+//            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
+//            forward_merge     one thread per group: merge the parts' moments (Chan), finalize
+//            backward_merge    one thread per group: add the parts' sums, coefficients of dx
+// key:       b777cea14851a00792dd1ac5c73013ce
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -84,37 +88,27 @@ __device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, N
 
 // (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(M2 / n + eps)
 __device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
-    const double mu = mean, ss = m2;
-    const double r = 1.0 / sqrt(ss / n + eps);
-    hi = (CT)mu;
-    lo = (CT)(mu - (double)hi);
-    rs = (CT)r;
+    hi = (CT)mean;
+    lo = (CT)(mean - (double)hi);
+    rs = (CT)(1.0 / sqrt(m2 / n + eps));
 }
 
 
 extern "C" __global__ void __launch_bounds__(1024) backward_partial(
-    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ weight,
-    const CT* __restrict__ kstats, double* __restrict__ sums, double* __restrict__ pgrad,
-    const long long* __restrict__ g) {
+    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ weight, const CT* __restrict__ kstats,
+    double* __restrict__ sums, double* __restrict__ pgrad, const long long* __restrict__ g) {
     // Per element of the tile over one part of the rows: sum dy * x_hat and sum dy (the
     // parameter gradients' partials); per column: sum g and sum g * x_hat (g = dy * weight).
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_F = g[1];  // size of F
-    [[maybe_unused]] const long long xs_N = g[2];  // x stride along N
-    [[maybe_unused]] const long long xs_F = g[3];  // x stride along F
-    [[maybe_unused]] const long long dys_N = g[4];  // dy stride along N
-    [[maybe_unused]] const long long dys_F = g[5];  // dy stride along F
-    [[maybe_unused]] const long long dxs_N = g[6];  // dx stride along N
-    [[maybe_unused]] const long long dxs_F = g[7];  // dx stride along F
-    [[maybe_unused]] const long long ss_N = g[8];  // statistics stride along N
-    [[maybe_unused]] const long long ss_F = g[9];  // statistics stride along F
-    [[maybe_unused]] const long long ps_N = g[10];  // parameter stride along N
-    [[maybe_unused]] const long long ps_F = g[11];  // parameter stride along F
-    [[maybe_unused]] const long long n_parts = g[12];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[13];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[14];  // elements per parameter
-
-const long long S = 1LL;  // tail elements per column
+    const long long n_N = g[0];  // size of N
+    const long long n_F = g[1];  // size of F
+    const long long xs_N = g[2];  // x stride along N
+    const long long xs_F = g[3];  // x stride along F
+    const long long dys_N = g[4];  // dy stride along N
+    const long long dys_F = g[5];  // dy stride along F
+    const long long ss_F = g[9];  // statistics stride along F
+    const long long ps_F = g[11];  // parameter stride along F
+    const long long n_parts = g[12];  // parts per group (1: a unit reduces a whole group)
+    const long long S = 1LL;  // tail elements per column
     const long long cpt = blockDim.x / S;  // columns per tile
     const long long n_tiles = (n_F + cpt - 1) / cpt;
     const long long unit = blockIdx.x;
@@ -136,7 +130,7 @@ const long long S = 1LL;  // tail elements per column
     const double r = valid ? (double)kstats[3 * s_u + 2] : 0.0;
     const double w = 1.0;
     double v1 = 0.0, v2 = 0.0;  // sum dy * x_hat, sum dy
-if (valid) {
+    if (valid) {
         for (long long q = r_lo + ty; q < r_hi; q += blockDim.y) {  // rows: N
             const long long i_N = q;  // reduced N
             const long long x_r = x_u + i_N * xs_N;
@@ -146,7 +140,8 @@ if (valid) {
             v1 += dyv * xh;
             v2 += dyv;
         }
-    }NG_SHARED(double, red, 2 * 1024);
+    }
+    NG_SHARED(double, red, 2 * 1024);
     const long long me = ty * blockDim.x + tx;
     red[2 * me] = v1;
     red[2 * me + 1] = v2;
@@ -192,23 +187,18 @@ extern "C" __global__ void __launch_bounds__(1024) backward_apply(
     const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, const T* __restrict__ weight,
     const CT* __restrict__ kstats, const CT* __restrict__ coef, const long long* __restrict__ g) {
     // dx = c0 * dy * weight + c1 * (x - mean) + c2, with per-column coefficients.
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_F = g[1];  // size of F
-    [[maybe_unused]] const long long xs_N = g[2];  // x stride along N
-    [[maybe_unused]] const long long xs_F = g[3];  // x stride along F
-    [[maybe_unused]] const long long dys_N = g[4];  // dy stride along N
-    [[maybe_unused]] const long long dys_F = g[5];  // dy stride along F
-    [[maybe_unused]] const long long dxs_N = g[6];  // dx stride along N
-    [[maybe_unused]] const long long dxs_F = g[7];  // dx stride along F
-    [[maybe_unused]] const long long ss_N = g[8];  // statistics stride along N
-    [[maybe_unused]] const long long ss_F = g[9];  // statistics stride along F
-    [[maybe_unused]] const long long ps_N = g[10];  // parameter stride along N
-    [[maybe_unused]] const long long ps_F = g[11];  // parameter stride along F
-    [[maybe_unused]] const long long n_parts = g[12];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[13];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[14];  // elements per parameter
-
-const long long S = 1LL;  // tail elements per column
+    const long long n_N = g[0];  // size of N
+    const long long n_F = g[1];  // size of F
+    const long long xs_N = g[2];  // x stride along N
+    const long long xs_F = g[3];  // x stride along F
+    const long long dys_N = g[4];  // dy stride along N
+    const long long dys_F = g[5];  // dy stride along F
+    const long long dxs_N = g[6];  // dx stride along N
+    const long long dxs_F = g[7];  // dx stride along F
+    const long long ss_F = g[9];  // statistics stride along F
+    const long long ps_F = g[11];  // parameter stride along F
+    const long long n_parts = g[12];  // parts per group (1: a unit reduces a whole group)
+    const long long S = 1LL;  // tail elements per column
     const long long cpt = blockDim.x / S;  // columns per tile
     const long long n_tiles = (n_F + cpt - 1) / cpt;
     const long long unit = blockIdx.x;
@@ -231,7 +221,7 @@ const long long S = 1LL;  // tail elements per column
     const CT c0 = valid ? coef[3 * s_u] : (CT)0, c1 = valid ? coef[3 * s_u + 1] : (CT)0;
     const CT c2 = valid ? coef[3 * s_u + 2] : (CT)0;
     const CT w = (CT)1;
-if (valid) {
+    if (valid) {
         for (long long q = r_lo + ty; q < r_hi; q += blockDim.y) {  // rows: N
             const long long i_N = q;  // reduced N
             const long long x_r = x_u + i_N * xs_N;
@@ -240,7 +230,8 @@ if (valid) {
             const CT xv = ld(x, x_r);
             st(dx, dx_r, c0 * ld(dy, dy_r) * w + c1 * ((xv - hi) - lo) + c2);
         }
-    }}
+    }
+}
 
 
 extern "C" __global__ void __launch_bounds__(256) forward_merge(

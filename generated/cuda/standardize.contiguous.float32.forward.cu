@@ -3,7 +3,11 @@
 // spec:      standardize (standardize.toml: input 'N F', kept 'F'), center mean, scale std
 // plan:      forward · float32 · columns · groups () · rows (N) · columns F
 // loop dims: N(R) F(K)
-// key:       c2dd226ffa3cd6a62c677dbf0a62054f
+// kernels:   forward_partial  moments of each part of each group (merged afterwards)
+//            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
+//            forward_merge    one thread per group: merge the parts' moments (Chan), finalize
+//            backward_merge   one thread per group: add the parts' sums, coefficients of dx
+// key:       39f5119745bd033d059f143c180d77a1
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -84,32 +88,22 @@ __device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, N
 
 // (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(M2 / n + eps)
 __device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
-    const double mu = mean, ss = m2;
-    const double r = 1.0 / sqrt(ss / n + eps);
-    hi = (CT)mu;
-    lo = (CT)(mu - (double)hi);
-    rs = (CT)r;
+    hi = (CT)mean;
+    lo = (CT)(mean - (double)hi);
+    rs = (CT)(1.0 / sqrt(m2 / n + eps));
 }
 
 
 extern "C" __global__ void __launch_bounds__(1024) forward_partial(
     const T* __restrict__ x, double* __restrict__ moments, const long long* __restrict__ g) {
     // Moments of each column of a tile over one part of the rows (N).
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_F = g[1];  // size of F
-    [[maybe_unused]] const long long xs_N = g[2];  // x stride along N
-    [[maybe_unused]] const long long xs_F = g[3];  // x stride along F
-    [[maybe_unused]] const long long ys_N = g[4];  // y stride along N
-    [[maybe_unused]] const long long ys_F = g[5];  // y stride along F
-    [[maybe_unused]] const long long ss_N = g[6];  // statistics stride along N
-    [[maybe_unused]] const long long ss_F = g[7];  // statistics stride along F
-    [[maybe_unused]] const long long ps_N = g[8];  // parameter stride along N
-    [[maybe_unused]] const long long ps_F = g[9];  // parameter stride along F
-    [[maybe_unused]] const long long n_parts = g[10];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[12];  // elements per parameter
-
-const long long S = 1LL;  // tail elements per column
+    const long long n_N = g[0];  // size of N
+    const long long n_F = g[1];  // size of F
+    const long long xs_N = g[2];  // x stride along N
+    const long long xs_F = g[3];  // x stride along F
+    const long long ss_F = g[7];  // statistics stride along F
+    const long long n_parts = g[10];  // parts per group (1: a unit reduces a whole group)
+    const long long S = 1LL;  // tail elements per column
     const long long cpt = blockDim.x / S;  // columns per tile
     const long long n_tiles = (n_F + cpt - 1) / cpt;
     const long long unit = blockIdx.x;
@@ -132,7 +126,7 @@ const long long S = 1LL;  // tail elements per column
         K0 = (double)ld(x, x_u + i_N * xs_N);
     }
     double v1 = 0.0, v2 = 0.0;
-if (valid) {
+    if (valid) {
         for (long long q = r_lo + ty; q < r_hi; q += blockDim.y) {  // rows: N
             const long long i_N = q;  // reduced N
             const long long x_r = x_u + i_N * xs_N;
@@ -140,7 +134,8 @@ if (valid) {
             v1 += dv;
             v2 += dv * dv;
         }
-    }NG_SHARED(double, red, 2 * 1024);
+    }
+    NG_SHARED(double, red, 2 * 1024);
     const long long me = ty * blockDim.x + tx;
     red[2 * me] = v1;
     red[2 * me + 1] = v2;
@@ -183,21 +178,16 @@ extern "C" __global__ void __launch_bounds__(1024) forward_apply(
     const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
     const CT* __restrict__ kstats, const long long* __restrict__ g) {
     // Normalize each element of the tile with its column's statistics.
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_F = g[1];  // size of F
-    [[maybe_unused]] const long long xs_N = g[2];  // x stride along N
-    [[maybe_unused]] const long long xs_F = g[3];  // x stride along F
-    [[maybe_unused]] const long long ys_N = g[4];  // y stride along N
-    [[maybe_unused]] const long long ys_F = g[5];  // y stride along F
-    [[maybe_unused]] const long long ss_N = g[6];  // statistics stride along N
-    [[maybe_unused]] const long long ss_F = g[7];  // statistics stride along F
-    [[maybe_unused]] const long long ps_N = g[8];  // parameter stride along N
-    [[maybe_unused]] const long long ps_F = g[9];  // parameter stride along F
-    [[maybe_unused]] const long long n_parts = g[10];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[12];  // elements per parameter
-
-const long long S = 1LL;  // tail elements per column
+    const long long n_N = g[0];  // size of N
+    const long long n_F = g[1];  // size of F
+    const long long xs_N = g[2];  // x stride along N
+    const long long xs_F = g[3];  // x stride along F
+    const long long ys_N = g[4];  // y stride along N
+    const long long ys_F = g[5];  // y stride along F
+    const long long ss_F = g[7];  // statistics stride along F
+    const long long ps_F = g[9];  // parameter stride along F
+    const long long n_parts = g[10];  // parts per group (1: a unit reduces a whole group)
+    const long long S = 1LL;  // tail elements per column
     const long long cpt = blockDim.x / S;  // columns per tile
     const long long n_tiles = (n_F + cpt - 1) / cpt;
     const long long unit = blockIdx.x;
@@ -217,7 +207,7 @@ const long long S = 1LL;  // tail elements per column
     [[maybe_unused]] const long long p_u = 0LL + j * ps_F;
     [[maybe_unused]] const CT hi = valid ? kstats[3 * s_u] : (CT)0, lo = valid ? kstats[3 * s_u + 1] : (CT)0;
     const CT rs = valid ? kstats[3 * s_u + 2] : (CT)0;
-if (valid) {
+    if (valid) {
         for (long long q = r_lo + ty; q < r_hi; q += blockDim.y) {  // rows: N
             const long long i_N = q;  // reduced N
             const long long x_r = x_u + i_N * xs_N;
@@ -225,7 +215,8 @@ if (valid) {
             const CT xv = ld(x, x_r);
             st(y, y_r, ((xv - hi) - lo) * rs);
         }
-    }}
+    }
+}
 
 
 extern "C" __global__ void __launch_bounds__(256) forward_merge(

@@ -3,7 +3,12 @@
 // spec:      switchable_norm (switchable_norm.toml: input 'N C *spatial', kept 'N C | N | C'), center mean, scale std
 // plan:      backward · float32 · rows · groups (N, C) · inner spatial0·spatial1
 // loop dims: N(K) C(K) spatial0·spatial1(R)
-// key:       36552031e9df088beebb4fc3c88ff8f3
+// kernels:   backward_fused    sums of g and g·x̂ of each group, then dx (one unit per group)
+//            backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
+//            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
+//            forward_merge     one thread per group: merge the parts' moments (Chan), finalize
+//            backward_merge    one thread per group: add the parts' sums, coefficients of dx
+// key:       17d083d7f7f53df918a6f88d6ca49adb
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -84,11 +89,9 @@ __device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, N
 
 // (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(M2 / n + eps)
 __device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
-    const double mu = mean, ss = m2;
-    const double r = 1.0 / sqrt(ss / n + eps);
-    hi = (CT)mu;
-    lo = (CT)(mu - (double)hi);
-    rs = (CT)r;
+    hi = (CT)mean;
+    lo = (CT)(mean - (double)hi);
+    rs = (CT)(1.0 / sqrt(m2 / n + eps));
 }
 
 
@@ -96,27 +99,23 @@ extern "C" __global__ void __launch_bounds__(1024) backward_fused(
     const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, const T* __restrict__ weight,
     const CT* __restrict__ kstats, double* __restrict__ sums, const long long* __restrict__ g) {
     // Per group (N, C): the sums over spatial0·spatial1, then dx (one part per group).
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_C = g[1];  // size of C
-    [[maybe_unused]] const long long n_spatial = g[2];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long xs_N = g[3];  // x stride along N
-    [[maybe_unused]] const long long xs_C = g[4];  // x stride along C
-    [[maybe_unused]] const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long dys_N = g[6];  // dy stride along N
-    [[maybe_unused]] const long long dys_C = g[7];  // dy stride along C
-    [[maybe_unused]] const long long dys_spatial = g[8];  // dy stride along spatial0·spatial1
-    [[maybe_unused]] const long long dxs_N = g[9];  // dx stride along N
-    [[maybe_unused]] const long long dxs_C = g[10];  // dx stride along C
-    [[maybe_unused]] const long long dxs_spatial = g[11];  // dx stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_N = g[12];  // statistics stride along N
-    [[maybe_unused]] const long long ss_C = g[13];  // statistics stride along C
-    [[maybe_unused]] const long long ss_spatial = g[14];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_N = g[15];  // parameter stride along N
-    [[maybe_unused]] const long long ps_C = g[16];  // parameter stride along C
-    [[maybe_unused]] const long long ps_spatial = g[17];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long n_parts = g[18];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[19];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[20];  // elements per parameter
+    const long long n_N = g[0];  // size of N
+    const long long n_C = g[1];  // size of C
+    const long long n_spatial = g[2];  // size of spatial0·spatial1
+    const long long xs_N = g[3];  // x stride along N
+    const long long xs_C = g[4];  // x stride along C
+    const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
+    const long long dys_N = g[6];  // dy stride along N
+    const long long dys_C = g[7];  // dy stride along C
+    const long long dys_spatial = g[8];  // dy stride along spatial0·spatial1
+    const long long dxs_N = g[9];  // dx stride along N
+    const long long dxs_C = g[10];  // dx stride along C
+    const long long dxs_spatial = g[11];  // dx stride along spatial0·spatial1
+    const long long ss_N = g[12];  // statistics stride along N
+    const long long ss_C = g[13];  // statistics stride along C
+    const long long ps_C = g[16];  // parameter stride along C
+    const long long n_parts = g[18];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[19];  // threads per unit: 32 (a warp) or the block
     NG_SHARED(double, scratch, 4 * 32);
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
@@ -129,17 +128,17 @@ extern "C" __global__ void __launch_bounds__(1024) backward_fused(
     const long long i_C = rem_ % n_C;  // kept C
     rem_ /= n_C;
     const long long i_N = rem_;  // kept N
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + i_C * xs_C;
-    [[maybe_unused]] const long long dy_u = 0LL + i_N * dys_N + i_C * dys_C;
-    [[maybe_unused]] const long long dx_u = 0LL + i_N * dxs_N + i_C * dxs_C;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + i_C * ss_C;
-    [[maybe_unused]] const long long p_u = 0LL + i_N * ps_N + i_C * ps_C;
-    const long long E = 1LL * n_spatial;  // elements per group
+    [[maybe_unused]] const long long x_u = i_N * xs_N + i_C * xs_C;
+    [[maybe_unused]] const long long dy_u = i_N * dys_N + i_C * dys_C;
+    [[maybe_unused]] const long long dx_u = i_N * dxs_N + i_C * dxs_C;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + i_C * ss_C;
+    [[maybe_unused]] const long long p_u = i_C * ps_C;
+    const long long E = n_spatial;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-[[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
+    [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
     const double mu = (double)hi + (double)lo, r = (double)rs;
     double a = 0.0, b = 0.0, e_s = 0.0, f_s = 0.0;  // sum g, sum g x_hat; sum dy x_hat, sum dy
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;
@@ -159,7 +158,8 @@ extern "C" __global__ void __launch_bounds__(1024) backward_fused(
             q += dq;
             if (i >= n_spatial) { i -= n_spatial; ++q; }
         }
-    }    unit_sum4(a, b, e_s, f_s, tpu, scratch);
+    }
+    unit_sum4(a, b, e_s, f_s, tpu, scratch);
     [[maybe_unused]] const double count = (double)E;
     const CT c0 = rs;
     const CT c2 = (CT)(-r * a / count);
@@ -170,7 +170,7 @@ extern "C" __global__ void __launch_bounds__(1024) backward_fused(
         sums[4 * s_u + 2] = e_s;
         sums[4 * s_u + 3] = f_s;
     }
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;
@@ -192,30 +192,23 @@ extern "C" __global__ void __launch_bounds__(1024) backward_fused(
 
 
 extern "C" __global__ void __launch_bounds__(1024) backward_partial(
-    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ weight,
-    const CT* __restrict__ kstats, double* __restrict__ sums, const long long* __restrict__ g) {
+    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ weight, const CT* __restrict__ kstats,
+    double* __restrict__ sums, const long long* __restrict__ g) {
     // The sums of each part of each group, added up afterwards.
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_C = g[1];  // size of C
-    [[maybe_unused]] const long long n_spatial = g[2];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long xs_N = g[3];  // x stride along N
-    [[maybe_unused]] const long long xs_C = g[4];  // x stride along C
-    [[maybe_unused]] const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long dys_N = g[6];  // dy stride along N
-    [[maybe_unused]] const long long dys_C = g[7];  // dy stride along C
-    [[maybe_unused]] const long long dys_spatial = g[8];  // dy stride along spatial0·spatial1
-    [[maybe_unused]] const long long dxs_N = g[9];  // dx stride along N
-    [[maybe_unused]] const long long dxs_C = g[10];  // dx stride along C
-    [[maybe_unused]] const long long dxs_spatial = g[11];  // dx stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_N = g[12];  // statistics stride along N
-    [[maybe_unused]] const long long ss_C = g[13];  // statistics stride along C
-    [[maybe_unused]] const long long ss_spatial = g[14];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_N = g[15];  // parameter stride along N
-    [[maybe_unused]] const long long ps_C = g[16];  // parameter stride along C
-    [[maybe_unused]] const long long ps_spatial = g[17];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long n_parts = g[18];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[19];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[20];  // elements per parameter
+    const long long n_N = g[0];  // size of N
+    const long long n_C = g[1];  // size of C
+    const long long n_spatial = g[2];  // size of spatial0·spatial1
+    const long long xs_N = g[3];  // x stride along N
+    const long long xs_C = g[4];  // x stride along C
+    const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
+    const long long dys_N = g[6];  // dy stride along N
+    const long long dys_C = g[7];  // dy stride along C
+    const long long dys_spatial = g[8];  // dy stride along spatial0·spatial1
+    const long long ss_N = g[12];  // statistics stride along N
+    const long long ss_C = g[13];  // statistics stride along C
+    const long long ps_C = g[16];  // parameter stride along C
+    const long long n_parts = g[18];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[19];  // threads per unit: 32 (a warp) or the block
     NG_SHARED(double, scratch, 4 * 32);
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
@@ -228,16 +221,16 @@ extern "C" __global__ void __launch_bounds__(1024) backward_partial(
     const long long i_C = rem_ % n_C;  // kept C
     rem_ /= n_C;
     const long long i_N = rem_;  // kept N
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + i_C * xs_C;
-    [[maybe_unused]] const long long dy_u = 0LL + i_N * dys_N + i_C * dys_C;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + i_C * ss_C;
-    [[maybe_unused]] const long long p_u = 0LL + i_N * ps_N + i_C * ps_C;
-    const long long E = 1LL * n_spatial;  // elements per group
+    [[maybe_unused]] const long long x_u = i_N * xs_N + i_C * xs_C;
+    [[maybe_unused]] const long long dy_u = i_N * dys_N + i_C * dys_C;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + i_C * ss_C;
+    [[maybe_unused]] const long long p_u = i_C * ps_C;
+    const long long E = n_spatial;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-[[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
+    [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
     const double mu = (double)hi + (double)lo, r = (double)rs;
     double a = 0.0, b = 0.0, e_s = 0.0, f_s = 0.0;  // sum g, sum g x_hat; sum dy x_hat, sum dy
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;
@@ -257,7 +250,8 @@ extern "C" __global__ void __launch_bounds__(1024) backward_partial(
             q += dq;
             if (i >= n_spatial) { i -= n_spatial; ++q; }
         }
-    }    unit_sum4(a, b, e_s, f_s, tpu, scratch);
+    }
+    unit_sum4(a, b, e_s, f_s, tpu, scratch);
     if (lane == 0) {
         const long long k = 4 * (s_u * n_parts + part);
         sums[k] = a;
@@ -272,27 +266,23 @@ extern "C" __global__ void __launch_bounds__(1024) backward_apply(
     const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, const T* __restrict__ weight,
     const CT* __restrict__ kstats, const CT* __restrict__ coef, const long long* __restrict__ g) {
     // dx = c0 * dy * weight + c1 * (x - mean) + c2, with per-group coefficients.
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_C = g[1];  // size of C
-    [[maybe_unused]] const long long n_spatial = g[2];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long xs_N = g[3];  // x stride along N
-    [[maybe_unused]] const long long xs_C = g[4];  // x stride along C
-    [[maybe_unused]] const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long dys_N = g[6];  // dy stride along N
-    [[maybe_unused]] const long long dys_C = g[7];  // dy stride along C
-    [[maybe_unused]] const long long dys_spatial = g[8];  // dy stride along spatial0·spatial1
-    [[maybe_unused]] const long long dxs_N = g[9];  // dx stride along N
-    [[maybe_unused]] const long long dxs_C = g[10];  // dx stride along C
-    [[maybe_unused]] const long long dxs_spatial = g[11];  // dx stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_N = g[12];  // statistics stride along N
-    [[maybe_unused]] const long long ss_C = g[13];  // statistics stride along C
-    [[maybe_unused]] const long long ss_spatial = g[14];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_N = g[15];  // parameter stride along N
-    [[maybe_unused]] const long long ps_C = g[16];  // parameter stride along C
-    [[maybe_unused]] const long long ps_spatial = g[17];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long n_parts = g[18];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[19];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[20];  // elements per parameter
+    const long long n_N = g[0];  // size of N
+    const long long n_C = g[1];  // size of C
+    const long long n_spatial = g[2];  // size of spatial0·spatial1
+    const long long xs_N = g[3];  // x stride along N
+    const long long xs_C = g[4];  // x stride along C
+    const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
+    const long long dys_N = g[6];  // dy stride along N
+    const long long dys_C = g[7];  // dy stride along C
+    const long long dys_spatial = g[8];  // dy stride along spatial0·spatial1
+    const long long dxs_N = g[9];  // dx stride along N
+    const long long dxs_C = g[10];  // dx stride along C
+    const long long dxs_spatial = g[11];  // dx stride along spatial0·spatial1
+    const long long ss_N = g[12];  // statistics stride along N
+    const long long ss_C = g[13];  // statistics stride along C
+    const long long ps_C = g[16];  // parameter stride along C
+    const long long n_parts = g[18];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[19];  // threads per unit: 32 (a warp) or the block
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
     const long long unit = (long long)blockIdx.x * per_block + threadIdx.x / tpu;
@@ -304,16 +294,16 @@ extern "C" __global__ void __launch_bounds__(1024) backward_apply(
     const long long i_C = rem_ % n_C;  // kept C
     rem_ /= n_C;
     const long long i_N = rem_;  // kept N
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + i_C * xs_C;
-    [[maybe_unused]] const long long dy_u = 0LL + i_N * dys_N + i_C * dys_C;
-    [[maybe_unused]] const long long dx_u = 0LL + i_N * dxs_N + i_C * dxs_C;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + i_C * ss_C;
-    [[maybe_unused]] const long long p_u = 0LL + i_N * ps_N + i_C * ps_C;
-    const long long E = 1LL * n_spatial;  // elements per group
+    [[maybe_unused]] const long long x_u = i_N * xs_N + i_C * xs_C;
+    [[maybe_unused]] const long long dy_u = i_N * dys_N + i_C * dys_C;
+    [[maybe_unused]] const long long dx_u = i_N * dxs_N + i_C * dxs_C;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + i_C * ss_C;
+    [[maybe_unused]] const long long p_u = i_C * ps_C;
+    const long long E = n_spatial;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
     [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1];
     const CT c0 = coef[3 * s_u], c1 = coef[3 * s_u + 1], c2 = coef[3 * s_u + 2];
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;

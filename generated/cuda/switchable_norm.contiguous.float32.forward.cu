@@ -3,7 +3,12 @@
 // spec:      switchable_norm (switchable_norm.toml: input 'N C *spatial', kept 'N C | N | C'), center mean, scale std
 // plan:      forward · float32 · rows · groups (N, C) · inner spatial0·spatial1
 // loop dims: N(K) C(K) spatial0·spatial1(R)
-// key:       98198c017f2ff78cc3679dc4db3f2918
+// kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
+//            forward_partial  moments of each part of each group (merged afterwards)
+//            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
+//            forward_merge    one thread per group: merge the parts' moments (Chan), finalize
+//            backward_merge   one thread per group: add the parts' sums, coefficients of dx
+// key:       e08e24045999e1949345d8e424e9af61
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -84,11 +89,9 @@ __device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, N
 
 // (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(M2 / n + eps)
 __device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
-    const double mu = mean, ss = m2;
-    const double r = 1.0 / sqrt(ss / n + eps);
-    hi = (CT)mu;
-    lo = (CT)(mu - (double)hi);
-    rs = (CT)r;
+    hi = (CT)mean;
+    lo = (CT)(mean - (double)hi);
+    rs = (CT)(1.0 / sqrt(m2 / n + eps));
 }
 
 
@@ -96,24 +99,20 @@ extern "C" __global__ void __launch_bounds__(1024) forward_fused(
     const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
     double* __restrict__ moments, CT* __restrict__ kstats, const long long* __restrict__ g, const double eps) {
     // Per group (N, C): moments over spatial0·spatial1, then normalize it (one part per group).
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_C = g[1];  // size of C
-    [[maybe_unused]] const long long n_spatial = g[2];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long xs_N = g[3];  // x stride along N
-    [[maybe_unused]] const long long xs_C = g[4];  // x stride along C
-    [[maybe_unused]] const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long ys_N = g[6];  // y stride along N
-    [[maybe_unused]] const long long ys_C = g[7];  // y stride along C
-    [[maybe_unused]] const long long ys_spatial = g[8];  // y stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_N = g[9];  // statistics stride along N
-    [[maybe_unused]] const long long ss_C = g[10];  // statistics stride along C
-    [[maybe_unused]] const long long ss_spatial = g[11];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_N = g[12];  // parameter stride along N
-    [[maybe_unused]] const long long ps_C = g[13];  // parameter stride along C
-    [[maybe_unused]] const long long ps_spatial = g[14];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long n_parts = g[15];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[16];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[17];  // elements per parameter
+    const long long n_N = g[0];  // size of N
+    const long long n_C = g[1];  // size of C
+    const long long n_spatial = g[2];  // size of spatial0·spatial1
+    const long long xs_N = g[3];  // x stride along N
+    const long long xs_C = g[4];  // x stride along C
+    const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
+    const long long ys_N = g[6];  // y stride along N
+    const long long ys_C = g[7];  // y stride along C
+    const long long ys_spatial = g[8];  // y stride along spatial0·spatial1
+    const long long ss_N = g[9];  // statistics stride along N
+    const long long ss_C = g[10];  // statistics stride along C
+    const long long ps_C = g[13];  // parameter stride along C
+    const long long n_parts = g[15];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[16];  // threads per unit: 32 (a warp) or the block
     NG_SHARED(double, scratch, 4 * 32);
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
@@ -126,15 +125,15 @@ extern "C" __global__ void __launch_bounds__(1024) forward_fused(
     const long long i_C = rem_ % n_C;  // kept C
     rem_ /= n_C;
     const long long i_N = rem_;  // kept N
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + i_C * xs_C;
-    [[maybe_unused]] const long long y_u = 0LL + i_N * ys_N + i_C * ys_C;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + i_C * ss_C;
-    [[maybe_unused]] const long long p_u = 0LL + i_N * ps_N + i_C * ps_C;
-    const long long E = 1LL * n_spatial;  // elements per group
+    [[maybe_unused]] const long long x_u = i_N * xs_N + i_C * xs_C;
+    [[maybe_unused]] const long long y_u = i_N * ys_N + i_C * ys_C;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + i_C * ss_C;
+    [[maybe_unused]] const long long p_u = i_C * ps_C;
+    const long long E = n_spatial;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-const double K = (double)ld(x, x_u);  // the shift: this group's first element
+    const double K = (double)ld(x, x_u);  // the shift: this group's first element
     double s1 = 0.0, s2 = 0.0;
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;
@@ -148,7 +147,8 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
             q += dq;
             if (i >= n_spatial) { i -= n_spatial; ++q; }
         }
-    }    unit_sum2(s1, s2, tpu, scratch);
+    }
+    unit_sum2(s1, s2, tpu, scratch);
     const double n = (double)(e_hi - e_lo);
     const double mean = K + s1 / n;
     const double m2 = fmax(s2 - s1 * s1 / n, 0.0);
@@ -162,7 +162,7 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
         kstats[3 * s_u + 1] = lo;
         kstats[3 * s_u + 2] = rs;
     }
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;
@@ -187,24 +187,16 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
 extern "C" __global__ void __launch_bounds__(1024) forward_partial(
     const T* __restrict__ x, double* __restrict__ moments, const long long* __restrict__ g) {
     // Moments of each part of each group, merged afterwards by forward_merge (Chan).
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_C = g[1];  // size of C
-    [[maybe_unused]] const long long n_spatial = g[2];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long xs_N = g[3];  // x stride along N
-    [[maybe_unused]] const long long xs_C = g[4];  // x stride along C
-    [[maybe_unused]] const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long ys_N = g[6];  // y stride along N
-    [[maybe_unused]] const long long ys_C = g[7];  // y stride along C
-    [[maybe_unused]] const long long ys_spatial = g[8];  // y stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_N = g[9];  // statistics stride along N
-    [[maybe_unused]] const long long ss_C = g[10];  // statistics stride along C
-    [[maybe_unused]] const long long ss_spatial = g[11];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_N = g[12];  // parameter stride along N
-    [[maybe_unused]] const long long ps_C = g[13];  // parameter stride along C
-    [[maybe_unused]] const long long ps_spatial = g[14];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long n_parts = g[15];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[16];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[17];  // elements per parameter
+    const long long n_N = g[0];  // size of N
+    const long long n_C = g[1];  // size of C
+    const long long n_spatial = g[2];  // size of spatial0·spatial1
+    const long long xs_N = g[3];  // x stride along N
+    const long long xs_C = g[4];  // x stride along C
+    const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
+    const long long ss_N = g[9];  // statistics stride along N
+    const long long ss_C = g[10];  // statistics stride along C
+    const long long n_parts = g[15];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[16];  // threads per unit: 32 (a warp) or the block
     NG_SHARED(double, scratch, 4 * 32);
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
@@ -217,13 +209,13 @@ extern "C" __global__ void __launch_bounds__(1024) forward_partial(
     const long long i_C = rem_ % n_C;  // kept C
     rem_ /= n_C;
     const long long i_N = rem_;  // kept N
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + i_C * xs_C;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + i_C * ss_C;
-    const long long E = 1LL * n_spatial;  // elements per group
+    [[maybe_unused]] const long long x_u = i_N * xs_N + i_C * xs_C;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + i_C * ss_C;
+    const long long E = n_spatial;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-const double K = (double)ld(x, x_u);  // the shift: this group's first element
+    const double K = (double)ld(x, x_u);  // the shift: this group's first element
     double s1 = 0.0, s2 = 0.0;
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;
@@ -237,7 +229,8 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
             q += dq;
             if (i >= n_spatial) { i -= n_spatial; ++q; }
         }
-    }    unit_sum2(s1, s2, tpu, scratch);
+    }
+    unit_sum2(s1, s2, tpu, scratch);
     const double n = (double)(e_hi - e_lo);
     const double mean = K + s1 / n;
     const double m2 = fmax(s2 - s1 * s1 / n, 0.0);
@@ -254,24 +247,20 @@ extern "C" __global__ void __launch_bounds__(1024) forward_apply(
     const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
     const CT* __restrict__ kstats, const long long* __restrict__ g) {
     // Normalize with given statistics (merged parts, mixtures, or running statistics).
-    [[maybe_unused]] const long long n_N = g[0];  // size of N
-    [[maybe_unused]] const long long n_C = g[1];  // size of C
-    [[maybe_unused]] const long long n_spatial = g[2];  // size of spatial0·spatial1
-    [[maybe_unused]] const long long xs_N = g[3];  // x stride along N
-    [[maybe_unused]] const long long xs_C = g[4];  // x stride along C
-    [[maybe_unused]] const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
-    [[maybe_unused]] const long long ys_N = g[6];  // y stride along N
-    [[maybe_unused]] const long long ys_C = g[7];  // y stride along C
-    [[maybe_unused]] const long long ys_spatial = g[8];  // y stride along spatial0·spatial1
-    [[maybe_unused]] const long long ss_N = g[9];  // statistics stride along N
-    [[maybe_unused]] const long long ss_C = g[10];  // statistics stride along C
-    [[maybe_unused]] const long long ss_spatial = g[11];  // statistics stride along spatial0·spatial1
-    [[maybe_unused]] const long long ps_N = g[12];  // parameter stride along N
-    [[maybe_unused]] const long long ps_C = g[13];  // parameter stride along C
-    [[maybe_unused]] const long long ps_spatial = g[14];  // parameter stride along spatial0·spatial1
-    [[maybe_unused]] const long long n_parts = g[15];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[16];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[17];  // elements per parameter
+    const long long n_N = g[0];  // size of N
+    const long long n_C = g[1];  // size of C
+    const long long n_spatial = g[2];  // size of spatial0·spatial1
+    const long long xs_N = g[3];  // x stride along N
+    const long long xs_C = g[4];  // x stride along C
+    const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
+    const long long ys_N = g[6];  // y stride along N
+    const long long ys_C = g[7];  // y stride along C
+    const long long ys_spatial = g[8];  // y stride along spatial0·spatial1
+    const long long ss_N = g[9];  // statistics stride along N
+    const long long ss_C = g[10];  // statistics stride along C
+    const long long ps_C = g[13];  // parameter stride along C
+    const long long n_parts = g[15];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[16];  // threads per unit: 32 (a warp) or the block
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
     const long long unit = (long long)blockIdx.x * per_block + threadIdx.x / tpu;
@@ -283,14 +272,14 @@ extern "C" __global__ void __launch_bounds__(1024) forward_apply(
     const long long i_C = rem_ % n_C;  // kept C
     rem_ /= n_C;
     const long long i_N = rem_;  // kept N
-    [[maybe_unused]] const long long x_u = 0LL + i_N * xs_N + i_C * xs_C;
-    [[maybe_unused]] const long long y_u = 0LL + i_N * ys_N + i_C * ys_C;
-    [[maybe_unused]] const long long s_u = 0LL + i_N * ss_N + i_C * ss_C;
-    [[maybe_unused]] const long long p_u = 0LL + i_N * ps_N + i_C * ps_C;
-    const long long E = 1LL * n_spatial;  // elements per group
+    [[maybe_unused]] const long long x_u = i_N * xs_N + i_C * xs_C;
+    [[maybe_unused]] const long long y_u = i_N * ys_N + i_C * ys_C;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + i_C * ss_C;
+    [[maybe_unused]] const long long p_u = i_C * ps_C;
+    const long long E = n_spatial;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
     [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_spatial;
         long long i = e - q * n_spatial;

@@ -3,7 +3,12 @@
 // spec:      weight_norm (weight_norm.toml: input 'O *fan_in', kept 'O'), center none, scale l2
 // plan:      forward · float32 · rows · groups (O) · inner fan_in0·fan_in1·fan_in2
 // loop dims: O(K) fan_in0·fan_in1·fan_in2(R)
-// key:       3e4a044afe4a67e85795fc101eebd884
+// kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
+//            forward_partial  moments of each part of each group (merged afterwards)
+//            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
+//            forward_merge    one thread per group: merge the parts' moments (Chan), finalize
+//            backward_merge   one thread per group: add the parts' sums, coefficients of dx
+// key:       00dbc2b7100926e33557744c55e658bd
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Reductions accumulate
@@ -84,11 +89,9 @@ __device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, N
 
 // (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(sum(x_c^2) + eps)
 __device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
-    const double mu = 0.0, ss = m2 + n * mean * mean;
-    const double r = 1.0 / sqrt(ss + eps);
-    hi = (CT)mu;
-    lo = (CT)(mu - (double)hi);
-    rs = (CT)r;
+    hi = (CT)0;
+    lo = (CT)0;
+    rs = (CT)(1.0 / sqrt((m2 + n * mean * mean) + eps));
 }
 
 
@@ -96,19 +99,16 @@ extern "C" __global__ void __launch_bounds__(1024) forward_fused(
     const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
     double* __restrict__ moments, CT* __restrict__ kstats, const long long* __restrict__ g, const double eps) {
     // Per group (O): moments over fan_in0·fan_in1·fan_in2, then normalize it (one part per group).
-    [[maybe_unused]] const long long n_O = g[0];  // size of O
-    [[maybe_unused]] const long long n_fan_in = g[1];  // size of fan_in0·fan_in1·fan_in2
-    [[maybe_unused]] const long long xs_O = g[2];  // x stride along O
-    [[maybe_unused]] const long long xs_fan_in = g[3];  // x stride along fan_in0·fan_in1·fan_in2
-    [[maybe_unused]] const long long ys_O = g[4];  // y stride along O
-    [[maybe_unused]] const long long ys_fan_in = g[5];  // y stride along fan_in0·fan_in1·fan_in2
-    [[maybe_unused]] const long long ss_O = g[6];  // statistics stride along O
-    [[maybe_unused]] const long long ss_fan_in = g[7];  // statistics stride along fan_in0·fan_in1·fan_in2
-    [[maybe_unused]] const long long ps_O = g[8];  // parameter stride along O
-    [[maybe_unused]] const long long ps_fan_in = g[9];  // parameter stride along fan_in0·fan_in1·fan_in2
-    [[maybe_unused]] const long long n_parts = g[10];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[12];  // elements per parameter
+    const long long n_O = g[0];  // size of O
+    const long long n_fan_in = g[1];  // size of fan_in0·fan_in1·fan_in2
+    const long long xs_O = g[2];  // x stride along O
+    const long long xs_fan_in = g[3];  // x stride along fan_in0·fan_in1·fan_in2
+    const long long ys_O = g[4];  // y stride along O
+    const long long ys_fan_in = g[5];  // y stride along fan_in0·fan_in1·fan_in2
+    const long long ss_O = g[6];  // statistics stride along O
+    const long long ps_O = g[8];  // parameter stride along O
+    const long long n_parts = g[10];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
     NG_SHARED(double, scratch, 4 * 32);
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
@@ -118,15 +118,15 @@ extern "C" __global__ void __launch_bounds__(1024) forward_fused(
     if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
     [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
     const long long i_O = grp;  // kept O
-    [[maybe_unused]] const long long x_u = 0LL + i_O * xs_O;
-    [[maybe_unused]] const long long y_u = 0LL + i_O * ys_O;
-    [[maybe_unused]] const long long s_u = 0LL + i_O * ss_O;
-    [[maybe_unused]] const long long p_u = 0LL + i_O * ps_O;
-    const long long E = 1LL * n_fan_in;  // elements per group
+    [[maybe_unused]] const long long x_u = i_O * xs_O;
+    [[maybe_unused]] const long long y_u = i_O * ys_O;
+    [[maybe_unused]] const long long s_u = i_O * ss_O;
+    [[maybe_unused]] const long long p_u = i_O * ps_O;
+    const long long E = n_fan_in;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-const double K = (double)ld(x, x_u);  // the shift: this group's first element
+    const double K = (double)ld(x, x_u);  // the shift: this group's first element
     double s1 = 0.0, s2 = 0.0;
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_fan_in;
         long long i = e - q * n_fan_in;
@@ -140,7 +140,8 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
             q += dq;
             if (i >= n_fan_in) { i -= n_fan_in; ++q; }
         }
-    }    unit_sum2(s1, s2, tpu, scratch);
+    }
+    unit_sum2(s1, s2, tpu, scratch);
     const double n = (double)(e_hi - e_lo);
     const double mean = K + s1 / n;
     const double m2 = fmax(s2 - s1 * s1 / n, 0.0);
@@ -154,7 +155,7 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
         kstats[3 * s_u + 1] = lo;
         kstats[3 * s_u + 2] = rs;
     }
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_fan_in;
         long long i = e - q * n_fan_in;
@@ -178,19 +179,13 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
 extern "C" __global__ void __launch_bounds__(1024) forward_partial(
     const T* __restrict__ x, double* __restrict__ moments, const long long* __restrict__ g) {
     // Moments of each part of each group, merged afterwards by forward_merge (Chan).
-    [[maybe_unused]] const long long n_O = g[0];  // size of O
-    [[maybe_unused]] const long long n_fan_in = g[1];  // size of fan_in0·fan_in1·fan_in2
-    [[maybe_unused]] const long long xs_O = g[2];  // x stride along O
-    [[maybe_unused]] const long long xs_fan_in = g[3];  // x stride along fan_in0·fan_in1·fan_in2
-    [[maybe_unused]] const long long ys_O = g[4];  // y stride along O
-    [[maybe_unused]] const long long ys_fan_in = g[5];  // y stride along fan_in0·fan_in1·fan_in2
-    [[maybe_unused]] const long long ss_O = g[6];  // statistics stride along O
-    [[maybe_unused]] const long long ss_fan_in = g[7];  // statistics stride along fan_in0·fan_in1·fan_in2
-    [[maybe_unused]] const long long ps_O = g[8];  // parameter stride along O
-    [[maybe_unused]] const long long ps_fan_in = g[9];  // parameter stride along fan_in0·fan_in1·fan_in2
-    [[maybe_unused]] const long long n_parts = g[10];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[12];  // elements per parameter
+    const long long n_O = g[0];  // size of O
+    const long long n_fan_in = g[1];  // size of fan_in0·fan_in1·fan_in2
+    const long long xs_O = g[2];  // x stride along O
+    const long long xs_fan_in = g[3];  // x stride along fan_in0·fan_in1·fan_in2
+    const long long ss_O = g[6];  // statistics stride along O
+    const long long n_parts = g[10];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
     NG_SHARED(double, scratch, 4 * 32);
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
@@ -200,13 +195,13 @@ extern "C" __global__ void __launch_bounds__(1024) forward_partial(
     if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
     [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
     const long long i_O = grp;  // kept O
-    [[maybe_unused]] const long long x_u = 0LL + i_O * xs_O;
-    [[maybe_unused]] const long long s_u = 0LL + i_O * ss_O;
-    const long long E = 1LL * n_fan_in;  // elements per group
+    [[maybe_unused]] const long long x_u = i_O * xs_O;
+    [[maybe_unused]] const long long s_u = i_O * ss_O;
+    const long long E = n_fan_in;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-const double K = (double)ld(x, x_u);  // the shift: this group's first element
+    const double K = (double)ld(x, x_u);  // the shift: this group's first element
     double s1 = 0.0, s2 = 0.0;
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_fan_in;
         long long i = e - q * n_fan_in;
@@ -220,7 +215,8 @@ const double K = (double)ld(x, x_u);  // the shift: this group's first element
             q += dq;
             if (i >= n_fan_in) { i -= n_fan_in; ++q; }
         }
-    }    unit_sum2(s1, s2, tpu, scratch);
+    }
+    unit_sum2(s1, s2, tpu, scratch);
     const double n = (double)(e_hi - e_lo);
     const double mean = K + s1 / n;
     const double m2 = fmax(s2 - s1 * s1 / n, 0.0);
@@ -237,19 +233,16 @@ extern "C" __global__ void __launch_bounds__(1024) forward_apply(
     const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
     const CT* __restrict__ kstats, const long long* __restrict__ g) {
     // Normalize with given statistics (merged parts, mixtures, or running statistics).
-    [[maybe_unused]] const long long n_O = g[0];  // size of O
-    [[maybe_unused]] const long long n_fan_in = g[1];  // size of fan_in0·fan_in1·fan_in2
-    [[maybe_unused]] const long long xs_O = g[2];  // x stride along O
-    [[maybe_unused]] const long long xs_fan_in = g[3];  // x stride along fan_in0·fan_in1·fan_in2
-    [[maybe_unused]] const long long ys_O = g[4];  // y stride along O
-    [[maybe_unused]] const long long ys_fan_in = g[5];  // y stride along fan_in0·fan_in1·fan_in2
-    [[maybe_unused]] const long long ss_O = g[6];  // statistics stride along O
-    [[maybe_unused]] const long long ss_fan_in = g[7];  // statistics stride along fan_in0·fan_in1·fan_in2
-    [[maybe_unused]] const long long ps_O = g[8];  // parameter stride along O
-    [[maybe_unused]] const long long ps_fan_in = g[9];  // parameter stride along fan_in0·fan_in1·fan_in2
-    [[maybe_unused]] const long long n_parts = g[10];  // parts per group (1: fused)
-    [[maybe_unused]] const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
-    [[maybe_unused]] const long long n_param = g[12];  // elements per parameter
+    const long long n_O = g[0];  // size of O
+    const long long n_fan_in = g[1];  // size of fan_in0·fan_in1·fan_in2
+    const long long xs_O = g[2];  // x stride along O
+    const long long xs_fan_in = g[3];  // x stride along fan_in0·fan_in1·fan_in2
+    const long long ys_O = g[4];  // y stride along O
+    const long long ys_fan_in = g[5];  // y stride along fan_in0·fan_in1·fan_in2
+    const long long ss_O = g[6];  // statistics stride along O
+    const long long ps_O = g[8];  // parameter stride along O
+    const long long n_parts = g[10];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[11];  // threads per unit: 32 (a warp) or the block
     const int tpu = (int)threads_per_unit;
     const long long per_block = blockDim.x / tpu;
     const long long unit = (long long)blockIdx.x * per_block + threadIdx.x / tpu;
@@ -258,14 +251,14 @@ extern "C" __global__ void __launch_bounds__(1024) forward_apply(
     if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
     [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
     const long long i_O = grp;  // kept O
-    [[maybe_unused]] const long long x_u = 0LL + i_O * xs_O;
-    [[maybe_unused]] const long long y_u = 0LL + i_O * ys_O;
-    [[maybe_unused]] const long long s_u = 0LL + i_O * ss_O;
-    [[maybe_unused]] const long long p_u = 0LL + i_O * ps_O;
-    const long long E = 1LL * n_fan_in;  // elements per group
+    [[maybe_unused]] const long long x_u = i_O * xs_O;
+    [[maybe_unused]] const long long y_u = i_O * ys_O;
+    [[maybe_unused]] const long long s_u = i_O * ss_O;
+    [[maybe_unused]] const long long p_u = i_O * ps_O;
+    const long long E = n_fan_in;  // elements per group
     const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
     [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
-{
+    {
         long long e = e_lo + lane;
         long long q = e / n_fan_in;
         long long i = e - q * n_fan_in;

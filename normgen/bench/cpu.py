@@ -136,7 +136,7 @@ def _copy_runner(src: np.ndarray, nbytes: int) -> Callable[[], None]:
     global _COPY_KERNEL
     from numba import njit
 
-    from ..runtime import cpu
+    from ..runtime import threads
 
     if _COPY_KERNEL is None:
         @njit(nogil=True, cache=True)
@@ -148,7 +148,7 @@ def _copy_runner(src: np.ndarray, nbytes: int) -> Callable[[], None]:
     n = nbytes // 2 // src.itemsize
     a = np.resize(src.reshape(-1), n)
     b = np.empty_like(a)
-    return lambda: cpu.split(_COPY_KERNEL, n, a, b)
+    return lambda: threads.split(_COPY_KERNEL, n, threads.threads(), a, b)
 
 
 def _torch_runner(case: Case, direction: str, x, p, sizes, training, dy, device=None, dtype=None):
@@ -283,7 +283,7 @@ def measure(s: Setup, repeat: int, warmup: int, min_time: float = 0.0) -> dict[s
 def run_cases(cases: list[Case], *, directions=("forward", "backward"), dtype="float32", threads=None,
               repeat=15, warmup=3, providers=("normgen", "torch", "numpy", "copy"), with_out=(False, True),
               progress: Callable[[Measurement], None] | None = None) -> list[Measurement]:
-    from ..runtime import cpu
+    from ..runtime import threads as cpu
 
     if threads:
         cpu.set_num_threads(threads)

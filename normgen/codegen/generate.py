@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..runtime.cache import source_key, write_if_changed
 from ..layouts import layout_strides
-from ..op.op import Op, load
+from ..op import Op, load
+from ..runtime.cache import write_if_changed
 from ..verify.reference import REFERENCES
 from .render import render
 
@@ -17,35 +17,18 @@ def sources(op: Op, shape: tuple[int, ...], *, layout: str = "contiguous", dtype
             label: str | None = None, target: str = "cpu") -> dict[str, str]:
     """{file name: source} of the plans for one shape and layout, forward and backward.
 
-    For CUDA the backward also has the parameter-gradient reduction ("params"), planned
-    with the parameter indices as its groups.
+    When the plan reduces parameter gradients in a second kernel (CUDA, parameters that
+    vary inside a group), its source is there too ("params").
     """
-    from ..plan.bind import bind
-    from ..layouts import like_strides
-    from ..plan.planner import Direction, make_plan
-
-    sizes = dict(sizes or {})
     strides = layout_strides(shape, layout)
-    binding = bind(op.spec, shape, sizes)
-    has_w = bool(op.spec.affine and op.spec.affine.weight)
-    has_b = bool(op.spec.affine and op.spec.affine.bias)
-    out_strides = like_strides(shape, strides)
     ext = "cu" if target == "cuda" else "py"
     base = label or (f"{op.name}.{layout}" + (f".{dtype}" if target == "cuda" else ""))
     out = {}
     for direction in directions:
-        arrays = ({"x": strides, "y": out_strides} if direction == "forward"
-                  else {"x": strides, "dy": out_strides, "dx": out_strides})
-        plans = {direction: make_plan(binding, arrays, direction=Direction(direction), dtype=dtype,
-                                      has_weight=has_w, has_bias=has_b, target=target)}
-        if target == "cuda" and direction == "backward":
-            from ..runtime.cuda import needs_param_plan
-
-            if needs_param_plan(plans[direction]):
-                plans["params"] = make_plan(binding, arrays, direction=Direction.BACKWARD, dtype=dtype,
-                                            has_weight=has_w, has_bias=has_b, target=target, reduce_by="params")
-        for part, plan in plans.items():
-            out[f"{base}.{part}.{ext}"] = render(plan.kernel, source_key(plan.kernel.canonical()))
+        plan = op.plan(shape, strides=strides, dtype=dtype, direction=direction, target=target, **dict(sizes or {}))
+        out[f"{base}.{direction}.{ext}"] = render(plan.kernel).text
+        if plan.params is not None:
+            out[f"{base}.params.{ext}"] = render(plan.params.kernel).text
     return out
 
 

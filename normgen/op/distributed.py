@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CallError
+from ..runtime.moments import merge_parts
 
 
 class Group:
@@ -130,10 +131,8 @@ def group_of(process_group: Any = None, comm: Any = None, *, distributed: bool =
 
 def merge_moments(group: Group, moments: np.ndarray, name: str) -> np.ndarray:
     """Every rank's (count, mean, M2) per group, merged with Chan's formula in rank order."""
-    from .stats import merge_parts
-
     parts = group.gather_checked(moments, "forward statistics", name)  # [world, g, 3]
-    return np.stack(merge_parts(np.ascontiguousarray(parts.transpose(1, 0, 2))), axis=1)
+    return merge_parts(np.ascontiguousarray(parts.transpose(1, 0, 2)))
 
 
 def sum_ranks(group: Group, sums: np.ndarray, name: str) -> np.ndarray:

@@ -1,10 +1,11 @@
 """Host-side arithmetic on statistics (arrays the size of the kept axes, never of x).
 
-The kernels return raw moments (count, mean, M2) per group, or per part of a group; this
-module merges parts (Chan), turns moments into what normalization uses (mean split into
-hi + lo for float32, rstd), updates running statistics with PyTorch's formulas, mixes
-Switchable-Norm components, and computes the per-group coefficients of the backward
-pass. Everything here is float64 and elementwise or small reductions over statistics.
+The kernels return raw moments (count, mean, M2) per group; this module turns moments into
+what normalization uses (`Normalizer`; `kstats`: mean split into hi + lo for float32, and
+rstd, as the kernels read them), updates running statistics with PyTorch's formulas,
+merges Switchable-Norm components, and computes the per-group coefficients of the
+backward pass. Everything here is float64 and elementwise or small reductions over
+statistics.
 """
 
 from __future__ import annotations
@@ -14,21 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec.loader import Center, Scale, Spec
-
-
-def merge_parts(moments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[groups, parts, 3] (count, mean, M2) -> merged (count, mean, M2), parts in order."""
-    n, mean, m2 = moments[:, 0, 0].copy(), moments[:, 0, 1].copy(), moments[:, 0, 2].copy()
-    for p in range(1, moments.shape[1]):
-        nb, mb, m2b = moments[:, p, 0], moments[:, p, 1], moments[:, p, 2]
-        tot = n + nb
-        with np.errstate(invalid="ignore", divide="ignore"):
-            w = np.where(tot > 0, nb / np.where(tot > 0, tot, 1), 0.0)
-        d = mb - mean
-        mean = mean + d * w
-        m2 = m2 + m2b + d * d * n * w
-        n = tot
-    return n, mean, m2
 
 
 @dataclass
@@ -60,6 +46,18 @@ def split_mean(mean: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarra
     hi = mean.astype(dtype)
     lo = (mean - hi.astype(np.float64)).astype(dtype)
     return hi, lo
+
+
+def kstats(norm: Normalizer, dtype: np.dtype) -> np.ndarray:
+    """[groups, 3]: (mean hi, mean lo, rstd) in the statistics dtype, as the kernels read them."""
+    hi, lo = split_mean(np.asarray(norm.mean, np.float64).reshape(-1), dtype)
+    return np.stack([hi, lo, np.asarray(norm.rstd, np.float64).reshape(-1).astype(dtype)], axis=1)
+
+
+def moments_normalizer(spec: Spec, moments: np.ndarray, eps: float, shape: tuple[int, ...]) -> Normalizer:
+    """`normalizer` of moments [groups, 3] (count, mean, M2), shaped like the statistics."""
+    m = np.asarray(moments).reshape(shape + (3,))
+    return normalizer(spec, m[..., 0], m[..., 1], m[..., 2], eps)
 
 
 def component_moments(mean: np.ndarray, var: np.ndarray, keep: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,11 +1,17 @@
 """The planner: a Spec bound to a call's shape, strides, dtype and target becomes a Plan.
 
     bind.py       the logical dimensions of x for one call (splits and variadic groups spelled out)
-    planner.py    the passes, in order, and every decision (strategy, launch, parts, tiles)
+    model.py      what a plan is: Kernel (structure), Launch (numbers), the steps of a call
+    passes.py     the structural passes: dims, memory order, coalescing, strategy
+    launch.py     how the work runs on each target: parts, blocks, tiles, grids, steps
+    geometry.py   the run-time numbers the kernels receive, in one table
+    planner.py    make_plan: the passes in order
     describe.py   the plan as readable text (`normgen plan`)
 """
 
 from .bind import Binding, LogicalDim, bind
-from .planner import Direction, Kernel, Launch, Plan, Strategy, make_plan
+from .model import Direction, Kernel, Launch, Options, ParamGrads, Plan, Reduction, Strategy
+from .planner import make_plan
 
-__all__ = ["bind", "Binding", "LogicalDim", "make_plan", "Plan", "Kernel", "Launch", "Direction", "Strategy"]
+__all__ = ["bind", "Binding", "LogicalDim", "make_plan", "Plan", "Kernel", "Launch", "Options", "Direction",
+           "Strategy", "Reduction", "ParamGrads"]

@@ -1,4 +1,23 @@
-"""Backends compile and launch generated kernels: `cpu` (Numba) and `cuda` (CuPy)."""
+"""Running generated kernels: the disk cache, the CPU and CUDA launchers, memory, arrays.
+
+    cache.py     compiled modules on disk, keyed by their source and their target
+    cpu.py       Numba modules, run over blocks of units on threads (threads.py)
+    cuda.py      CUDA C through CuPy on a GPU, or on the CPU emulator (emulated.py)
+    alloc.py     output buffers recycled instead of page-faulted in
+    arrays.py    element strides, flat views, bfloat16 bits
+    moments.py   parts of a group's moments merged on the host (Chan)
+
+`select(x, target)` picks the backend an array belongs to.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from .arrays import bits
+from .cpu import BACKEND as CPU
+from .cuda import CudaBackend, cupy_device
+from .emulated import EmuDevice
 
 
 def select(x, target: str | None = None):
@@ -8,41 +27,22 @@ def select(x, target: str | None = None):
     """
     if target not in (None, "cpu", "cuda"):
         raise TypeError(f"unknown target {target!r}: 'cpu' or 'cuda'")
-    bits = getattr(x, "bits", x) if type(x).__name__ == "BF16" else x
-    on_gpu = type(bits).__module__.startswith("cupy")
-    if target == "cuda" or on_gpu:
-        if not on_gpu:
-            return _emulated()
-        if target == "cpu":
-            raise TypeError("a CuPy array cannot run on target='cpu'")
-        from .cuda import cupy_device
-
-        device = cupy_device()
-        if device is None:
-            raise TypeError("CuPy arrays need a CUDA device, and none is available")
-        return _gpu(device)
-    from .cpu import BACKEND
-
-    return BACKEND
+    on_gpu = type(bits(x)).__module__.startswith("cupy")
+    if not on_gpu:
+        return _emulated() if target == "cuda" else CPU
+    if target == "cpu":
+        raise TypeError("a CuPy array cannot run on target='cpu'")
+    device = cupy_device()
+    if device is None:
+        raise TypeError("CuPy arrays need a CUDA device, and none is available")
+    return _gpu(device)
 
 
-_EMU = None
-_GPU = None
+@functools.lru_cache(maxsize=1)
+def _emulated() -> CudaBackend:
+    return CudaBackend(EmuDevice())
 
 
-def _emulated():
-    global _EMU
-    if _EMU is None:
-        from .cuda import CudaBackend, EmuDevice
-
-        _EMU = CudaBackend(EmuDevice())
-    return _EMU
-
-
-def _gpu(device):
-    global _GPU
-    if _GPU is None:
-        from .cuda import CudaBackend
-
-        _GPU = CudaBackend(device)
-    return _GPU
+@functools.lru_cache(maxsize=1)
+def _gpu(device) -> CudaBackend:
+    return CudaBackend(device)

@@ -1,8 +1,12 @@
 """The disk cache of generated kernel modules.
 
-One key per kernel: `cache_key(kernel)` hashes the normgen version, the templates and the
-codegen sources, the kernel's canonical structure and the target (backend, compiler
-versions, CPU). The module for a key lives at
+A compiled kernel is keyed by what it is made of: `module_key(source key, target id)`,
+where the source key is the hash of the generated code (below its header; see
+codegen/render.py), so any change to the templates, the codegen or the plan that changes
+the code is a new key, and kernels of different specs whose code is identical share one
+module; the target id names what the compiled code depends on besides its source
+(backend, compiler versions, CPU, the helpers a module imports), given by the backend.
+The module for a key lives at
 
     $NORMGEN_CACHE_DIR/<target>/<key[:2]>/<key>/kernels.py      (+ kernels.sha256)
 
@@ -19,7 +23,6 @@ rebuilt, never trusted.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import os
@@ -33,11 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
-from ..paths import templates_dir
 
-#: the modules whose code decides what is generated: a change to any of them is a new key
-CODEGEN_SOURCES = ("plan/planner.py", "codegen/render.py", "plan/bind.py", "runtime/cache.py",
-                   "codegen/cpu_prelude.py", "codegen/prelude.cuh")
 _lock = threading.Lock()
 _loaded: dict[str, types.ModuleType] = {}
 
@@ -56,33 +55,6 @@ def cache_dir() -> Path:
     return base / "normgen"
 
 
-@functools.lru_cache(maxsize=None)
-def codegen_hash() -> str:
-    """sha256 over the templates and the codegen modules (names and bytes)."""
-    h = hashlib.sha256()
-    tdir = templates_dir()
-    files = sorted(p for p in tdir.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    pkg = Path(__file__).resolve().parent.parent
-    files += [pkg / name for name in CODEGEN_SOURCES]
-    for path in files:
-        h.update(path.relative_to(path.parent.parent).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-@functools.lru_cache(maxsize=None)
-def target_id(target: str) -> str:
-    """What the compiled code depends on besides its source."""
-    if target == "cpu":
-        import llvmlite.binding as ll
-        import numba
-
-        return f"cpu|numba={numba.__version__}|cpu={ll.get_host_cpu_name()}"
-    from . import cuda
-
-    return cuda.target_id()
-
-
 def _hash(*parts: str) -> str:
     h = hashlib.sha256()
     for part in parts:
@@ -91,17 +63,9 @@ def _hash(*parts: str) -> str:
     return h.hexdigest()[:32]
 
 
-def source_key(canonical: str) -> str:
-    """What the generated source depends on: version, codegen sources, kernel structure.
-
-    It is printed in the source's header, and is the same on every machine.
-    """
-    return _hash(f"normgen={__version__}", codegen_hash(), canonical)
-
-
-def cache_key(canonical: str, target: str) -> str:
-    """The key of a compiled kernel: its source key and the target it is compiled for."""
-    return _hash(source_key(canonical), target_id(target))
+def module_key(source_key: str, target_id: str) -> str:
+    """The key of a compiled kernel: the key of its source and the target it is compiled for."""
+    return _hash(f"normgen={__version__}", source_key, target_id)
 
 
 def module_path(key: str, target: str) -> Path:

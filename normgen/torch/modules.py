@@ -40,8 +40,10 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from ..errors import CallError
-from ..op.op import Op, load
-from ..spec.loader import Spec
+from ..op import Op, load
+from ..op.distributed import TorchGroup
+from ..runtime.arrays import BF16
+from ..spec import Spec
 
 __all__ = [
     "BatchNorm1d",
@@ -99,8 +101,6 @@ def _array(t: Tensor, what: str) -> Any:
     import cupy
 
     if t.dtype == torch.bfloat16:  # CuPy has no bfloat16: pass the bits
-        from ..runtime.cuda import BF16
-
         return BF16(cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16))
     return cupy.from_dlpack(t)
 
@@ -335,8 +335,6 @@ class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
 
         if not (dist.is_available() and dist.is_initialized()):
             return None
-        from ..op.distributed import TorchGroup
-
         pg = self.process_group if self.process_group is not None else dist.group.WORLD
         return TorchGroup(pg) if dist.get_world_size(pg) > 1 else None
 

@@ -19,10 +19,11 @@ import numpy as np
 
 from . import oracle
 from ..plan.bind import bind
-from ..runtime.bf16 import from_bits, to_bits
+from ..runtime.arrays import BF16, elem_strides, from_bits, to_bits
 from ..layouts import LAYOUTS, make_array, span
-from ..op.op import Op
-from ..spec.loader import Spec
+from ..op import Op
+from ..runtime.cuda import cupy_device
+from ..spec import Spec
 
 DTYPES = ("float32", "float64")
 CUDA_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -136,8 +137,6 @@ def _err(a: Any, b: Any) -> float:
 def _typed(values: np.ndarray, layout: str, dtype: str):
     """values in `dtype` and `layout`: (the array for the op, its exact values as float64)."""
     if dtype == "bfloat16":
-        from ..runtime.cuda import BF16
-
         bits = make_array(to_bits(values), layout, np.uint16)
         return BF16(bits), from_bits(bits).astype(np.float64)
     a = make_array(values, layout, dtype)
@@ -159,8 +158,6 @@ def _on_gpu(a):
     """A CuPy copy of a NumPy array (or BF16 of one) with the same strides, gaps included."""
     import cupy
 
-    from ..runtime.cuda import BF16
-
     if isinstance(a, BF16):
         return BF16(_on_gpu(a.bits))
     if a.ndim == 0 or a.size == 0:
@@ -176,8 +173,6 @@ def run_case(op: Op, case: Case, layout: str, dtype: str, training: bool, seed: 
 
     target="cuda" runs the CUDA kernels: on the GPU when CuPy has one, else on the emulator.
     """
-    from ..runtime.cuda import cupy_device
-
     gpu = target == "cuda" and cupy_device() is not None
     dev = _on_gpu if gpu else (lambda a: a)
     spec = op.spec
@@ -227,8 +222,6 @@ def run_case(op: Op, case: Case, layout: str, dtype: str, training: bool, seed: 
 
 
 def _plan_label(op: Op, x64: np.ndarray, sizes: dict[str, Any], target: str, dtype: str) -> str:
-    from ..runtime.cpu import elem_strides
-
     plan = op.plan(x64.shape, strides=elem_strides(x64), dtype=dtype, target=target, **sizes)
     return f"{plan.kernel.strategy.value}/{'fused' if plan.launch.fused else f'{plan.launch.n_parts} parts'}"
 

@@ -145,6 +145,12 @@ def _cxx() -> str:
     return os.environ.get("NORMGEN_CXX", "g++")
 
 
+@functools.lru_cache(maxsize=None)
+def compiler_id() -> str:
+    """The C++ compiler the emulator builds with ($NORMGEN_CXX, default g++) and its version."""
+    return _compiler_id(_cxx())
+
+
 def _hash(*parts: bytes | str) -> str:
     h = hashlib.sha256()
     for part in parts:

@@ -1,0 +1,243 @@
+"""Checking a call's arguments: everything is validated before any kernel runs.
+
+`check_forward` turns the arguments of `Op.forward` into a `Call`: the backend the arrays
+belong to, the binding of x's shape, checked parameters, output, epsilon, running
+statistics and their update factor, mixture logits and the process group. Every problem
+is a `CallError` that names the argument and says what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import CallError
+from ..plan.bind import Binding
+from ..runtime import select
+from ..spec import Spec
+from .distributed import Group, group_of
+
+#: "use the spec's default momentum" (None already means a cumulative average)
+SPEC_DEFAULT: Any = object()
+#: call arguments every op takes besides its parameters and sizes
+CALL_ARGS = ("out", "eps", "training", "running_mean", "running_var", "momentum", "num_batches_tracked",
+             "mean_weight", "var_weight", "target", "process_group", "comm")
+
+
+@dataclass(frozen=True)
+class Running:
+    """A call's running statistics: updated in training (factor given), used in evaluation."""
+
+    mean: Any
+    var: Any
+    num_batches_tracked: Any
+    factor: float | None  # the update's weight of the batch statistics; None: not updated
+
+
+@dataclass(frozen=True)
+class Call:
+    """A forward call whose arguments passed every check."""
+
+    backend: Any
+    x: Any  # as the kernels walk it (a contiguous copy of an x with negative strides)
+    y: Any  # the output (out=, or new)
+    params: dict[str, Any]  # the parameters given, by name
+    weight: Any
+    bias: Any
+    sizes: dict[str, Any]
+    binding: Binding
+    dtype: str
+    eps: float
+    running: Running | None
+    eval_mode: bool  # normalize with the running statistics
+    mix: dict[str, np.ndarray] | None  # a mixture's logits (mean_weight, var_weight), float64
+    group: Group | None  # the ranks that share the statistics
+
+    @property
+    def stat_dtype(self) -> np.dtype:
+        return self.backend.stat_dtype(self.dtype)
+
+
+def check_forward(spec: Spec, bind: Callable[..., Binding], x: Any, params: tuple, kwargs: dict[str, Any], *,
+                  out: Any = None, training: bool = True, running_mean: Any = None, running_var: Any = None,
+                  momentum: Any = SPEC_DEFAULT, eps: Any = None, num_batches_tracked: Any = None,
+                  mean_weight: Any = None, var_weight: Any = None, target: str | None = None,
+                  process_group: Any = None, comm: Any = None) -> Call:
+    """Every argument of a forward call, checked; `bind(shape, sizes)` binds x's shape."""
+    name = spec.name
+    backend = backend_of(name, x, target)
+    pvals = _params(spec, params, kwargs)
+    sizes = _sizes(spec, kwargs)
+    check_array(name, x, backend)
+    dtype = backend.dtype(x)
+    binding = bind(tuple(x.shape), sizes)
+    checked = {n: _param(name, n, p, binding.param_shape, dtype, backend) for n, p in pvals.items()}
+    running = _running(spec, binding, running_mean, running_var, backend)
+    e = _eps(spec, eps, dtype)
+    eval_mode = running is not None and not training
+    mix = _mix(spec, mean_weight, var_weight)
+    factor = _momentum(spec, momentum, num_batches_tracked) if (running is not None and training) else None
+    y = check_out(name, out, x, backend, x)
+    group = _group(spec, process_group, comm, eval_mode)
+    xk = x if backend.strides(x) is not None else backend.contiguous(x)
+    a = spec.affine
+    return Call(backend=backend, x=xk, y=y, params=checked, sizes=sizes, binding=binding, dtype=dtype, eps=e,
+                weight=checked.get(a.weight) if a and a.weight else None,
+                bias=checked.get(a.bias) if a and a.bias else None,
+                running=None if running is None else Running(*running, num_batches_tracked, factor),
+                eval_mode=eval_mode, mix=mix, group=group)
+
+
+def backend_of(name: str, x: Any, target: str | None):
+    """The backend that owns x: NumPy -> cpu, CuPy -> cuda (target="cuda" runs NumPy arrays
+    through the CUDA kernels on the CPU emulator, for testing)."""
+    try:
+        return select(x, target)
+    except TypeError as e:
+        raise CallError(f"{name}: {e}") from None
+
+
+def _kind(backend) -> str:
+    return "NumPy" if backend.name == "cpu" else "CuPy (or NumPy, with target='cuda')"
+
+
+def check_array(name: str, a: Any, backend, what: str = "x") -> None:
+    """`a` is an array of the backend, of a dtype its kernels take."""
+    if not backend.owns(a):
+        raise CallError(f"{name}: {what} must be a {_kind(backend)} array, got {type(a).__name__}")
+    dtype = backend.dtype(a)
+    if dtype not in backend.dtypes:
+        raise CallError(f"{name}: {what} has dtype {dtype}; the {backend.name} backend takes "
+                        + " or ".join(backend.dtypes))
+
+
+def _params(spec: Spec, params: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Parameters given positionally after x or by name (None: not given)."""
+    names = spec.param_names
+    if len(params) > len(names):
+        raise CallError(f"{spec.name}: takes {len(names)} positional parameter(s) after x "
+                        f"({', '.join(names) or 'none'}), got {len(params)}")
+    out = dict(zip(names, params))
+    for n in names:
+        if n in kwargs:
+            if n in out:
+                raise CallError(f"{spec.name}: parameter '{n}' given twice")
+            out[n] = kwargs.pop(n)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _sizes(spec: Spec, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Call-time sizes (num_groups=, normalized_shape=); anything else left is an error."""
+    sizes = {arg: kwargs.pop(arg) for arg in spec.size_args if arg in kwargs}
+    if kwargs:
+        allowed = sorted(set(spec.param_names) | set(spec.size_args) | set(CALL_ARGS))
+        raise CallError(f"{spec.name}: unexpected argument(s) {', '.join(sorted(kwargs))}; "
+                        f"allowed: {', '.join(allowed)}")
+    return sizes
+
+
+def _param(name: str, pname: str, p: Any, shape: tuple[int, ...], dtype: str, backend):
+    if not backend.owns(p):
+        raise CallError(f"{name}: {pname} must be a {_kind(backend)} array, got {type(p).__name__}")
+    if tuple(p.shape) != shape:
+        raise CallError(f"{name}: {pname} has shape {tuple(p.shape)}, expected {shape}")
+    if backend.dtype(p) != dtype:
+        raise CallError(f"{name}: {pname} has dtype {backend.dtype(p)}, expected {dtype} (the dtype of x)")
+    return p if backend.dense(p) else backend.contiguous(p)
+
+
+def check_out(name: str, out: Any, like, backend, *inputs):
+    """`out` (checked: shape, dtype, writable, walkable, no overlap with an input), or a new array."""
+    if out is None:
+        return backend.empty_like(like)
+    if not backend.owns(out):
+        raise CallError(f"{name}: out must be a {_kind(backend)} array, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(like.shape) or backend.dtype(out) != backend.dtype(like):
+        raise CallError(f"{name}: out has shape {tuple(out.shape)} and dtype {backend.dtype(out)}, "
+                        f"expected {tuple(like.shape)} and {backend.dtype(like)}")
+    if not backend.writeable(out):
+        raise CallError(f"{name}: out is read-only")
+    if backend.strides(out) is None:
+        raise CallError(f"{name}: out has strides {getattr(out, 'bits', out).strides} that the kernels cannot write "
+                        "(negative, zero or not a multiple of the item size)")
+    for a in inputs:
+        if backend.overlaps(out, a):
+            raise CallError(f"{name}: out overlaps an input; pass a separate array")
+    return out
+
+
+def _running(spec: Spec, binding: Binding, running_mean: Any, running_var: Any, backend):
+    if running_mean is None and running_var is None:
+        return None
+    if spec.running is None:
+        raise CallError(f"{spec.name}: this spec has no running statistics")
+    if running_mean is None or running_var is None:
+        raise CallError(f"{spec.name}: give both running_mean and running_var, or neither")
+    for rname, r in (("running_mean", running_mean), ("running_var", running_var)):
+        if not backend.owns(r):
+            raise CallError(f"{spec.name}: {rname} must be a {_kind(backend)} array, got {type(r).__name__}")
+        if tuple(r.shape) != binding.running_shape:
+            raise CallError(f"{spec.name}: {rname} has shape {tuple(r.shape)}, expected {binding.running_shape}")
+        if backend.dtype(r) not in ("float32", "float64"):
+            raise CallError(f"{spec.name}: {rname} has dtype {backend.dtype(r)}, expected float32 or float64")
+        if not backend.writeable(r):
+            raise CallError(f"{spec.name}: {rname} is read-only; running statistics are updated in place")
+    return running_mean, running_var
+
+
+def machine_eps(dtype: str) -> float:
+    return {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}.get(dtype) or float(np.finfo(np.dtype(dtype)).eps)
+
+
+def _eps(spec: Spec, eps: Any, dtype: str) -> float:
+    if eps is None or eps is SPEC_DEFAULT:
+        return machine_eps(dtype) if spec.eps == "dtype" else float(spec.eps)
+    eps = float(eps)
+    if not math.isfinite(eps) or eps < 0:
+        raise CallError(f"{spec.name}: eps must be a finite number >= 0, got {eps}")
+    return eps
+
+
+def _momentum(spec: Spec, momentum: Any, num_batches_tracked: Any) -> float:
+    if momentum is SPEC_DEFAULT:
+        return spec.running.momentum
+    if momentum is None:
+        if num_batches_tracked is None:
+            raise CallError(f"{spec.name}: momentum=None (cumulative average) needs num_batches_tracked")
+        return 1.0 / (int(np.asarray(num_batches_tracked)) + 1)
+    m = float(momentum)
+    if not 0.0 <= m <= 1.0:
+        raise CallError(f"{spec.name}: momentum must be in [0, 1] or None, got {momentum}")
+    return m
+
+
+def _mix(spec: Spec, mean_weight: Any, var_weight: Any) -> dict[str, np.ndarray] | None:
+    if not spec.is_mixture:
+        if mean_weight is not None or var_weight is not None:
+            raise CallError(f"{spec.name}: mean_weight/var_weight are for mixture specs only")
+        return None
+    k = len(spec.kept)
+    out = {}
+    for wname, v in (("mean_weight", mean_weight), ("var_weight", var_weight)):
+        if v is None:
+            raise CallError(f"{spec.name}: a mixture needs {wname} (shape ({k},))")
+        v = np.asarray(v)
+        if v.shape != (k,):
+            raise CallError(f"{spec.name}: {wname} has shape {v.shape}, expected ({k},)")
+        out[wname] = v.astype(np.float64)
+    return out
+
+
+def _group(spec: Spec, process_group: Any, comm: Any, eval_mode: bool) -> Group | None:
+    """The ranks to share statistics with (None: this process alone, or evaluation mode,
+    whose statistics are the running ones: nothing to share)."""
+    if process_group is None and comm is None:
+        return None
+    group = group_of(process_group, comm)
+    if spec.is_mixture:
+        raise CallError(f"{spec.name}: statistics across processes are not supported for mixtures (their "
+                        "components keep different axes, so no single axis can be split across ranks)")
+    return None if eval_mode else group

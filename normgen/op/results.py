@@ -1,0 +1,79 @@
+"""What a forward call returns (and its backward needs), and what a backward returns."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..plan.bind import Binding
+from .args import Call
+from .mixture import Mix
+
+
+@dataclass(frozen=True)
+class Forward:
+    """The result of a forward call: y, the statistics, and what backward needs.
+
+    The kernels keep, per kept index, the mean split into hi + lo (for float32, hi alone
+    loses the digits that x - mean needs) and rstd: `kstats`, an array [groups, 3] of the
+    backend (NumPy on the CPU, CuPy on a GPU). `mean` and `rstd` are views of it, in the
+    statistics' shape (the kept axes, in kept order).
+    """
+
+    y: Any
+    kstats: Any = field(repr=False)
+    call: Call = field(repr=False)
+    centered: bool = field(repr=False, default=True)
+    mix: Mix | None = field(repr=False, default=None)  # a mixture's intermediates
+    count: np.ndarray | None = field(repr=False, default=None)  # elements per group over all ranks
+
+    @property
+    def binding(self) -> Binding:
+        return self.call.binding
+
+    @property
+    def backend(self):
+        return self.call.backend
+
+    @property
+    def x(self):
+        return self.call.x
+
+    @property
+    def mean(self):
+        """The mean per kept index (kept order); None without centering."""
+        return self.kstats[:, 0].reshape(self.binding.stats_shape) if self.centered else None
+
+    @property
+    def rstd(self):
+        """1 / sigma per kept index (kept order)."""
+        return self.kstats[:, 2].reshape(self.binding.stats_shape)
+
+    @functools.cached_property
+    def host(self) -> np.ndarray:
+        """kstats on the host (copied once from a GPU)."""
+        return self.backend.to_host(self.kstats)
+
+    @property
+    def mu64(self) -> np.ndarray:
+        """The mean in float64 (hi + lo), on the host, in the statistics' shape."""
+        h = self.host
+        return (h[:, 0].astype(np.float64) + h[:, 1]).reshape(self.binding.stats_shape)
+
+    @property
+    def rstd64(self) -> np.ndarray:
+        return self.host[:, 2].astype(np.float64).reshape(self.binding.stats_shape)
+
+
+@dataclass(frozen=True)
+class Grads:
+    """Gradients of a backward call: dx and one entry per parameter that was passed."""
+
+    dx: Any
+    params: dict[str, Any]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.dx if name in ("x", "dx") else self.params[name]

@@ -1,0 +1,151 @@
+"""What a plan is: frozen values, from the loop dimensions to the kernel launches of a call.
+
+A `Plan` has two halves. `Kernel` is structural (dims, roles, order, stride classes,
+strategy): the generated source depends on it and nothing else. `Launch` holds the
+numbers (sizes, strides, parts, blocks, tiles, grids), passed to the kernels at run time,
+so one compiled kernel serves every shape with the same structure. Around them the plan
+states what a call runs: the `steps` (kernel launches, in order), whether statistics and
+normalization fuse, and how the backward's parameter gradients are reduced (`params`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from ..spec import Center, Scale
+from .bind import Binding
+
+
+class Strategy(enum.Enum):
+    ROWS = "rows"  # the innermost dim is reduced: one group per unit, walked as contiguous rows
+    COLUMNS = "columns"  # a kept dim is innermost: per-column accumulators over blocks of rows
+
+
+class Direction(enum.Enum):
+    FORWARD = "forward"
+    BACKWARD = "backward"
+
+
+class Reduction(enum.Enum):
+    """What the groups of a plan are."""
+
+    STATS = "stats"  # the kept axes: one group per statistic
+    PARAMS = "params"  # the affine axes: one group per parameter index (the parameter-gradient reduction)
+
+
+class ParamGrads(enum.Enum):
+    """How a backward plan reduces dweight and dbias (sums over every non-affine axis)."""
+
+    NONE = "none"  # no parameter was passed
+    PER_BLOCK = "per block"  # cpu: each block of units accumulates its own copy; summed in block order
+    PER_GROUP = "per group"  # cuda rows: parameters are constant over a group; its totals, by parameter index
+    PER_ELEMENT = "per element"  # cuda columns: each tile element's partial sums, by parameter index
+    REDUCTION = "second reduction"  # cuda rows, parameters vary inside a group: `Plan.params`, its own plan
+
+
+#: the x-like arrays (shaped like x) each direction touches, besides statistics and parameters
+ARRAYS = {Direction.FORWARD: ("x", "y"), Direction.BACKWARD: ("x", "dy", "dx")}
+
+
+@dataclass(frozen=True)
+class Options:
+    """Planner options that are not properties of the call (tests, experiments)."""
+
+    parts: int | None = None  # split every reduction into this many parts (exercises the phased kernels)
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One loop dimension after coalescing: its name in code and the spec axes it walks."""
+
+    name: str  # identifier in generated code, e.g. "C" or "spatial" or "N_G"
+    axes: tuple[str, ...]  # logical dimensions merged into it, outer first
+    kept: bool
+    affine: bool  # the parameters vary along it
+    stat: bool  # the statistics vary along it (a kept dim of the spec's statistics)
+
+    @property
+    def label(self) -> str:
+        return "·".join(self.axes)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The structure of a plan: what the generated source depends on."""
+
+    spec: str  # the spec's name
+    spec_from: str  # its file name, input and kept sets, for the generated header
+    direction: Direction
+    target: str
+    dtype: str
+    strategy: Strategy
+    dims: tuple[Dim, ...]  # loop dimensions, outermost first
+    groups: tuple[int, ...]  # dims walked by the unit index (rows: all kept; columns: other kept)
+    rows: tuple[int, ...]  # reduced dims walked as rows inside a unit
+    inner: int  # rows: the contiguous reduced dim; columns: the kept column dim
+    tail: int | None  # columns: a short reduced dim inside the column dim, if any
+    unit_stride: tuple[tuple[str, str], ...]  # (array@dim, "1"|"s"|"0") for the inner loop dims
+    center: Center
+    scale: Scale
+    has_weight: bool
+    has_bias: bool
+    reduction: Reduction = Reduction.STATS
+
+    def stride_class(self, array: str, dim: int | None) -> str:
+        """'1' contiguous, '0' constant, 's' strided: how `array` moves along `dim`."""
+        if dim is None:
+            return "0"
+        return dict(self.unit_stride)[f"{array}@{self.dims[dim].name}"]
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        return ARRAYS[self.direction]
+
+    @property
+    def affine(self) -> bool:
+        return self.has_weight or self.has_bias
+
+
+@dataclass(frozen=True)
+class Launch:
+    """The numbers of a plan, passed to the kernels at run time (see geometry.py)."""
+
+    sizes: tuple[int, ...]  # per loop dim
+    strides: tuple[tuple[str, tuple[int, ...]], ...]  # array -> element stride per loop dim
+    n_parts: int  # units per group of statistics (1: one unit reduces a whole group)
+    fused: bool  # statistics and normalization (or the backward's sums and dx) in one kernel
+    # cpu
+    n_blocks: int = 1  # parallel blocks of units
+    threads: int = 1
+    seg: int = 0  # rows: elements per chunk of a row; columns: columns per unit
+    row_chunk: int = 0  # columns: rows per two-pass chunk
+    kb: int = 1  # columns: rows per block step; the scratch holds kb rows of a tile
+    kb_read: bool = False  # columns: the reading pass (moments, gradient sums) takes kb rows a step
+    kb_write: bool = False  # columns: the writing pass (y, dx) takes kb rows a step
+    # cuda
+    grid: int = 0  # blocks
+    block: tuple[int, int] = (0, 0)  # threads (x, y)
+    threads_per_unit: int = 0  # rows: 32 (a warp) or the whole block
+
+    def stride(self, array: str) -> tuple[int, ...]:
+        return dict(self.strides)[array]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One kernel launch of a call, in the order a training call runs them."""
+
+    entry: str  # the kernel's entry point, e.g. "forward_partial"
+    launch: str  # how it runs: "16 blocks over 2 threads", "grid 512 x block (256, 1)"
+    what: str  # what it computes, in a few words
+
+
+@dataclass(frozen=True)
+class Plan:
+    kernel: Kernel
+    launch: Launch
+    binding: Binding = field(compare=False, repr=False)
+    steps: tuple[Step, ...] = ()
+    param_grads: ParamGrads = ParamGrads.NONE
+    params: Plan | None = None  # the parameter-gradient reduction, when param_grads is REDUCTION
