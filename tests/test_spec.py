@@ -275,3 +275,23 @@ def test_missing_file_and_binary_file(tmp_path):
     bad.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(SpecError, match="not UTF-8"):
         load_spec(bad)
+
+
+def test_a_spec_built_directly_obeys_the_same_rules():
+    """The rules live in Spec.__post_init__: no way around them by constructing a Spec."""
+    import dataclasses
+
+    from normgen.spec import Spec
+    from normgen.spec.axes import parse_axes
+
+    spec = load_spec(next(p for p in bundled_paths() if p.stem == "layer_norm"))
+    with pytest.raises(SpecError) as info:
+        dataclasses.replace(spec, center=Center.NONE)  # std without centering
+    assert "key 'scale'" in str(info.value) and "measures spread around the mean" in str(info.value)
+    with pytest.raises(SpecError) as info:
+        Spec(name="p", input=parse_axes("N C"), kept=(("N", "K"),), center=Center.MEAN, scale=Scale.STD, eps=1e-5)
+    assert "key 'kept': unknown axis 'K'" in str(info.value)
+    with pytest.raises(SpecError, match="eps must be a finite number >= 0"):
+        Spec(name="p", input=parse_axes("N C"), kept=(("N",),), center=Center.MEAN, scale=Scale.STD, eps=-1.0)
+    ok = Spec(name="p", input=parse_axes("N C"), kept=(("N",),), center=Center.MEAN, scale=Scale.STD, eps=1e-5)
+    assert ok.reduced_axes == ("C",)

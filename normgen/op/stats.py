@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..spec.loader import Center, Scale, Spec
+from ..spec import Center, Scale, Spec
 
 
 @dataclass

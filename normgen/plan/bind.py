@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import CallError
-from ..spec.loader import Spec
+from ..spec import Spec
 
 
 @dataclass(frozen=True)

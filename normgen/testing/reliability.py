@@ -46,7 +46,7 @@ def fuzz_specs(examples: int, seed: int = 0) -> list[Outcome]:
     from hypothesis import strategies as st
 
     from . import hostile as strategies  # the strategies the test suite uses
-    from ..spec.loader import parse_spec
+    from ..spec import parse_spec
 
     out = []
     for label, strategy in (("random text", st.text(max_size=400)),
