@@ -1,0 +1,107 @@
+"""The planner's decisions for the reference shapes, pinned as a readable table.
+
+A change to the planner shows up here as a table diff: review it, and update the table
+when the new decisions are the intended ones (they are checked for correctness by the
+oracle tests, not here). CPU plans for 2 threads; CUDA plans for 132 SMs (an H100).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from normgen.layouts import layout_strides, like_strides
+from normgen.op import load
+from normgen.plan import Direction, bind, make_plan
+from normgen.verify.reference import REFERENCES
+
+
+def decisions(target: str, threads: int = 2, sms: int = 132) -> list[str]:
+    """One line per reference plan: strategy, fused or phased, how it runs, parameter gradients."""
+    rows = []
+    for ref in REFERENCES:
+        op = load(ref.spec)
+        strides = layout_strides(ref.shape, ref.layout)
+        out = like_strides(ref.shape, strides)
+        b = bind(op.spec, ref.shape, dict(ref.sizes))
+        for d in (Direction.FORWARD, Direction.BACKWARD):
+            arrays = {"x": strides, "y": out} if d is Direction.FORWARD else {"x": strides, "dy": out, "dx": out}
+            has = bool(op.spec.affine)
+            p = make_plan(b, arrays, direction=d, dtype="float32", has_weight=has and bool(op.spec.affine.weight),
+                          has_bias=has and bool(op.spec.affine.bias), target=target, threads=threads, sms=sms)
+            la = p.launch
+            how = "fused" if la.fused else f"phased x{la.n_parts}"
+            if target == "cpu":
+                run = f"{la.n_blocks} blocks/{la.threads} threads"
+                if p.kernel.strategy.value == "columns":
+                    run += f", kb {la.kb} r{int(la.kb_read)}w{int(la.kb_write)}"
+            else:
+                run = f"grid {la.grid} x {la.block}"
+            extra = f", params: {p.param_grads.value}" if p.param_grads.value != "none" else ""
+            rows.append(f"{ref.spec} {list(ref.shape)} {ref.layout} {d.value}: {p.kernel.strategy.value}, {how}, "
+                        f"{run}{extra}")
+    return rows
+
+
+CPU = """
+batch_norm [32, 128, 56, 56] contiguous forward: rows, fused, 8 blocks/2 threads
+batch_norm [32, 128, 56, 56] contiguous backward: rows, fused, 8 blocks/2 threads, params: per block
+batch_norm [32, 128, 56, 56] channels_last forward: columns, phased x4, 4 blocks/2 threads, kb 8 r0w1
+batch_norm [32, 128, 56, 56] channels_last backward: columns, phased x4, 4 blocks/2 threads, kb 8 r1w1, params: per block
+layer_norm [8192, 1024] contiguous forward: rows, fused, 8 blocks/2 threads
+layer_norm [8192, 1024] contiguous backward: rows, fused, 8 blocks/2 threads, params: per block
+group_norm [8, 256, 64, 64] contiguous forward: rows, fused, 8 blocks/2 threads
+group_norm [8, 256, 64, 64] contiguous backward: rows, fused, 8 blocks/2 threads, params: per block
+group_norm [8, 256, 64, 64] channels_last forward: columns, fused, 8 blocks/2 threads, kb 4 r0w1
+group_norm [8, 256, 64, 64] channels_last backward: columns, fused, 8 blocks/2 threads, kb 4 r1w1, params: per block
+instance_norm [8, 256, 64, 64] contiguous forward: rows, fused, 8 blocks/2 threads
+instance_norm [8, 256, 64, 64] contiguous backward: rows, fused, 8 blocks/2 threads, params: per block
+rms_norm [8192, 1024] contiguous forward: rows, fused, 8 blocks/2 threads
+rms_norm [8192, 1024] contiguous backward: rows, fused, 8 blocks/2 threads, params: per block
+switchable_norm [8, 64, 32, 32] contiguous forward: rows, fused, 8 blocks/2 threads
+switchable_norm [8, 64, 32, 32] contiguous backward: rows, fused, 8 blocks/2 threads, params: per block
+weight_norm [512, 256, 3, 3] contiguous forward: rows, fused, 8 blocks/2 threads
+weight_norm [512, 256, 3, 3] contiguous backward: rows, fused, 8 blocks/2 threads, params: per block
+weight_standardization [512, 256, 3, 3] contiguous forward: rows, fused, 8 blocks/2 threads
+weight_standardization [512, 256, 3, 3] contiguous backward: rows, fused, 8 blocks/2 threads
+standardize [100000, 64] contiguous forward: columns, phased x4, 4 blocks/2 threads, kb 16 r1w1
+standardize [100000, 64] contiguous backward: columns, phased x4, 4 blocks/2 threads, kb 16 r1w1
+"""
+
+CUDA = """
+batch_norm [32, 128, 56, 56] contiguous forward: rows, phased x3, grid 384 x (512, 1)
+batch_norm [32, 128, 56, 56] contiguous backward: rows, phased x3, grid 384 x (512, 1), params: per group
+batch_norm [32, 128, 56, 56] channels_last forward: columns, phased x132, grid 528 x (32, 8)
+batch_norm [32, 128, 56, 56] channels_last backward: columns, phased x132, grid 528 x (32, 8), params: per element
+layer_norm [8192, 1024] contiguous forward: rows, fused, grid 1024 x (256, 1)
+layer_norm [8192, 1024] contiguous backward: rows, fused, grid 1024 x (256, 1), params: second reduction
+group_norm [8, 256, 64, 64] contiguous forward: rows, phased x2, grid 512 x (256, 1)
+group_norm [8, 256, 64, 64] contiguous backward: rows, phased x2, grid 512 x (256, 1), params: second reduction
+group_norm [8, 256, 64, 64] channels_last forward: columns, phased x9, grid 576 x (32, 8)
+group_norm [8, 256, 64, 64] channels_last backward: columns, phased x9, grid 576 x (32, 8), params: per element
+instance_norm [8, 256, 64, 64] contiguous forward: rows, phased x2, grid 512 x (256, 1)
+instance_norm [8, 256, 64, 64] contiguous backward: rows, phased x2, grid 512 x (256, 1), params: per group
+rms_norm [8192, 1024] contiguous forward: rows, fused, grid 1024 x (256, 1)
+rms_norm [8192, 1024] contiguous backward: rows, fused, grid 1024 x (256, 1), params: second reduction
+switchable_norm [8, 64, 32, 32] contiguous forward: rows, phased x5, grid 320 x (256, 1)
+switchable_norm [8, 64, 32, 32] contiguous backward: rows, phased x5, grid 320 x (256, 1), params: per group
+weight_norm [512, 256, 3, 3] contiguous forward: rows, phased x5, grid 320 x (256, 1)
+weight_norm [512, 256, 3, 3] contiguous backward: rows, phased x5, grid 320 x (256, 1), params: per group
+weight_standardization [512, 256, 3, 3] contiguous forward: rows, phased x5, grid 320 x (256, 1)
+weight_standardization [512, 256, 3, 3] contiguous backward: rows, phased x5, grid 320 x (256, 1)
+standardize [100000, 64] contiguous forward: columns, phased x264, grid 528 x (32, 8)
+standardize [100000, 64] contiguous backward: columns, phased x264, grid 528 x (32, 8)
+"""
+
+
+@pytest.mark.parametrize("target, table", [("cpu", CPU), ("cuda", CUDA)])
+def test_planner_decisions_for_the_reference_shapes(target, table):
+    assert decisions(target) == table.strip().split("\n")
+
+
+def test_the_decisions_the_design_names():
+    cpu, cuda = decisions("cpu"), decisions("cuda")
+    assert "batch_norm [32, 128, 56, 56] channels_last forward: columns, phased x4" in cpu[2]
+    assert cpu[4].startswith("layer_norm [8192, 1024] contiguous forward: rows, fused")
+    # GPU: too few groups for 132 SMs are split into parts, merged by a second kernel
+    assert "phased" in cuda[0] and "fused" in cuda[4]
+    assert "params: second reduction" in cuda[5]  # LayerNorm's weight varies inside a group
