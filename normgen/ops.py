@@ -25,6 +25,8 @@ __all__ = ["batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm"
 
 
 def _shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
+    if type(normalized_shape) is tuple:  # the common case, and the cheap one
+        return normalized_shape
     return (int(normalized_shape),) if np.isscalar(normalized_shape) else tuple(int(n) for n in normalized_shape)
 
 
@@ -45,10 +47,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                             f"{tuple(input.shape)}")
     elif running_mean is None or running_var is None:
         raise CallError("batch_norm: running_mean and running_var are needed when training=False")
-    return load("batch_norm").forward(
+    return load("batch_norm")(
         input, weight, bias, running_mean=running_mean, running_var=running_var, training=training,
         momentum=momentum, eps=eps, num_batches_tracked=num_batches_tracked, out=out, process_group=process_group,
-        comm=comm).y
+        comm=comm)
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats: bool = True,
@@ -60,9 +62,9 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
                             f"{tuple(input.shape)}")
     elif running_mean is None or running_var is None:
         raise CallError("instance_norm: running_mean and running_var are needed when use_input_stats=False")
-    return load("instance_norm").forward(
+    return load("instance_norm")(
         input, weight, bias, running_mean=running_mean, running_var=running_var, training=use_input_stats,
-        momentum=momentum, eps=eps, out=out).y
+        momentum=momentum, eps=eps, out=out)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5, *, out=None,
@@ -71,8 +73,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
 
     process_group / comm: the normalized dims are split across the ranks (tensor parallel):
     `normalized_shape` and the parameters are this rank's shard."""
-    return load("layer_norm").forward(input, weight, bias, normalized_shape=_shape(normalized_shape), eps=eps,
-                                      out=out, process_group=process_group, comm=comm).y
+    return load("layer_norm")(input, weight, bias, normalized_shape=_shape(normalized_shape), eps=eps,
+                              out=out, process_group=process_group, comm=comm)
 
 
 def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *, out=None,
@@ -80,8 +82,8 @@ def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5
     """F.group_norm: channels split into num_groups groups; statistics per (N, group).
 
     process_group / comm: the spatial axes are split across the ranks."""
-    return load("group_norm").forward(input, weight, bias, num_groups=num_groups, eps=eps, out=out,
-                                      process_group=process_group, comm=comm).y
+    return load("group_norm")(input, weight, bias, num_groups=num_groups, eps=eps, out=out,
+                              process_group=process_group, comm=comm)
 
 
 def rms_norm(input, normalized_shape, weight=None, eps: float | None = None, *, out=None, process_group=None,
@@ -89,8 +91,8 @@ def rms_norm(input, normalized_shape, weight=None, eps: float | None = None, *, 
     """F.rms_norm: x / sqrt(mean(x^2) + eps) over `normalized_shape`; eps=None is the dtype's epsilon.
 
     process_group / comm: the normalized dims are split across the ranks (tensor parallel)."""
-    return load("rms_norm").forward(input, weight, normalized_shape=_shape(normalized_shape), eps=eps, out=out,
-                                    process_group=process_group, comm=comm).y
+    return load("rms_norm")(input, weight, normalized_shape=_shape(normalized_shape), eps=eps, out=out,
+                            process_group=process_group, comm=comm)
 
 
 def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_var=None, weight=None, bias=None,
@@ -101,9 +103,9 @@ def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_v
     """
     if not training and (running_mean is None or running_var is None):
         raise CallError("switchable_norm: running_mean and running_var are needed when training=False")
-    return load("switchable_norm").forward(
+    return load("switchable_norm")(
         input, weight, bias, mean_weight=mean_weight, var_weight=var_weight, running_mean=running_mean,
-        running_var=running_var, training=training, momentum=momentum, eps=eps, out=out).y
+        running_var=running_var, training=training, momentum=momentum, eps=eps, out=out)
 
 
 def weight_norm(v, g, dim: int | None = 0, *, out=None):
@@ -129,9 +131,9 @@ def weight_norm(v, g, dim: int | None = 0, *, out=None):
 
 def weight_standardization(weight, eps: float = 1e-5, *, out=None):
     """Weight Standardization: each output unit (dim 0) of a weight to zero mean, unit variance."""
-    return load("weight_standardization").forward(weight, eps=eps, out=out).y
+    return load("weight_standardization")(weight, eps=eps, out=out)
 
 
 def standardize(input, eps: float = 1e-5, *, out=None):
     """Feature scaling of a data matrix [N, F]: each feature to zero mean and unit variance."""
-    return load("standardize").forward(input, eps=eps, out=out).y
+    return load("standardize")(input, eps=eps, out=out)

@@ -44,3 +44,34 @@ def test_empty_batch_is_an_empty_result():
     assert y.shape == (0, 5)
     fwd = normgen.load("group_norm").forward(np.zeros((0, 6, 3), np.float32), num_groups=3)
     assert fwd.y.shape == (0, 6, 3) and fwd.mean.shape == (0, 3)
+
+
+def test_repeated_calls_take_the_recipe_and_match_the_general_path():
+    """The second call of a structure runs the remembered recipe (no re-checks); its results
+    are those of the general path, and what the recipe cannot vouch for goes the general way."""
+    from normgen.op import Op
+
+    op = Op(normgen.load("layer_norm").spec)
+    rng = np.random.default_rng(1)
+    x1, x2 = (rng.standard_normal((16, 64)).astype(np.float32) for _ in range(2))
+    w, b = rng.standard_normal(64).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    first = op.forward(x1, w, b, normalized_shape=(64,))
+    assert len(op._fast) == 1
+    again = op.forward(x2, w, b, normalized_shape=(64,))
+    general = Op(op.spec).forward(x2, w, b, normalized_shape=(64,))
+    assert again.y is not first.y and np.array_equal(again.y, general.y)
+    assert np.array_equal(again.kstats, general.kstats) and again.call.x is x2
+    grads = op.backward(np.ones_like(x2), again)  # the recipe's Forward serves the backward
+    assert np.array_equal(grads.dx, Op(op.spec).backward(np.ones_like(x2), general).dx)
+    # a wrong parameter still fails, with the general path's message
+    with pytest.raises(CallError, match=r"weight has shape \(63,\), expected \(64,\)"):
+        op.forward(x2, w[:63], b, normalized_shape=(64,))
+    # out= is never served by a recipe (it must be written, not replaced)
+    out = np.empty_like(x2)
+    assert op.forward(x2, w, b, normalized_shape=(64,), out=out).y is out
+    assert op.forward(x2, w, b, normalized_shape=(64,), out=out).y is out
+    # a parameter the general path copies (not dense) is never trusted to the recipe
+    w_strided = np.repeat(w, 2)[::2]
+    before = len(op._fast)
+    assert np.array_equal(op.forward(x2, w_strided, b, normalized_shape=(64,)).y, general.y)
+    assert len(op._fast) == before

@@ -24,17 +24,20 @@ from ..errors import CallError
 from ..layouts import layout_strides, like_strides
 from ..plan.bind import Binding, bind
 from ..plan.model import Direction, Options, Plan
-from ..runtime import select
+from ..runtime import CPU, select
+from ..runtime import threads as _threads
 from ..spec import Center, Scale, Spec, find_spec, load_spec
 from . import stats as st
 from .args import CALL_ARGS, Call, backend_of, check_array, check_forward, check_out
 from .distributed import merge_moments, sum_ranks
+from .fast import Recipe, _pick, call_key, source
 from .mixture import mix_backward, mix_forward
 from .results import Forward, Grads
 from .running import commit, running_normalizer, updated
 
 #: plans and bindings remembered per op (calls repeat their shapes)
 MEMO_SIZE = 256
+
 
 
 class _Memo(OrderedDict):
@@ -62,6 +65,7 @@ class Op:
         self.options = options
         self._bindings = _Memo()
         self._plans = _Memo()
+        self._fast = _Memo()  # call structure -> Recipe (op/fast.py)
 
     @property
     def name(self) -> str:
@@ -71,6 +75,14 @@ class Op:
         return f"normgen.Op({self.spec})"
 
     def __call__(self, x, *params, **kwargs):
+        """Just y: `op.forward(...).y`."""
+        if type(x) is np.ndarray:
+            try:
+                recipe = self._fast.get(call_key(x, params, kwargs, _threads.threads()))
+            except TypeError:  # an argument whose structure we cannot vouch for
+                recipe = None
+            if recipe is not None:
+                return recipe.y(x, params, kwargs)
         return self.forward(x, *params, **kwargs).y
 
     # ---- forward ----------------------------------------------------------------------
@@ -86,6 +98,17 @@ class Op:
         on the GPU; target="cuda" runs NumPy arrays through the CUDA kernels on the CPU
         emulator (for testing).
         """
+        if type(x) is np.ndarray:
+            recipe = self._recipe(x, params, kwargs)
+            if recipe is not None:
+                return recipe.forward(x, params, kwargs)
+            fwd = self._forward(x, params, dict(kwargs))
+            self._remember(fwd, x, params, kwargs)
+            return fwd
+        return self._forward(x, params, kwargs)
+
+    def _forward(self, x, params: tuple, kwargs: dict[str, Any]) -> Forward:
+        """The general path: every argument checked, then plan, statistics, running update."""
         call_args = {k: kwargs.pop(k) for k in CALL_ARGS if k in kwargs}
         call = check_forward(self.spec, self._bind, x, params, kwargs, **call_args)
         self._check_counts(call)
@@ -108,6 +131,35 @@ class Op:
         if call.running is not None and call.running.factor is not None and b.group_size == 1:
             raise CallError(f"{self.name}: expected more than 1 value per statistic when training "
                             f"(input {tuple(call.x.shape)} has 1); running variance needs n - 1 > 0")
+
+    def _recipe(self, x: np.ndarray, params: tuple, kwargs: dict[str, Any]) -> Recipe | None:
+        """The recipe of a call whose structure an earlier, ordinary call had (op/fast.py)."""
+        try:
+            return self._fast.get(call_key(x, params, kwargs, _threads.threads()))
+        except TypeError:  # an argument whose structure we cannot vouch for
+            return None
+
+    def _remember(self, fwd: Forward, x, params: tuple, kwargs: dict[str, Any]) -> None:
+        """After the general path: leave a recipe if the fast path may repeat this call."""
+        call, a = fwd.call, self.spec.affine
+        names = self.spec.param_names
+        wn, bn = (a.weight, a.bias) if a else (None, None)
+        w, b = source(wn, names, params, kwargs), source(bn, names, params, kwargs)
+        given = [n for n, p in zip(names, params) if p is not None] + [n for n in names[len(params):]
+                                                                        if kwargs.get(n) is not None]
+        if not (call.backend is CPU and call.x is x and kwargs.get("out") is None and call.running is None
+                and call.mix is None and call.group is None and call.binding.n_groups > 0 and x.size > 0
+                and len(given) == len(call.params) and call.weight is _pick(w, params, kwargs)
+                and call.bias is _pick(b, params, kwargs)):
+            return
+        try:
+            key = call_key(x, params, kwargs, _threads.threads())
+        except TypeError:
+            return
+        check = self._check_norms if self.spec.scale is Scale.L2 and call.eps == 0 else None
+        plan = self._plan(call, Direction.FORWARD)
+        self._fast.get_or_make(key, lambda: Recipe(call, plan, w, b, (wn, bn), self.spec.center is Center.MEAN,
+                                                   check, self._kstats, Recipe.direct(plan, x, check)))
 
     def _statistics(self, call: Call, plan: Plan | None):
         """Statistics, and y normalized with them: (kstats, moments, Normalizer, Mix, count)."""
@@ -316,6 +368,9 @@ def load(name_or_path: Any, *, options: Options | None = None) -> Op:
 
     `options` (plan/model.py `Options`) gives a new Op that plans with them.
     """
+    found = _BY_NAME.get(name_or_path) if type(name_or_path) is str and options is None else None
+    if found is not None:
+        return found
     if options is not None:
         return Op(load(name_or_path).spec, options=options)
     if isinstance(name_or_path, Spec):
