@@ -75,3 +75,18 @@ def test_repeated_calls_take_the_recipe_and_match_the_general_path():
     before = len(op._fast)
     assert np.array_equal(op.forward(x2, w_strided, b, normalized_shape=(64,)).y, general.y)
     assert len(op._fast) == before
+
+
+def test_a_recipe_keeps_no_arrays():
+    """Remembering a call's structure must not keep its input or output alive."""
+    import weakref
+
+    from normgen.op import Op
+
+    op = Op(normgen.load("layer_norm").spec)
+    x = np.ones((4, 8), np.float32)
+    y = op(x, normalized_shape=(8,))
+    refs = weakref.ref(x), weakref.ref(y)
+    assert len(op._fast) == 1
+    del x, y
+    assert refs[0]() is None and refs[1]() is None

@@ -12,12 +12,13 @@ This file is on the hot path of small calls: it is written to do little per call
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from ..plan.model import Plan
+from ..plan.model import Plan, Strategy
 from ..runtime import CPU, alloc
 from ..runtime.arrays import flat
 from ..runtime.cpu import launcher
@@ -64,7 +65,7 @@ def call_key(x: _ndarray, params: tuple, kwargs: dict[str, Any], plan_key: Any) 
 class Recipe:
     """What a repeated call runs: its checked call (arrays replaced per call) and its plan."""
 
-    call: Call  # the first call of this structure, checked
+    call: Call  # the first call of this structure, checked, with its arrays left out (a recipe keeps no data)
     plan: Plan
     weight: tuple[str, int | str] | None  # where the weight comes from: ("pos", index) or ("kw", name)
     bias: tuple[str, int | str] | None
@@ -83,7 +84,8 @@ class Recipe:
         dispatcher would look it up again on every call): the recipe's key fixes the types.
         """
         la = plan.launch
-        if not (la.fused and la.threads <= 1 and check_norms is None and x.nbytes < alloc.MIN_BYTES):
+        if not (la.fused and la.threads <= 1 and check_norms is None and x.nbytes < alloc.MIN_BYTES
+                and plan.kernel.strategy is Strategy.ROWS):  # (columns kernels take scratch memory too)
             return None
         fn, _, g = launcher(plan, "forward_fused")
         n = 3 * plan.binding.n_groups
@@ -136,8 +138,12 @@ class Recipe:
         params = {wn: w} if w is not None else {}
         if b is not None:
             params[bn] = b
-        return Call(backend=CPU, x=x, y=y, params=params, weight=w, bias=b, sizes=t.sizes, binding=t.binding,
-                    dtype=t.dtype, eps=t.eps, running=None, eval_mode=False, mix=None, group=None)
+        return dataclasses.replace(t, x=x, y=y, params=params, weight=w, bias=b)
+
+
+def template(call: Call) -> Call:
+    """A checked call without its arrays, for a recipe to keep."""
+    return dataclasses.replace(call, x=None, y=None, params={}, weight=None, bias=None)
 
 
 def _pick(source: tuple[str, int | str] | None, params: tuple, kwargs: dict[str, Any]):

@@ -30,7 +30,7 @@ from ..spec import Center, Scale, Spec, find_spec, load_spec
 from . import stats as st
 from .args import CALL_ARGS, Call, backend_of, check_array, check_forward, check_out
 from .distributed import merge_moments, sum_ranks
-from .fast import Recipe, _pick, call_key, source
+from .fast import Recipe, _pick, call_key, source, template
 from .mixture import mix_backward, mix_forward
 from .results import Forward, Grads
 from .running import commit, running_normalizer, updated
@@ -158,7 +158,7 @@ class Op:
             return
         check = self._check_norms if self.spec.scale is Scale.L2 and call.eps == 0 else None
         plan = self._plan(call, Direction.FORWARD)
-        self._fast.get_or_make(key, lambda: Recipe(call, plan, w, b, (wn, bn), self.spec.center is Center.MEAN,
+        self._fast.get_or_make(key, lambda: Recipe(template(call), plan, w, b, (wn, bn), self.spec.center is Center.MEAN,
                                                    check, self._kstats, Recipe.direct(plan, x, check)))
 
     def _statistics(self, call: Call, plan: Plan | None):
