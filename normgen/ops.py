@@ -39,6 +39,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     array, incremented in place). process_group (torch.distributed) or comm (mpi4py): the
     batch is split across the ranks; training statistics cover all of it.
     """
+    if input.size == 0 and input.ndim < 2:  # PyTorch: an empty batch of no channels is an empty result
+        return np.empty_like(input)
     sync = process_group is not None or comm is not None
     if training and not sync:  # across ranks, the op checks the count over all ranks
         size = int(np.prod([input.shape[0]] + list(input.shape[2:]))) if input.ndim >= 2 else 1

@@ -28,7 +28,7 @@ def test_failed_calls_leave_running_statistics_unchanged():
     failing = [
         dict(weight=np.ones(5, np.float32)),
         dict(out=np.empty((1,), np.float32)),
-        dict(momentum=2.0),
+        dict(momentum="fast"),
         dict(bias=np.zeros(6, np.float64)),
     ]
     for kw in failing:
@@ -40,8 +40,14 @@ def test_failed_calls_leave_running_statistics_unchanged():
 
 
 def test_empty_batch_is_an_empty_result():
+    """As in PyTorch: empty inputs give empty outputs (also when the groups have no elements),
+    and running statistics stay as they were."""
     y = ops.layer_norm(np.zeros((0, 5), np.float32), (5,))
     assert y.shape == (0, 5)
+    assert ops.layer_norm(np.zeros((3, 0), np.float32), (0,)).shape == (3, 0)
+    rm, rv = np.arange(3, dtype=np.float32), np.ones(3, np.float32)
+    assert ops.batch_norm(np.zeros((0, 3, 4), np.float32), rm, rv, training=True).shape == (0, 3, 4)
+    assert np.array_equal(rm, np.arange(3)) and np.array_equal(rv, np.ones(3))
     fwd = normgen.load("group_norm").forward(np.zeros((0, 6, 3), np.float32), num_groups=3)
     assert fwd.y.shape == (0, 6, 3) and fwd.mean.shape == (0, 3)
 
@@ -90,3 +96,17 @@ def test_a_recipe_keeps_no_arrays():
     assert len(op._fast) == 1
     del x, y
     assert refs[0]() is None and refs[1]() is None
+
+
+def test_eps_zero_on_a_group_without_spread_is_a_clear_error():
+    x = np.ones((2, 4), np.float32)
+    x[1] = np.arange(4)
+    with pytest.raises(CallError, match=r"group at kept index \(0,\) has zero variance, so \(x - mean\) / std "
+                                        r"is undefined \(eps = 0\)"):
+        ops.layer_norm(x, (4,), eps=0.0)
+    with pytest.raises(CallError, match=r"zero mean square, so x / rms is undefined"):
+        ops.rms_norm(np.zeros((2, 4), np.float32), (4,), eps=0.0)
+    nan = x.copy()
+    nan[0, 0] = np.nan  # NaN poisons its own group only, and is not an error
+    y = ops.layer_norm(nan, (4,), eps=0.0)
+    assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()

@@ -8,7 +8,6 @@ is a `CallError` that names the argument and says what was expected and what cam
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -108,10 +107,19 @@ def check_array(name: str, a: Any, backend, what: str = "x") -> None:
     """`a` is an array of the backend, of a dtype its kernels take."""
     if not backend.owns(a):
         raise CallError(f"{name}: {what} must be a {_kind(backend)} array, got {type(a).__name__}")
+    _native(name, what, a)
     dtype = backend.dtype(a)
     if dtype not in backend.dtypes:
         raise CallError(f"{name}: {what} has dtype {dtype}; the {backend.name} backend takes "
                         + " or ".join(backend.dtypes))
+
+
+def _native(name: str, what: str, a: Any) -> None:
+    """The kernels read numbers in the machine's byte order."""
+    dtype = getattr(getattr(a, "bits", a), "dtype", None)
+    if dtype is not None and not dtype.isnative:
+        raise CallError(f"{name}: {what} has byte order '{dtype.byteorder}' ({dtype.str}), not the machine's; "
+                        f"convert it first, e.g. {what}.astype({what}.dtype.newbyteorder('='))")
 
 
 def _params(spec: Spec, params: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +152,7 @@ def _param(name: str, pname: str, p: Any, shape: tuple[int, ...], dtype: str, ba
         raise CallError(f"{name}: {pname} must be a {_kind(backend)} array, got {type(p).__name__}")
     if tuple(p.shape) != shape:
         raise CallError(f"{name}: {pname} has shape {tuple(p.shape)}, expected {shape}")
+    _native(name, pname, p)
     if backend.dtype(p) != dtype:
         raise CallError(f"{name}: {pname} has dtype {backend.dtype(p)}, expected {dtype} (the dtype of x)")
     return p if backend.dense(p) else backend.contiguous(p)
@@ -160,6 +169,7 @@ def check_out(name: str, out: Any, like, backend, *inputs):
                         f"expected {tuple(like.shape)} and {backend.dtype(like)}")
     if not backend.writeable(out):
         raise CallError(f"{name}: out is read-only")
+    _native(name, "out", out)
     if backend.strides(out) is None:
         raise CallError(f"{name}: out has strides {getattr(out, 'bits', out).strides} that the kernels cannot write "
                         "(negative, zero or not a multiple of the item size)")
@@ -181,6 +191,7 @@ def _running(spec: Spec, binding: Binding, running_mean: Any, running_var: Any, 
             raise CallError(f"{spec.name}: {rname} must be a {_kind(backend)} array, got {type(r).__name__}")
         if tuple(r.shape) != binding.running_shape:
             raise CallError(f"{spec.name}: {rname} has shape {tuple(r.shape)}, expected {binding.running_shape}")
+        _native(spec.name, rname, r)
         if backend.dtype(r) not in ("float32", "float64"):
             raise CallError(f"{spec.name}: {rname} has dtype {backend.dtype(r)}, expected float32 or float64")
         if not backend.writeable(r):
@@ -192,13 +203,18 @@ def machine_eps(dtype: str) -> float:
     return {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}.get(dtype) or float(np.finfo(np.dtype(dtype)).eps)
 
 
+def _number(spec: Spec, name: str, value: Any, also: str = "") -> float:
+    """A call's eps or momentum, as given: PyTorch takes any number (a negative eps gives NaN
+    where var + eps < 0, a momentum outside [0, 1] extrapolates), and so do normgen's calls."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
+        raise CallError(f"{spec.name}: {name} must be a number{also}, got {value!r}")
+    return float(value)
+
+
 def _eps(spec: Spec, eps: Any, dtype: str) -> float:
     if eps is None or eps is SPEC_DEFAULT:
         return machine_eps(dtype) if spec.eps == "dtype" else float(spec.eps)
-    eps = float(eps)
-    if not math.isfinite(eps) or eps < 0:
-        raise CallError(f"{spec.name}: eps must be a finite number >= 0, got {eps}")
-    return eps
+    return _number(spec, "eps", eps)
 
 
 def _momentum(spec: Spec, momentum: Any, num_batches_tracked: Any) -> float:
@@ -208,10 +224,7 @@ def _momentum(spec: Spec, momentum: Any, num_batches_tracked: Any) -> float:
         if num_batches_tracked is None:
             raise CallError(f"{spec.name}: momentum=None (cumulative average) needs num_batches_tracked")
         return 1.0 / (int(np.asarray(num_batches_tracked)) + 1)
-    m = float(momentum)
-    if not 0.0 <= m <= 1.0:
-        raise CallError(f"{spec.name}: momentum must be in [0, 1] or None, got {momentum}")
-    return m
+    return _number(spec, "momentum", momentum, " or None")
 
 
 def _mix(spec: Spec, mean_weight: Any, var_weight: Any) -> dict[str, np.ndarray] | None:

@@ -112,7 +112,7 @@ class Op:
         call_args = {k: kwargs.pop(k) for k in CALL_ARGS if k in kwargs}
         call = check_forward(self.spec, self._bind, x, params, kwargs, **call_args)
         self._check_counts(call)
-        if call.binding.n_groups == 0:
+        if call.binding.n_groups == 0 or (call.x.size == 0 and call.group is None):
             return self._empty_forward(call)
         plan = self._plan(call, Direction.FORWARD) if call.x.size else None
         kstats, moments, norm, mix, count = self._statistics(call, plan)
@@ -125,10 +125,7 @@ class Op:
         b = call.binding
         if call.group is not None:  # counted over every rank by the statistics step
             return
-        if b.n_groups and b.group_size == 0:
-            raise CallError(f"{self.name}: the reduced axes of input {tuple(call.x.shape)} have no elements "
-                            f"(statistics over 0 values)")
-        if call.running is not None and call.running.factor is not None and b.group_size == 1:
+        if call.running is not None and call.running.factor is not None and b.group_size == 1 and call.x.size:
             raise CallError(f"{self.name}: expected more than 1 value per statistic when training "
                             f"(input {tuple(call.x.shape)} has 1); running variance needs n - 1 > 0")
 
@@ -156,7 +153,7 @@ class Op:
             key = call_key(x, params, kwargs, _threads.threads())
         except TypeError:
             return
-        check = self._check_norms if self.spec.scale is Scale.L2 and call.eps == 0 else None
+        check = self._check_norms if self._checks_norms(call) else None
         plan = self._plan(call, Direction.FORWARD)
         self._fast.get_or_make(key, lambda: Recipe(template(call), plan, w, b, (wn, bn), self.spec.center is Center.MEAN,
                                                    check, self._kstats, Recipe.direct(plan, x, check)))
@@ -208,16 +205,22 @@ class Op:
                             "the process group have 1 in all); running variance needs n - 1 > 0")
         return count.reshape(call.binding.stats_shape)
 
+    def _checks_norms(self, call: Call) -> bool:
+        """With eps = 0 a group can have nothing to divide by: see _check_norms."""
+        return call.eps == 0 and self.spec.scale is not Scale.NONE
+
     def _check_norms(self, kstats, call: Call) -> None:
-        """A weight-norm group of zeros has no direction (eps = 0): an error, not a NaN."""
-        if self.spec.scale is not Scale.L2 or call.eps != 0:
+        """With eps = 0, a group without spread (std), of zeros (rms) or a weight row of zeros
+        (l2, weight norm) has no x̂: an error, not a silent NaN. (NaN inputs stay NaN in their
+        group: their rstd is NaN, not infinite.)"""
+        if not self._checks_norms(call):
             return
-        rs = call.backend.to_host(kstats)[:, 2]
-        if not np.isfinite(rs).all():
-            bad = np.isinf(rs).reshape(call.binding.stats_shape)
-            where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise CallError(f"{self.name}: the group at kept index {where} has zero norm, so v / ||v|| is "
-                            "undefined (eps = 0)")
+        bad = np.isinf(call.backend.to_host(kstats)[:, 2])
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad.reshape(call.binding.stats_shape))[0])
+            what = {Scale.STD: "zero variance, so (x - mean) / std", Scale.RMS: "zero mean square, so x / rms",
+                    Scale.L2: "zero norm, so v / ||v||"}[self.spec.scale]
+            raise CallError(f"{self.name}: the group at kept index {where} has {what} is undefined (eps = 0)")
 
     def _new_running(self, call: Call, moments, norm, mix, count):
         """The running statistics after this batch (PyTorch's formulas); assigned by the caller."""
@@ -235,7 +238,9 @@ class Op:
                        be.to_host(call.running.var))
 
     def _empty_forward(self, call: Call) -> Forward:
-        kstats = call.backend.from_host(np.zeros((0, 3), call.stat_dtype))
+        """An empty input gives an empty output, as in PyTorch; the statistics of groups without
+        elements are NaN, and running statistics are left as they were."""
+        kstats = call.backend.from_host(np.full((call.binding.n_groups, 3), np.nan, call.stat_dtype))
         return Forward(y=call.y, kstats=kstats, call=call, centered=self.spec.center is Center.MEAN)
 
     # ---- backward ---------------------------------------------------------------------
@@ -360,13 +365,15 @@ def _binding_key(shape: tuple[int, ...], sizes: dict[str, Any]) -> tuple | None:
         return [shape]  # unhashable: not remembered
 
 
-_BY_NAME: dict[str, Op] = {}
+_BY_NAME: dict[str, Op] = {}  # bundled specs by name
+_BY_PATH: dict[str, tuple[tuple[int, int], Op]] = {}  # spec files by path, with the (mtime, size) they had
 
 
 def load(name_or_path: Any, *, options: Options | None = None) -> Op:
     """An Op for a bundled spec name ('group_norm'), a path to a spec file, or a Spec.
 
-    `options` (plan/model.py `Options`) gives a new Op that plans with them.
+    A spec file is read again when it changed since it was last loaded. `options`
+    (plan/model.py `Options`) gives a new Op that plans with them.
     """
     found = _BY_NAME.get(name_or_path) if type(name_or_path) is str and options is None else None
     if found is not None:
@@ -378,11 +385,21 @@ def load(name_or_path: Any, *, options: Options | None = None) -> Op:
     if isinstance(name_or_path, Op):
         return name_or_path
     key = str(name_or_path)
-    if key in _BY_NAME:
-        return _BY_NAME[key]
     path = Path(key)
-    op = Op(load_spec(path)) if key.endswith(".toml") or path.exists() else Op(find_spec(key))
-    _BY_NAME[key] = op
+    if not (key.endswith(".toml") or path.exists()):
+        op = _BY_NAME[key] = Op(find_spec(key))
+        return op
+    try:
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        stamp = None  # load_spec says what is wrong with the path
+    cached = _BY_PATH.get(key)
+    if cached is not None and stamp is not None and cached[0] == stamp:
+        return cached[1]
+    op = Op(load_spec(path))
+    if stamp is not None:
+        _BY_PATH[key] = (stamp, op)
     return op
 
 

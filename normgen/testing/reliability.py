@@ -1,7 +1,8 @@
 """The reliability campaign behind docs/RELIABILITY.md.
 
-    python -m normgen.testing.reliability                     # full counts, rewrites docs/RELIABILITY.md
+    python -m normgen.testing.reliability --update-docs       # full counts, rewrites docs/RELIABILITY.md
     python -m normgen.testing.reliability --quick --out F     # small counts (what CI runs)
+    python -m normgen.testing.reliability                     # full counts, report in the temporary folder
 
 It fuzzes spec files, makes hostile calls, checks hard numerics against the float64
 oracle (and PyTorch's float32 error on the same data, when PyTorch is installed), and
@@ -27,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import CallError, SpecError
+from ..paths import repo_root
 
 
 @dataclass
@@ -261,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small counts (CI)")
     ap.add_argument("--examples", type=int, help="fuzzed specs per strategy (default 2000, quick 100)")
     ap.add_argument("--processes", type=int, help="concurrent builders (default 8, quick 3)")
-    ap.add_argument("--out", help="where to write the report (default docs/RELIABILITY.md)")
+    ap.add_argument("--out", help="where to write the report (default: a file in the temporary folder)")
+    ap.add_argument("--update-docs", action="store_true", help="write the report to the checkout's docs/RELIABILITY.md")
     args = ap.parse_args(argv)
     examples = args.examples or (100 if args.quick else 2000)
     processes = args.processes or (3 if args.quick else 8)
@@ -281,7 +284,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
     cmd = "python -m normgen.testing.reliability" + (" --quick" if args.quick else "")
     text = report(sections, cmd)
-    path = Path(args.out) if args.out else Path(__file__).resolve().parent.parent / "docs" / "RELIABILITY.md"
+    if args.update_docs:
+        root = repo_root()
+        if root is None:
+            ap.error("--update-docs needs a source checkout (docs/RELIABILITY.md beside the normgen package)")
+        path = root / "docs" / "RELIABILITY.md"
+    else:
+        path = Path(args.out) if args.out else Path(tempfile.gettempdir()) / "normgen-reliability.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
     print(f"wrote {path}")
