@@ -17,13 +17,13 @@ from ..errors import CallError
 from ..plan.bind import Binding
 from ..runtime import select
 from ..spec import Spec
-from .distributed import Group, group_of
+from .distributed import Group, check_sync, group_of
 
 #: "use the spec's default momentum" (None already means a cumulative average)
 SPEC_DEFAULT: Any = object()
 #: call arguments every op takes besides its parameters and sizes
 CALL_ARGS = ("out", "eps", "training", "running_mean", "running_var", "momentum", "num_batches_tracked",
-             "mean_weight", "var_weight", "target", "process_group", "comm")
+             "mean_weight", "var_weight", "target", "process_group", "comm", "sync")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class Call:
     eval_mode: bool  # normalize with the running statistics
     mix: dict[str, np.ndarray] | None  # a mixture's logits (mean_weight, var_weight), float64
     group: Group | None  # the ranks that share the statistics
+    sync: str = "allreduce"  # how statistics cross the ranks (op/distributed.py)
 
     @property
     def stat_dtype(self) -> np.dtype:
@@ -64,7 +65,7 @@ def check_forward(spec: Spec, bind: Callable[..., Binding], x: Any, params: tupl
                   out: Any = None, training: bool = True, running_mean: Any = None, running_var: Any = None,
                   momentum: Any = SPEC_DEFAULT, eps: Any = None, num_batches_tracked: Any = None,
                   mean_weight: Any = None, var_weight: Any = None, target: str | None = None,
-                  process_group: Any = None, comm: Any = None) -> Call:
+                  process_group: Any = None, comm: Any = None, sync: str = "allreduce") -> Call:
     """Every argument of a forward call, checked; `bind(shape, sizes)` binds x's shape."""
     name = spec.name
     backend = backend_of(name, x, target)
@@ -81,13 +82,14 @@ def check_forward(spec: Spec, bind: Callable[..., Binding], x: Any, params: tupl
     factor = _momentum(spec, momentum, num_batches_tracked) if (running is not None and training) else None
     y = check_out(name, out, x, backend, x)
     group = _group(spec, process_group, comm, eval_mode)
+    sync = check_sync(sync, name)
     xk = x if backend.strides(x) is not None else backend.contiguous(x)
     a = spec.affine
     return Call(backend=backend, x=xk, y=y, params=checked, sizes=sizes, binding=binding, dtype=dtype, eps=e,
                 weight=checked.get(a.weight) if a and a.weight else None,
                 bias=checked.get(a.bias) if a and a.bias else None,
                 running=None if running is None else Running(*running, num_batches_tracked, factor),
-                eval_mode=eval_mode, mix=mix, group=group)
+                eval_mode=eval_mode, mix=mix, group=group, sync=sync)
 
 
 def backend_of(name: str, x: Any, target: str | None):

@@ -33,7 +33,7 @@ from .distributed import merge_moments, sum_ranks
 from .fast import Recipe, _pick, call_key, source, template
 from .mixture import mix_backward, mix_forward
 from .results import Forward, Grads
-from .running import commit, running_normalizer, updated
+from .running import broadcast_running, commit, running_normalizer, updated
 
 #: plans and bindings remembered per op (calls repeat their shapes)
 MEMO_SIZE = 256
@@ -177,7 +177,8 @@ class Op:
         moments = be.moments(plan, call.x) if plan is not None else np.zeros((call.binding.n_groups, 3))
         count = n
         if call.group is not None:
-            moments = merge_moments(call.group, moments, self.name)  # the same on every rank
+            shift = broadcast_running(call.binding, be.to_host(call.running.mean)) if call.running else None
+            moments = merge_moments(call.group, moments, self.name, call.sync, shift)  # the same on every rank
             count = self._group_counts(call, moments[:, 0])
         norm = st.moments_normalizer(spec, moments, call.eps, call.binding.stats_shape)
         mix = None
@@ -274,7 +275,7 @@ class Op:
                 a = b = np.zeros(call.binding.n_groups)
                 dw = db = None
             if call.group is not None:
-                total = sum_ranks(call.group, np.stack([a, b], axis=1), self.name)
+                total = sum_ranks(call.group, np.stack([a, b], axis=1), self.name, call.sync)
                 a, b = total[:, 0], total[:, 1]
             coef = self._coefficients(fwd, a, b, grads)
             if plan is not None:
