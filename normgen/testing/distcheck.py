@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..op import load
 from ..op.distributed import Group, group_of
 
 TOL = 1e-10  # float64 data: the sharded and the single-process runs differ only in summation order
@@ -59,8 +60,6 @@ def _sum_over_ranks(group: Group, a: np.ndarray) -> np.ndarray:
 
 def check_batch_norm(group: Group, sync: str = "allreduce", steps: int = 2) -> None:
     """Batch split unequally (an empty rank when world > 2); running statistics over steps."""
-    from ..op.op import load
-
     op = load("batch_norm")
     rng = np.random.default_rng(7)
     n_total, c = 11, 6
@@ -90,8 +89,6 @@ def check_batch_norm(group: Group, sync: str = "allreduce", steps: int = 2) -> N
 
 def check_group_norm_spatial(group: Group, sync: str = "allreduce") -> None:
     """group_norm with the image split along H (spatial parallelism): strided shards."""
-    from ..op.op import load
-
     op = load("group_norm")
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 6, 9, 4)) + 1.0
@@ -110,8 +107,6 @@ def check_group_norm_spatial(group: Group, sync: str = "allreduce") -> None:
 
 def check_hidden_sharded(group: Group, name: str, sync: str = "allreduce") -> None:
     """layer_norm / rms_norm with the hidden dimension (and the parameters) split: tensor parallel."""
-    from ..op.op import load
-
     op = load(name)
     rng = np.random.default_rng(9)
     rows, hidden = 10, 24
@@ -137,8 +132,6 @@ def check_far_offset(group: Group, sync: str = "allreduce") -> None:
     """float32 rows with mean 1e4 and std 1e-2, the hidden dimension split: the statistics
     keep their digits (the shifted sums are reduced again around the mean), within the
     float32 tolerance of `normgen check`, and are bit-identical on every rank."""
-    from ..op.op import load
-
     op = load("layer_norm")
     rng = np.random.default_rng(10)
     rows, hidden = 6, 40
@@ -171,7 +164,7 @@ def check_torch_sync_batchnorm(group: Group, process_group: Any = None) -> None:
     """normgen.torch.SyncBatchNorm vs torch.nn.BatchNorm2d over the whole batch, 2 steps."""
     import torch
 
-    from ..torch.modules import SyncBatchNorm
+    from ..torch import SyncBatchNorm  # (torch is optional: imported when this check runs)
 
     torch.manual_seed(0)
     n_total, c = 9, 4
@@ -204,8 +197,6 @@ def check_torch_sync_batchnorm(group: Group, process_group: Any = None) -> None:
 def step_bytes(group: Group, shape: tuple[int, ...] = (4, 64, 7, 7)) -> tuple[int, int]:
     """(sent, received) by this rank in one batch_norm training step (forward and backward)
     on a fresh group: the payload of every collective, counted."""
-    from ..op.op import load
-
     op = load("batch_norm")
     x = np.random.default_rng(group.rank).standard_normal(shape)
     fwd = op.forward(x, running_mean=np.zeros(shape[1]), running_var=np.ones(shape[1]), training=True,

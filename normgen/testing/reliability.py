@@ -27,8 +27,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import __version__
+from ..bench.cpu import machine
 from ..errors import CallError, SpecError
+from ..layouts import make_array
+from ..op import load
 from ..paths import repo_root
+from ..spec import parse_spec
+from ..verify import oracle
 
 
 @dataclass
@@ -47,8 +53,7 @@ def fuzz_specs(examples: int, seed: int = 0) -> list[Outcome]:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from . import hostile as strategies  # the strategies the test suite uses
-    from ..spec import parse_spec
+    from . import hostile as strategies  # the strategies the test suite uses (needs hypothesis, a test extra)
 
     out = []
     for label, strategy in (("random text", st.text(max_size=400)),
@@ -116,9 +121,6 @@ def hostile_calls() -> list[Outcome]:
 
 def numerics() -> list[Outcome]:
     """Large offsets in float32: normgen and PyTorch against the float64 oracle."""
-    from ..verify import oracle
-    from ..layouts import make_array
-    from ..op.op import load
 
     try:
         import torch
@@ -236,8 +238,6 @@ def cache_faults(processes: int = 8) -> list[Outcome]:
 
 
 def report(sections: dict[str, list[Outcome]], command: str) -> str:
-    from .. import __version__
-    from ..bench.cpu import machine
 
     m = machine()
     lines = ["# Reliability", "",
