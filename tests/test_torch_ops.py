@@ -179,3 +179,27 @@ def test_running_update_matches_the_op(name):
     update_running(op.binding(X4), torch.from_numpy(np.asarray(fwd.moments)), got_m, got_v, 0.3, None)
     np.testing.assert_allclose(got_m.numpy(), want_m, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got_v.numpy(), want_v, rtol=1e-12, atol=1e-12)
+
+
+def test_cuda_training_forward_leaves_the_statistics_on_the_device(monkeypatch):
+    # The CUDA code path on the CPU emulator (NumPy arrays stand for device memory): a training
+    # forward copies nothing to the host, and its moments update the running statistics with
+    # torch operations, as on a GPU; the result equals the Op's own (host) update.
+    from normgen.runtime import select
+
+    device = type(select(np.zeros(1), "cuda").device)
+    copies = []
+    to_host = device.to_host
+    monkeypatch.setattr(device, "to_host", lambda self, a: copies.append(np.shape(a)) or to_host(self, a))
+    op = normgen.load("batch_norm")
+    x = rand(X4, 0, scale=3, shift=1).float().numpy()
+    w, b = np.ones(6, np.float32), np.zeros(6, np.float32)
+    fwd = op.forward(x, w, b, target="cuda")
+    assert copies == []
+    rm, rv = torch.zeros(6, dtype=torch.float64), torch.ones(6, dtype=torch.float64)
+    update_running(op.binding(X4), torch.from_numpy(fwd.moments), rm, rv, 0.1, None)
+    want_m, want_v = np.zeros(6), np.ones(6)
+    op.forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), running_mean=want_m,
+               running_var=want_v, momentum=0.1)
+    np.testing.assert_allclose(rm.numpy(), want_m, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rv.numpy(), want_v, rtol=1e-5, atol=1e-6)
