@@ -203,3 +203,24 @@ def test_cuda_training_forward_leaves_the_statistics_on_the_device(monkeypatch):
                running_var=want_v, momentum=0.1)
     np.testing.assert_allclose(rm.numpy(), want_m, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(rv.numpy(), want_v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["group_norm", "switchable_norm"])
+def test_registered_autograd_formula_passes_gradcheck(name):
+    # the op called directly with inputs that need gradients runs the formula registered with
+    # torch.library.register_autograd (eager modules use autograd.NormFunction, compile this one)
+    shape, sizes, pshape, rshape = CASES[name]
+    x = rand(shape, 0, scale=3, shift=1, grad=True)
+    args = forward_args(name, x, sizes, pshape, rshape, True)
+    where = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
+
+    def f(*tensors):
+        full = list(args)
+        for i, t in zip(where, tensors):
+            full[i] = t
+        y = library.forward(*full)[0]
+        assert y.grad_fn is not None and "normgen_forward" in type(y.grad_fn).__name__
+        return y
+
+    assert torch.autograd.gradcheck(f, tuple(args[i] for i in where), eps=1e-6, atol=1e-6, rtol=1e-5,
+                                    fast_mode=True)

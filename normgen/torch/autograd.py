@@ -4,13 +4,15 @@ that runs `normgen::backward` on it, registered with torch.library.register_auto
 
 Why an eager wrapper: in torch 2.13, an op whose autograd comes from register_autograd pays
 for it in Python on every call that needs gradients: the arguments are re-filled from the
-schema (`torch._library.utils.fill_defaults`, which rebuilds the schema's argument list
-once per argument: quadratic in the 13 arguments) and list arguments are flattened with
-pytree three times. Measured on this machine, ~150-250 µs per call against ~15 µs for an
-autograd.Function (bench/op_overhead.py). So eager calls go through `NormFunction`, an
-autograd.Function whose forward calls the same op below autograd (grad mode is off inside
-it) and whose backward is the same `backward`; under torch.compile, Dynamo records the op
-itself and AOTAutograd uses the registered formula. Both run the same kernels.
+schema (`torch._library.utils.fill_defaults` rebuilds the schema's argument list once per
+argument: quadratic in the 13 arguments) and the list arguments are flattened with pytree
+three times. Measured on this machine (layer_norm [16, 4096], one thread, process CPU time
+per call): 330 µs through the registered formula, 205 µs through `NormFunction`, 165 µs for
+the op without gradients. So eager calls go through `NormFunction`, an autograd.Function
+whose forward calls the same op (grad mode is off inside it, so the op's autograd kernel
+passes straight through) and whose backward is the same `backward`; under torch.compile,
+Dynamo records the op itself and AOTAutograd uses the registered formula. Both run the same
+kernels and save the same tensors.
 """
 
 from __future__ import annotations

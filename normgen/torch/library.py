@@ -41,9 +41,18 @@ SCHEMAS = {
                       "Tensor? num_batches_tracked, SymInt[] shape, str spec, str sizes, float? momentum) -> ()",
 }
 
+# pt2_compliant: opcheck passes for them (tests/test_torch_ops.py). cudagraph_unsafe: on CUDA the
+# backward copies the parameter gradients' partial sums to the host (and so does a forward in
+# evaluation, or of a mixture), and CuPy allocates the statistics from its own memory pool,
+# which a captured graph must not keep addresses in: Inductor's CUDA graphs (mode="reduce-
+# overhead") leave these two ops outside the graph. update_running is torch operations only.
+TAGS = {"forward": (torch.Tag.pt2_compliant_tag, torch.Tag.cudagraph_unsafe),
+        "backward": (torch.Tag.pt2_compliant_tag, torch.Tag.cudagraph_unsafe),
+        "update_running": (torch.Tag.pt2_compliant_tag,)}
+
 _lib = torch.library.Library(NAMESPACE, "DEF")
 for _name, _schema in SCHEMAS.items():
-    _lib.define(_schema)
+    _lib.define(_schema, tags=TAGS[_name])
 
 for _name, _real, _fake in (("forward", forward_impl, forward_fake), ("backward", backward_impl, backward_fake),
                             ("update_running", update_impl, update_fake)):
