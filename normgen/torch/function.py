@@ -68,7 +68,7 @@ def normalize(op: Op | Spec | str, input: Tensor, params: Mapping[str, Tensor | 
             t is not None and t.requires_grad for t in tensors)):
         y, _, moments, extra_out = library.forward(input, weight, bias, extras, *read, *mix, *tail)
     else:  # eager, with gradients: the faster autograd wrapper of the same op (autograd.py)
-        y, _, moments, *extra_out = NormFunction.apply((*read, *tail), input, weight, bias, *mix, *extras)
+        y, moments, *extra_out = NormFunction.apply((*read, *tail), input, weight, bias, *mix, *extras)
     if update:
         library.update_running(moments, running_mean, running_var, num_batches_tracked, list(input.shape), key,
                                tail[1], momentum)
