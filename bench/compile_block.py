@@ -2,15 +2,16 @@
 and with normgen's, in one process; and the per-call cost of a small eager normgen layer.
 
     python bench/compile_block.py [--tokens 4096] [--dim 1024] [--steps 10] [--json FILE]
-    python bench/compile_block.py --small          # LayerNorm [16, 4096]: µs per call
+    OMP_NUM_THREADS=1 NORMGEN_NUM_THREADS=1 python bench/compile_block.py --small   # µs per small call
 
 The block is x + Linear(GELU(LayerNorm(x))) followed by RMSNorm, float32; a step is forward
 and backward (dy given). Four providers: torch eager, torch.compile, normgen eager
 (`nt.convert` of the same block) and normgen under torch.compile (default Inductor backend,
 fullgraph=True). After compiling and warming up, the providers take turns step by step and
-each one's median step time is reported, with its ratio to torch eager. `--small` reports the
-best of several rounds of a small call, in wall time and in process CPU time (which is less
-disturbed on a shared machine).
+each one's median step time is reported, with its ratio to torch eager. `--small` reports
+the process CPU time of small calls (best of 15 rounds of 300), for torch.nn and
+normgen.torch: the host work per call, which one thread each shows best (with more, idle
+workers that spin count too).
 """
 
 from __future__ import annotations
@@ -71,25 +72,29 @@ def block(tokens: int, dim: int, steps: int) -> dict:
 
 
 def small(rounds: int = 15, calls: int = 300) -> dict:
-    x = torch.randn(16, 4096)
-    models = {"torch.nn.LayerNorm": nn.LayerNorm(4096), "nt.LayerNorm": nt.LayerNorm(4096)}
+    """µs of process CPU time per call (best round): small calls, torch.nn and normgen.torch."""
+    x, xb = torch.randn(16, 4096), torch.randn(8, 16, 8, 8)
+    xg, dy = x.clone().requires_grad_(), torch.randn(16, 4096)
     out = {}
-    for name, m in models.items():
-        for clock in ("perf_counter", "process_time"):
-            now = getattr(time, clock)
+    for ns in (nn, nt):
+        ln, bn = ns.LayerNorm(4096), ns.BatchNorm2d(16)
+        cases = {"LayerNorm [16, 4096] forward": lambda ln=ln: ln(x),
+                 "LayerNorm [16, 4096] forward + backward": lambda ln=ln: ln(xg).backward(dy),
+                 "BatchNorm2d [8, 16, 8, 8] training forward": lambda bn=bn: bn(xb)}
+        for case, f in cases.items():
             for _ in range(50):
-                m(x)
-            best = min(_round(m, x, now, calls) for _ in range(rounds))
-            out[f"{name} {clock}"] = best * 1e6
-            print(f"{name:20s} [16, 4096] forward: {best * 1e6:7.1f} us per call ({clock})")
+                f()
+            best = min(_round(f, calls) for _ in range(rounds))
+            out[f"{ns.__name__} {case}"] = best * 1e6
+            print(f"{ns.__name__:17s} {case:42s} {best * 1e6:7.1f} us per call")
     return out
 
 
-def _round(m: nn.Module, x: torch.Tensor, now, calls: int) -> float:
-    t = now()
+def _round(f, calls: int) -> float:
+    t = time.process_time()  # CPU time: less disturbed by other work on a shared machine
     for _ in range(calls):
-        m(x)
-    return (now() - t) / calls
+        f()
+    return (time.process_time() - t) / calls
 
 
 def main() -> None:
@@ -97,7 +102,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--dim", type=int, default=1024)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--small", action="store_true", help="per-call cost of LayerNorm [16, 4096] instead")
+    p.add_argument("--small", action="store_true", help="the per-call cost of small layers instead")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     result = small() if args.small else block(args.tokens, args.dim, args.steps)
