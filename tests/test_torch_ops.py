@@ -224,3 +224,15 @@ def test_registered_autograd_formula_passes_gradcheck(name):
 
     assert torch.autograd.gradcheck(f, tuple(args[i] for i in where), eps=1e-6, atol=1e-6, rtol=1e-5,
                                     fast_mode=True)
+
+
+def test_a_failed_update_leaves_the_running_statistics_as_they_were():
+    x = rand(X4, 0)
+    rm, rv = torch.zeros(6, dtype=torch.float64), torch.ones(5, dtype=torch.float64)
+    with pytest.raises(CallError, match=r"running_var has shape \(5,\) and dtype torch.float64, expected \(6,\)"):
+        nt.batch_norm(x, rm, rv, training=True)
+    assert torch.equal(rm, torch.zeros(6, dtype=torch.float64)) and torch.equal(rv, torch.ones(5, dtype=torch.float64))
+    rv = torch.ones(6, dtype=torch.float64)
+    with pytest.raises(CallError, match="expected more than 1 value per statistic"):
+        nt.normalize("batch_norm", x[:1, :, :1, :1], running_mean=rm, running_var=rv)
+    assert torch.equal(rm, torch.zeros(6, dtype=torch.float64)) and torch.equal(rv, torch.ones(6, dtype=torch.float64))

@@ -43,8 +43,10 @@ def update_running(binding: Binding, moments: Tensor, running_mean: Tensor, runn
         mean, unbiased = mean.mean(other), unbiased.mean(other)
     present = sorted(dims)
     order = [present.index(d) for d in dims]
-    for running, batch in ((running_mean, mean), (running_var, unbiased)):
-        batch = batch.permute(order).reshape(running.shape).to(running.dtype)
+    # both batch values before either buffer changes: a failure leaves the two as they were
+    pairs = ((running_mean, mean), (running_var, unbiased))
+    batches = [b.permute(order).reshape(r.shape).to(r.dtype) for r, b in pairs]
+    for running, batch in zip((running_mean, running_var), batches):
         if momentum is None:  # the factor is a tensor: no host read of the count
             factor = 1.0 / num_batches_tracked.to(running.dtype)
             running.mul_(1 - factor).add_(batch * factor)
