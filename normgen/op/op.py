@@ -119,7 +119,7 @@ class Op:
         if call.running is not None and call.running.factor is not None:
             commit(self._new_running(call, moments, norm, mix, count), call.running, call.backend)
         return Forward(y=call.y, kstats=kstats, call=call, centered=self.spec.center is Center.MEAN, mix=mix,
-                       count=count if call.group is not None else None)
+                       count=count if call.group is not None else None, moments=moments)
 
     def _check_counts(self, call: Call) -> None:
         b = call.binding

@@ -1,76 +1,96 @@
-"""Any Op as a differentiable torch function: `normalize(op, x, params, ...)`."""
+"""Any Op as a differentiable torch function: `normalize(op, x, params, ...)`, the one entry
+that modules, functional and parametrizations call. It runs the custom ops of library.py:
+`normgen::forward` (with autograd), then, in training with running statistics,
+`normgen::update_running`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from ..op import Op, load
-from .bridge import _array, _on_stream, _tensor
+from ..errors import CallError
+from ..op import Op
+from ..spec import Spec
+from . import library
+from .autograd import NormFunction
+from .fake import stats_count
+from .registry import group_key, op_of, sizes_key, spec_key
 
 #: "use the spec's default momentum" (None already means a cumulative average)
 _SPEC_MOMENTUM: Any = object()
+_MIX = ("mean_weight", "var_weight")
 
 
-class _Call:
-    """One forward call's non-tensor arguments: the Op, the parameter names, the keywords."""
-
-    def __init__(self, op: Op, names: tuple[str, ...], kwargs: dict[str, Any]):
-        self.op, self.names, self.kwargs = op, names, kwargs
-
-
-class _NormFunction(torch.autograd.Function):
-    """y = op(x, **params); the backward is `op.backward` (the generated backward kernels)."""
-
-    @staticmethod
-    def forward(ctx, call: _Call, x: Tensor, *params: Tensor) -> Tensor:
-        arrays = {name: _array(p, name) for name, p in zip(call.names, params)}
-        with _on_stream(x):
-            fwd = call.op.forward(_array(x, "input"), **arrays, **call.kwargs)
-        ctx.call, ctx.fwd = call, fwd
-        # Saved so that autograd notices an in-place change of x or a parameter before backward:
-        # fwd holds NumPy views of the same memory, which autograd cannot watch.
-        ctx.save_for_backward(x, *params)
-        return _tensor(fwd.y)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy: Tensor):
-        _ = ctx.saved_tensors  # raises if a saved input was modified in place since forward
-        with _on_stream(dy):
-            grads = ctx.call.op.backward(_array(dy, "grad_output"), ctx.fwd)
-        need = ctx.needs_input_grad
-        dx = _tensor(grads.dx) if need[1] else None
-        dparams = [_tensor(grads.params[n]) if need[2 + i] else None for i, n in enumerate(ctx.call.names)]
-        return (None, dx, *dparams)
-
-
-def normalize(op: Op | str, input: Tensor, params: Mapping[str, Tensor | None] | None = None, *,
-              running_mean: Tensor | None = None, running_var: Tensor | None = None, training: bool = True,
-              momentum: float | None = _SPEC_MOMENTUM, eps: float | None = None, process_group: Any = None,
+def normalize(op: Op | Spec | str, input: Tensor, params: Mapping[str, Tensor | None] | None = None, *,
+              extras: list[Tensor] | None = None, running_mean: Tensor | None = None,
+              running_var: Tensor | None = None, training: bool = True, momentum: float | None = _SPEC_MOMENTUM,
+              num_batches_tracked: Tensor | None = None, eps: float | None = None, process_group: Any = None,
               comm: Any = None, **sizes: Any) -> Tensor:
     """Apply any normgen Op to a tensor, differentiably (the torch face of `Op.forward`).
 
-    `params` maps the spec's parameter names (and `mean_weight`/`var_weight` for a mixture)
-    to tensors; None entries are left out. Running statistics are updated in place when
-    `training`; `training=False` with running statistics normalizes with them.
+    `op`: a bundled name, a .toml path, a Spec, an Op, or the string id of a registered spec
+    (registry.spec_key; modules pass it, which keeps this function cheap to trace under
+    torch.compile). `params` maps the spec's parameter names (and `mean_weight`/`var_weight`
+    for a mixture) to tensors; None entries are left out. `extras`: a fused spec's inputs
+    shaped like x, in the spec's order. Running statistics are updated in place when
+    `training` (momentum=None: a cumulative average over `num_batches_tracked` batches,
+    this one included); `training=False` with running statistics normalizes with them.
     `process_group` (torch.distributed) or `comm` (mpi4py): `input` is this rank's shard of
     the reduced axes, and the statistics (forward and backward) cover every rank's shard.
 
+    Returns y (a spec that keeps its prologue will return (y, prologue): see fake.extra_outputs).
+
     >>> y = normalize("group_norm", x, {"weight": w, "bias": b}, num_groups=4)
     """
-    op = load(op)
-    params = {n: p for n, p in (params or {}).items() if p is not None}
-    kwargs: dict[str, Any] = dict(sizes, training=training, eps=eps)
-    if running_mean is not None or running_var is not None:
-        kwargs["running_mean"] = None if running_mean is None else _array(running_mean, "running_mean")
-        kwargs["running_var"] = None if running_var is None else _array(running_var, "running_var")
-    if momentum is not _SPEC_MOMENTUM:
-        kwargs["momentum"] = momentum
-    if process_group is not None or comm is not None:
-        kwargs.update(process_group=process_group, comm=comm)
-    return _NormFunction.apply(_Call(op, tuple(params), kwargs), input, *params.values())
+    key = spec_key(op)
+    spec = op_of(key).spec
+    weight, bias, mix = _params(spec, params or {})
+    group = group_key(process_group, comm)
+    update = training and (running_mean is not None or running_var is not None)
+    if update:
+        if spec.running is None:
+            raise CallError(f"{spec.name}: this spec has no running statistics")
+        if running_mean is None or running_var is None:
+            raise CallError(f"{spec.name}: give both running_mean and running_var, or neither")
+        if momentum is _SPEC_MOMENTUM:
+            momentum = spec.running.momentum
+        if not group and input.device.type == "cuda":  # CPU counts are checked from the moments
+            _check_count(spec, input, sizes)
+    tail = (key, sizes_key(sizes), eps, training, group)
+    read = (None, None) if update else (running_mean, running_var)  # evaluation: normalized with them
+    extras = list(extras or ())
+    tensors = (input, weight, bias, *mix, *extras)
+    if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in tensors)):
+        y, _, moments, extra_out = library.forward(input, weight, bias, extras, *read, *mix, *tail)
+    else:  # eager, with gradients: the faster autograd wrapper of the same op (autograd.py)
+        y, moments, *extra_out = NormFunction.apply((*read, *tail), input, weight, bias, *mix, *extras)
+    if update:
+        library.update_running(moments, running_mean, running_var, num_batches_tracked, list(input.shape), key,
+                               tail[1], momentum)
+    return y if not extra_out else (y, *extra_out)
+
+
+def _params(spec: Spec, params: Mapping[str, Tensor | None]) -> tuple[Tensor | None, Tensor | None, tuple]:
+    """(weight, bias, (mean_weight, var_weight)) from parameters given by their spec names."""
+    a = spec.affine
+    allowed = (*spec.param_names, *(_MIX if spec.is_mixture else ()))
+    unknown = [n for n in params if n not in allowed]
+    if unknown:
+        raise CallError(f"{spec.name}: unknown parameter(s) {', '.join(unknown)}; this spec takes "
+                        f"{', '.join(allowed) or 'none'}")
+    weight = params.get(a.weight) if a and a.weight else None
+    bias = params.get(a.bias) if a and a.bias else None
+    return weight, bias, tuple(params.get(n) for n in _MIX)
+
+
+def _check_count(spec: Spec, input: Tensor, sizes: dict[str, Any]) -> None:
+    """Training with running statistics needs n > 1 values per statistic (unbiased variance)."""
+    groups = stats_count(spec, tuple(input.shape), sizes)
+    if groups and math.prod(input.shape) // groups == 1:
+        raise CallError(f"{spec.name}: expected more than 1 value per statistic when training (input "
+                        f"{tuple(input.shape)} has 1); running variance needs n - 1 > 0")

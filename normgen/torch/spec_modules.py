@@ -18,6 +18,7 @@ from ..spec import Spec
 from .function import _SPEC_MOMENTUM, normalize
 from .functional import _shape
 from .modules import _momentum_step
+from .registry import spec_key
 
 
 class SpecNorm(nn.Module):
@@ -39,6 +40,7 @@ class SpecNorm(nn.Module):
                  track_running_stats: bool = True, device: Any = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.op = load(spec)
+        self._key = spec_key(self.op)  # what the custom ops name the spec by (registry.py)
         s = self.op.spec
         unknown = sorted(set(sizes or {}) - set(s.size_args))
         if unknown:
@@ -73,6 +75,10 @@ class SpecNorm(nn.Module):
     def spec(self) -> Spec:
         return self.op.spec
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._key = spec_key(self.op)  # registered again in a process that unpickles the module
+
     @property
     def has_uninitialized(self) -> bool:
         return any(isinstance(t, (UninitializedParameter, UninitializedBuffer))
@@ -95,7 +101,7 @@ class SpecNorm(nn.Module):
                 self.var_weight.fill_(1.0)
 
     def forward(self, input: Tensor) -> Tensor:
-        factor = _momentum_step(self) if self.track_running_stats else None
+        momentum = _momentum_step(self) if self.track_running_stats else _SPEC_MOMENTUM
         s = self.spec
         params = {n: getattr(self, n) for n in s.param_names} if self.affine else {}
         if s.is_mixture:
@@ -103,9 +109,8 @@ class SpecNorm(nn.Module):
         use_batch = self.training or self.running_mean is None
         keep = not self.training or self.track_running_stats
         run = {"running_mean": self.running_mean, "running_var": self.running_var} if keep else {}
-        momentum = _SPEC_MOMENTUM if factor is None else factor
-        return normalize(self.op, input, params, training=use_batch, momentum=momentum, eps=self.eps,
-                         **run, **self.sizes)
+        return normalize(self._key, input, params, training=use_batch, momentum=momentum, eps=self.eps,
+                         num_batches_tracked=self.num_batches_tracked, **run, **self.sizes)
 
     def extra_repr(self) -> str:
         s = self.spec
