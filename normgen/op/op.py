@@ -21,18 +21,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import CallError
-from ..layouts import layout_strides, like_strides
 from ..plan.bind import Binding, bind
 from ..plan.model import Direction, Options, Plan
-from ..runtime import CPU, select
-from ..runtime import threads as _threads
-from ..spec import Center, Scale, Spec, find_spec, load_spec
+from ..spec import Center, Spec, find_spec, load_spec
 from . import stats as st
 from .args import CALL_ARGS, Call, backend_of, check_array, check_forward, check_out
 from .distributed import merge_moments, sum_ranks
-from .fast import Recipe, _pick, call_key, source, template
+from .fast import recipe_for, remember
 from .mixture import mix_backward, mix_forward
-from .results import Forward, Grads
+from .planning import plan_for
+from .results import Forward, Grads, param_grads
 from .running import broadcast_running, commit, running_normalizer, updated
 
 #: plans and bindings remembered per op (calls repeat their shapes)
@@ -77,10 +75,7 @@ class Op:
     def __call__(self, x, *params, **kwargs):
         """Just y: `op.forward(...).y`."""
         if type(x) is np.ndarray:
-            try:
-                recipe = self._fast.get(call_key(x, params, kwargs, _threads.threads()))
-            except TypeError:  # an argument whose structure we cannot vouch for
-                recipe = None
+            recipe = recipe_for(self._fast, x, params, kwargs)
             if recipe is not None:
                 return recipe.y(x, params, kwargs)
         return self.forward(x, *params, **kwargs).y
@@ -99,11 +94,11 @@ class Op:
         emulator (for testing).
         """
         if type(x) is np.ndarray:
-            recipe = self._recipe(x, params, kwargs)
+            recipe = recipe_for(self._fast, x, params, kwargs)
             if recipe is not None:
                 return recipe.forward(x, params, kwargs)
             fwd = self._forward(x, params, dict(kwargs))
-            self._remember(fwd, x, params, kwargs)
+            remember(self, fwd, x, params, kwargs)
             return fwd
         return self._forward(x, params, kwargs)
 
@@ -129,35 +124,6 @@ class Op:
             raise CallError(f"{self.name}: expected more than 1 value per statistic when training "
                             f"(input {tuple(call.x.shape)} has 1); running variance needs n - 1 > 0")
 
-    def _recipe(self, x: np.ndarray, params: tuple, kwargs: dict[str, Any]) -> Recipe | None:
-        """The recipe of a call whose structure an earlier, ordinary call had (op/fast.py)."""
-        try:
-            return self._fast.get(call_key(x, params, kwargs, _threads.threads()))
-        except TypeError:  # an argument whose structure we cannot vouch for
-            return None
-
-    def _remember(self, fwd: Forward, x, params: tuple, kwargs: dict[str, Any]) -> None:
-        """After the general path: leave a recipe if the fast path may repeat this call."""
-        call, a = fwd.call, self.spec.affine
-        names = self.spec.param_names
-        wn, bn = (a.weight, a.bias) if a else (None, None)
-        w, b = source(wn, names, params, kwargs), source(bn, names, params, kwargs)
-        given = [n for n, p in zip(names, params) if p is not None] + [n for n in names[len(params):]
-                                                                        if kwargs.get(n) is not None]
-        if not (call.backend is CPU and call.x is x and kwargs.get("out") is None and call.running is None
-                and call.mix is None and call.group is None and call.binding.n_groups > 0 and x.size > 0
-                and len(given) == len(call.params) and call.weight is _pick(w, params, kwargs)
-                and call.bias is _pick(b, params, kwargs)):
-            return
-        try:
-            key = call_key(x, params, kwargs, _threads.threads())
-        except TypeError:
-            return
-        check = self._check_norms if self._checks_norms(call) else None
-        plan = self._plan(call, Direction.FORWARD)
-        self._fast.get_or_make(key, lambda: Recipe(template(call), plan, w, b, (wn, bn), self.spec.center is Center.MEAN,
-                                                   check, self._kstats, Recipe.direct(plan, x, check)))
-
     def _statistics(self, call: Call, plan: Plan | None):
         """Statistics, and y normalized with them: (kstats, moments, Normalizer, Mix, count)."""
         spec, be = self.spec, call.backend
@@ -171,7 +137,7 @@ class Op:
         if call.group is None and not spec.is_mixture:  # this batch: fused, or parts merged
             moments, kstats = be.train_forward(plan, call.x, call.y, call.weight, call.bias, call.eps,
                                                lambda m: self._kstats(call, m))
-            self._check_norms(kstats, call)
+            st.check_norms(self.spec, kstats, call)
             return kstats, moments, None, None, n
         # moments first (merged over the ranks), then the statistics they give, then normalize
         moments = be.moments(plan, call.x) if plan is not None else np.zeros((call.binding.n_groups, 3))
@@ -188,7 +154,7 @@ class Op:
                                     be.to_host(run.mean) if run else None, be.to_host(run.var) if run else None,
                                     call.eps)
         kstats = st.kstats(norm, call.stat_dtype)
-        self._check_norms(kstats, call)
+        st.check_norms(self.spec, kstats, call)
         kstats = be.from_host(kstats)
         if plan is not None:
             be.apply(plan, call.x, call.y, call.weight, call.bias, kstats)
@@ -205,23 +171,6 @@ class Op:
             raise CallError(f"{self.name}: expected more than 1 value per statistic when training (the ranks of "
                             "the process group have 1 in all); running variance needs n - 1 > 0")
         return count.reshape(call.binding.stats_shape)
-
-    def _checks_norms(self, call: Call) -> bool:
-        """With eps = 0 a group can have nothing to divide by: see _check_norms."""
-        return call.eps == 0 and self.spec.scale is not Scale.NONE
-
-    def _check_norms(self, kstats, call: Call) -> None:
-        """With eps = 0, a group without spread (std), of zeros (rms) or a weight row of zeros
-        (l2, weight norm) has no x̂: an error, not a silent NaN. (NaN inputs stay NaN in their
-        group: their rstd is NaN, not infinite.)"""
-        if not self._checks_norms(call):
-            return
-        bad = np.isinf(call.backend.to_host(kstats)[:, 2])
-        if bad.any():
-            where = tuple(int(i) for i in np.argwhere(bad.reshape(call.binding.stats_shape))[0])
-            what = {Scale.STD: "zero variance, so (x - mean) / std", Scale.RMS: "zero mean square, so x / rms",
-                    Scale.L2: "zero norm, so v / ||v||"}[self.spec.scale]
-            raise CallError(f"{self.name}: the group at kept index {where} has {what} is undefined (eps = 0)")
 
     def _new_running(self, call: Call, moments, norm, mix, count):
         """The running statistics after this batch (PyTorch's formulas); assigned by the caller."""
@@ -263,7 +212,7 @@ class Op:
         grads: dict[str, Any] = {}
         if x.size == 0 and call.group is None:
             dx[...] = 0
-            return Grads(dx, self._param_grads(call, None, None))
+            return Grads(dx, param_grads(self.spec, call, None, None))
         plan = self._plan(call, Direction.BACKWARD, dy=dy, dx=dx) if x.size else None
         if call.group is None and fwd.mix is None and not call.eval_mode:  # training on this batch
             dw, db = be.train_backward(plan, x, dy, dx, call.weight, fwd.kstats,
@@ -280,7 +229,7 @@ class Op:
             coef = self._coefficients(fwd, a, b, grads)
             if plan is not None:
                 be.grad_apply(plan, x, dy, dx, call.weight, fwd.kstats, coef)
-        grads.update(self._param_grads(call, dw, db))
+        grads.update(param_grads(self.spec, call, dw, db))
         return Grads(dx, grads)
 
     def _coefficients(self, fwd: Forward, a: np.ndarray, b: np.ndarray, grads: dict[str, Any]) -> np.ndarray:
@@ -297,19 +246,6 @@ class Op:
             return np.stack([rstd, np.zeros_like(rstd), np.zeros_like(rstd)], axis=1)
         count = fwd.count.reshape(-1) if fwd.count is not None else fwd.binding.group_size
         return np.stack(st.backward_coefficients(self.spec, count, rstd, a, b), axis=1)
-
-    def _param_grads(self, call: Call, dw, db) -> dict[str, Any]:
-        """Gradients of the given weight and bias, shaped like them, in their dtype (float32 for
-        half types); None sums (no elements) are zeros."""
-        be, binding = call.backend, call.binding
-        pdt = be.stat_dtype(call.dtype) if call.dtype in ("float16", "bfloat16") else np.dtype(call.dtype)
-        a = self.spec.affine
-        out = {}
-        for pname, p, g in ((a.weight if a else None, call.weight, dw), (a.bias if a else None, call.bias, db)):
-            if p is not None:
-                g = np.zeros(binding.param_shape) if g is None else np.asarray(g).reshape(binding.param_shape)
-                out[pname] = be.from_host(g.astype(pdt))
-        return out
 
     # ---- bindings and plans -----------------------------------------------------------
     def binding(self, shape: tuple[int, ...], **sizes: Any) -> Binding:
@@ -332,31 +268,9 @@ class Op:
         return self._plans.get_or_make(key, lambda: be.plan(call.binding, strides, direction, call.dtype, has_w,
                                                             has_b, self.options))
 
-    def plan(self, x: np.ndarray | tuple[int, ...], *, direction: str = "forward", params: bool = True,
-             strides: tuple[int, ...] | None = None, dtype: str | None = None, target: str = "cpu",
-             **sizes: Any) -> Plan:
-        """The plan a call would use, for an array `x` or a shape with element `strides`.
-
-        The output (y or dx) and dy are taken dense in x's dimension order, as a call
-        that allocates them would. Used by `normgen plan` and `normgen generate`.
-        """
-        backend = select(None, target)
-        if isinstance(x, np.ndarray):
-            shape, dtype = x.shape, str(x.dtype)
-            strides = backend.strides(x)
-            if strides is None:
-                raise CallError(f"{self.name}: x has strides the kernels cannot walk; it would be copied")
-        else:
-            shape = tuple(x)
-            strides = strides if strides is not None else layout_strides(shape, "contiguous")
-            dtype = dtype or "float32"
-        binding = bind(self.spec, shape, sizes)
-        has_w = params and bool(self.spec.affine and self.spec.affine.weight)
-        has_b = params and bool(self.spec.affine and self.spec.affine.bias)
-        out = like_strides(shape, strides)
-        unit = tuple(0 if n == 1 else s for n, s in zip(shape, strides))
-        arrays = ({"x": unit, "y": out} if direction == "forward" else {"x": unit, "dy": out, "dx": out})
-        return backend.plan(binding, arrays, Direction(direction), dtype, has_w, has_b, self.options)
+    def plan(self, x: np.ndarray | tuple[int, ...], **kwargs: Any) -> Plan:
+        """The plan a call would use (op/planning.py `plan_for`): `normgen plan`, `normgen generate`."""
+        return plan_for(self, x, **kwargs)
 
 
 def _binding_key(shape: tuple[int, ...], sizes: dict[str, Any]) -> tuple | None:
