@@ -64,15 +64,20 @@ def normalize(op: Op | Spec | str, input: Tensor, params: Mapping[str, Tensor | 
     read = (None, None) if update else (running_mean, running_var)  # evaluation: normalized with them
     extras = list(extras or ())
     tensors = (input, weight, bias, *mix, *extras)
-    if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in tensors)):
+    if _traced() or not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
         y, _, moments, extra_out = library.forward(input, weight, bias, extras, *read, *mix, *tail)
-    else:  # eager, with gradients: the faster autograd wrapper of the same op (autograd.py)
-        y, moments, *extra_out = NormFunction.apply((*read, *tail), input, weight, bias, *mix, *extras)
+    else:  # eager with gradients, or torch.func: the autograd wrapper of the same op (autograd.py)
+        y, _, moments, *extra_out = NormFunction.apply((*read, *tail), input, weight, bias, *mix, *extras)
     if update:
         library.update_running(moments, running_mean, running_var, num_batches_tracked, list(input.shape), key,
                                tail[1], momentum)
     return y if not extra_out else (y, *extra_out)
+
+
+def _traced() -> bool:
+    """Under torch.compile and torch.jit.trace the op itself is recorded: its registered
+    autograd formula serves the compiled graph."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def _params(spec: Spec, params: Mapping[str, Tensor | None]) -> tuple[Tensor | None, Tensor | None, tuple]:
