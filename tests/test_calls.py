@@ -72,10 +72,16 @@ def test_repeated_calls_take_the_recipe_and_match_the_general_path():
     # a wrong parameter still fails, with the general path's message
     with pytest.raises(CallError, match=r"weight has shape \(63,\), expected \(64,\)"):
         op.forward(x2, w[:63], b, normalized_shape=(64,))
-    # out= is never served by a recipe (it must be written, not replaced)
+    # out= is written by a recipe too; what its structure cannot vouch for is checked each call
     out = np.empty_like(x2)
     assert op.forward(x2, w, b, normalized_shape=(64,), out=out).y is out
-    assert op.forward(x2, w, b, normalized_shape=(64,), out=out).y is out
+    out[...] = np.nan
+    assert op.forward(x2, w, b, normalized_shape=(64,), out=out).y is out and np.array_equal(out, general.y)
+    out.flags.writeable = False
+    with pytest.raises(CallError, match="out is read-only"):
+        op.forward(x2, w, b, normalized_shape=(64,), out=out)
+    with pytest.raises(CallError, match="out overlaps an input"):
+        op.forward(x2, w, b, normalized_shape=(64,), out=x2)
     # a parameter the general path copies (not dense) is never trusted to the recipe
     w_strided = np.repeat(w, 2)[::2]
     before = len(op._fast)

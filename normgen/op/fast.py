@@ -77,9 +77,18 @@ class Recipe:
     check_norms: Callable[[Any, Call], None] | None  # a zero-norm check, for specs that need one
     kstats_of: Callable[[Call, np.ndarray], np.ndarray]
     kernel: tuple | None = None  # small fused work: (compiled kernel, geometry), called directly
+    out: bool = False  # the call writes into out= (checked per call: writable, apart from x)
+
+    def usable(self, x: _ndarray, kwargs: dict[str, Any]) -> bool:
+        """What the structure cannot vouch for: an out= that is read-only or overlaps x (the
+        general path then says so)."""
+        if not self.out:
+            return True
+        out = kwargs["out"]
+        return out.flags.writeable and not np.may_share_memory(out, x)
 
     @staticmethod
-    def direct(plan: Plan, x: _ndarray, check_norms) -> tuple | None:
+    def direct(plan: Plan, x: _ndarray, check_norms, out: _ndarray | None = None) -> tuple | None:
         """What a recipe calls directly for small fused work on the calling thread (no norm
         check, output not pooled): (kernel, geometry, blocks, x dense, moments and kstats scratch).
 
@@ -97,43 +106,47 @@ class Recipe:
                                                   x[:1].reshape(-1), moments, kstats, g, 1.0, 0, 0))
         compiled = fn.overloads.get(types)
         entry = compiled.entry_point if compiled is not None else fn
-        return entry, g, la.n_blocks, bool(x.flags.c_contiguous), moments, kstats
+        dense = bool(x.flags.c_contiguous) and (out is None or bool(out.flags.c_contiguous))
+        return entry, g, la.n_blocks, dense, moments, kstats
 
     def y(self, x: _ndarray, params: tuple, kwargs: dict[str, Any]) -> _ndarray:
         """The output only (what `op(x, ...)` and the functional API return)."""
         w = None if self.weight is None else params[self.weight[1]] if self.weight[0] == "pos" else kwargs[self.weight[1]]
         b = None if self.bias is None else params[self.bias[1]] if self.bias[0] == "pos" else kwargs[self.bias[1]]
         if self.kernel is None:
-            return self._run(x, w, b, False)[0]
+            return self._run(x, w, b, False, kwargs.get("out"))[0]
         # small work: the kernel, directly; its statistics go to scratch nobody reads (so
         # concurrent calls may share it), y is small (not pooled)
         fn, g, n_blocks, dense, moments, kstats = self.kernel
-        y = np.empty_like(x)
+        y = kwargs["out"] if self.out else np.empty_like(x)
         fn(x.reshape(-1) if dense else flat(x), y.reshape(-1) if dense else flat(y),
            _ZERO[x.dtype] if w is None else w.reshape(-1), _ZERO[x.dtype] if b is None else b.reshape(-1),
            moments, kstats, g, self.call.eps, 0, n_blocks)
         return y
 
     def forward(self, x: _ndarray, params: tuple, kwargs: dict[str, Any]) -> Forward:
-        y, kstats, call = self._run(x, _pick(self.weight, params, kwargs), _pick(self.bias, params, kwargs), True)
-        return Forward(y=y, kstats=kstats, call=call, centered=self.centered)
+        y, kstats, call, moments = self._run(x, _pick(self.weight, params, kwargs), _pick(self.bias, params, kwargs),
+                                             True, kwargs.get("out"))
+        return Forward(y=y, kstats=kstats, call=call, centered=self.centered, moments=moments)
 
-    def _run(self, x: _ndarray, w, b, want_call: bool) -> tuple[_ndarray, Any, Call | None]:
+    def _run(self, x: _ndarray, w, b, want_call: bool, out: _ndarray | None):
+        """(y, kstats, the call, moments)."""
         plan, eps = self.plan, self.call.eps
         if self.kernel is not None:  # small work: the kernel, directly (fresh statistics: they are returned)
             fn, g, n_blocks, dense, moments, kstats = self.kernel
-            y = np.empty_like(x)
+            y = out if out is not None else np.empty_like(x)
             moments, kstats = np.empty_like(moments), np.empty_like(kstats)
             fn(x.reshape(-1) if dense else flat(x), y.reshape(-1) if dense else flat(y),
                _ZERO[x.dtype] if w is None else w.reshape(-1), _ZERO[x.dtype] if b is None else b.reshape(-1),
                moments, kstats, g, eps, 0, n_blocks)
-            return y, kstats.reshape(-1, 3), (self._call(x, y, w, b) if want_call else None)
-        y = CPU.empty_like(x)
+            call = self._call(x, y, w, b) if want_call else None
+            return y, kstats.reshape(-1, 3), call, moments.reshape(-1, 3)
+        y = out if out is not None else CPU.empty_like(x)
         call = self._call(x, y, w, b)
-        _, kstats = CPU.train_forward(plan, x, y, w, b, eps, lambda m: self.kstats_of(call, m))
+        moments, kstats = CPU.train_forward(plan, x, y, w, b, eps, lambda m: self.kstats_of(call, m))
         if self.check_norms is not None:
             self.check_norms(kstats, call)
-        return y, kstats, call
+        return y, kstats, call, moments
 
     def _call(self, x: _ndarray, y: _ndarray, w, b) -> Call:
         t = self.call
@@ -141,7 +154,9 @@ class Recipe:
         params = {wn: w} if w is not None else {}
         if b is not None:
             params[bn] = b
-        return dataclasses.replace(t, x=x, y=y, params=params, weight=w, bias=b)
+        # (built field by field: dataclasses.replace inspects the fields on every call)
+        return Call(backend=t.backend, x=x, y=y, params=params, weight=w, bias=b, sizes=t.sizes, binding=t.binding,
+                    dtype=t.dtype, eps=t.eps, running=None, eval_mode=False, mix=None, group=None, sync=t.sync)
 
 
 def template(call: Call) -> Call:
@@ -194,7 +209,8 @@ def remember(op, fwd: Forward, x: _ndarray, params: tuple, kwargs: dict[str, Any
     w, b = source(wn, names, params, kwargs), source(bn, names, params, kwargs)
     given = [n for n, p in zip(names, params) if p is not None] + [n for n in names[len(params):]
                                                                     if kwargs.get(n) is not None]
-    if not (call.backend is CPU and call.x is x and kwargs.get("out") is None and call.running is None
+    out = kwargs.get("out")
+    if not (call.backend is CPU and call.x is x and (out is None or call.y is out) and call.running is None
             and call.mix is None and call.group is None and call.binding.n_groups > 0 and x.size > 0
             and len(given) == len(call.params) and call.weight is _pick(w, params, kwargs)
             and call.bias is _pick(b, params, kwargs)):
@@ -206,4 +222,4 @@ def remember(op, fwd: Forward, x: _ndarray, params: tuple, kwargs: dict[str, Any
     check = (lambda kstats, c: check_norms(spec, kstats, c)) if checks_norms(spec, call.eps) else None
     plan = op._plan(call, Direction.FORWARD)
     op._fast.get_or_make(key, lambda: Recipe(template(call), plan, w, b, (wn, bn), spec.center is Center.MEAN,
-                                             check, op._kstats, Recipe.direct(plan, x, check)))
+                                             check, op._kstats, Recipe.direct(plan, x, check, out), out is not None))

@@ -76,7 +76,7 @@ class Op:
         """Just y: `op.forward(...).y`."""
         if type(x) is np.ndarray:
             recipe = recipe_for(self._fast, x, params, kwargs)
-            if recipe is not None:
+            if recipe is not None and recipe.usable(x, kwargs):
                 return recipe.y(x, params, kwargs)
         return self.forward(x, *params, **kwargs).y
 
@@ -95,7 +95,7 @@ class Op:
         """
         if type(x) is np.ndarray:
             recipe = recipe_for(self._fast, x, params, kwargs)
-            if recipe is not None:
+            if recipe is not None and recipe.usable(x, kwargs):
                 return recipe.forward(x, params, kwargs)
             fwd = self._forward(x, params, dict(kwargs))
             remember(self, fwd, x, params, kwargs)

@@ -16,6 +16,7 @@ about loops or hardware.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -50,12 +51,12 @@ class Binding:
     component_dims: tuple[tuple[int, ...], ...]  # for a mixture: stats dims each component keeps
     running_dims: tuple[int, ...] | None  # the stats dims the running statistics index, in running order
 
-    @property
+    @functools.cached_property
     def group_size(self) -> int:
         """Elements per statistic (the product of the reduced sizes)."""
         return math.prod(d.size for d in self.dims if not d.kept)
 
-    @property
+    @functools.cached_property
     def n_groups(self) -> int:
         return math.prod(self.stats_shape)
 

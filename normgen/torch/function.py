@@ -18,6 +18,7 @@ from ..spec import Spec
 from . import library
 from .autograd import NormFunction
 from .fake import stats_count
+from .kernels import forward_impl
 from .registry import group_key, op_of, sizes_key, spec_key
 
 #: "use the spec's default momentum" (None already means a cumulative average)
@@ -65,13 +66,26 @@ def normalize(op: Op | Spec | str, input: Tensor, params: Mapping[str, Tensor | 
     extras = list(extras or ())
     tensors = (input, weight, bias, *mix, *extras)
     if _traced() or not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
-        y, _, moments, extra_out = library.forward(input, weight, bias, extras, *read, *mix, *tail)
+        # plain CPU/CUDA tensors outside any mode: the op's implementation, without the dispatcher's
+        # Python round trip (the same function the dispatcher would run for these tensors)
+        run = forward_impl if _plain(input) else library.forward
+        y, _, moments, extra_out = run(input, weight, bias, extras, *read, *mix, *tail)
     else:  # eager with gradients, or torch.func: the autograd wrapper of the same op (autograd.py)
         y, _, moments, *extra_out = NormFunction.apply((*read, *tail), input, weight, bias, *mix, *extras)
     if update:
         library.update_running(moments, running_mean, running_var, num_batches_tracked, list(input.shape), key,
                                tail[1], momentum)
     return y if not extra_out else (y, *extra_out)
+
+
+def _plain(t: Tensor) -> bool:
+    """A tensor the dispatcher would hand straight to the op's CPU or CUDA implementation: not a
+    subclass or functorch wrapper, not meta, no torch dispatch mode or tracer in effect."""
+    return (type(t) is torch.Tensor and t.device.type in _DEVICES and not torch._C._len_torch_dispatch_stack()
+            and not _traced() and not torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+_DEVICES = ("cpu", "cuda")
 
 
 def _traced() -> bool:
