@@ -3,6 +3,7 @@
     normgen list                         bundled specs
     normgen show SPEC                    a spec: axes, kept and reduced sets, parameters
     normgen plan SPEC --shape 32,128,56,56 [--layout channels_last] [--backward]
+                     [--target cuda [--device h100] [--json]]
     normgen generate SPEC|--reference [-o DIR]   readable generated sources
     normgen check SPEC|--all             compare the kernels with the NumPy oracle
     normgen cache info|clear
@@ -78,18 +79,43 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(args: argparse.Namespace):
+    """The GPU to plan for: --device (a profile name), else the GPU CuPy sees, else the default profile."""
+    from .plan.device import DEFAULT_PROFILE, profile
+
+    if args.target != "cuda":
+        if args.device:
+            raise NormgenError("--device is for --target cuda")
+        return None
+    if args.device:
+        profile(args.device)  # an unknown name is a user error
+        return args.device
+    from .runtime.cuda import cupy_device
+
+    gpu = cupy_device()
+    return gpu.profile if gpu is not None else DEFAULT_PROFILE
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
     from .layouts import layout_strides
     from .plan.describe import describe_plan
+    from .plan.traffic import plan_json
 
     op = _op(args.spec)
     shape = args.shape
     strides = args.strides if args.strides else layout_strides(shape, args.layout)
     if len(strides) != len(shape):
         raise NormgenError(f"--strides has {len(strides)} entries for a shape of {len(shape)} dims")
+    if args.json and args.target != "cuda":
+        raise NormgenError("--json describes CUDA plans: add --target cuda")
     plan = op.plan(shape, strides=strides, dtype=args.dtype, direction="backward" if args.backward else "forward",
-                   params=not args.no_params, target=args.target, **dict(args.size))
-    print(describe_plan(plan))
+                   params=not args.no_params, target=args.target, device=_device(args), **dict(args.size))
+    if args.eval and not plan.eval_steps:
+        raise NormgenError(f"{op.name}: --eval plans a forward call with running statistics, and this "
+                           f"{plan.kernel.direction.value} plan has none")
+    print(json.dumps(plan_json(plan, evaluation=args.eval)) if args.json else describe_plan(plan))
     return 0
 
 
@@ -107,7 +133,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         outdir = Path(args.output or ".")
         op = _op(args.spec)
         files = generate.sources(op, args.shape, layout=args.layout, dtype=args.dtype, sizes=dict(args.size),
-                                 target=args.target)
+                                 target=args.target, device=_device(args))
     for path, written in generate.write(outdir, files):
         print(f"{'wrote    ' if written else 'unchanged'} {path}")
     return 0
@@ -180,6 +206,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.target == "cuda":
         bench_gpu.require_gpu()
+        if args.device:
+            bench_gpu.plan_for(args.device)
     if args.shape:
         if len(args.spec or []) != 1:
             raise NormgenError("bench --shape needs exactly one --spec")
@@ -267,6 +295,9 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--target", default="cpu", choices=("cpu", "cuda"), help="CPU (Numba) or CUDA kernels")
         s.add_argument("--size", type=_parse_size, action="append", default=[], metavar="NAME=VALUE",
                        help="a call-time size, e.g. num_groups=32 or normalized_shape=1024 (repeatable)")
+        s.add_argument("--device", metavar="PROFILE",
+                       help="with --target cuda: plan for this GPU (h100, h200, a100, l40s, rtx4090; default: the "
+                            "GPU present, else h100)")
 
     s = sub.add_parser("plan", help="print the loop nest the planner chooses")
     s.add_argument("spec")
@@ -274,6 +305,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--strides", type=_parse_ints, help="element strides of x (overrides --layout)")
     s.add_argument("--backward", action="store_true", help="plan the backward pass")
     s.add_argument("--no-params", action="store_true", help="plan a call without weight and bias")
+    s.add_argument("--eval", action="store_true", help="the steps of an evaluation call (running statistics)")
+    s.add_argument("--json", action="store_true",
+                   help="with --target cuda: the kernels, their launches and modeled DRAM traffic as JSON")
     s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("generate", help="write readable generated sources")

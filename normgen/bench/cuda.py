@@ -139,6 +139,16 @@ def run_cases(cases: list[Case], *, directions=("forward", "backward"), dtype="f
     return results
 
 
+def plan_for(profile_name: str) -> None:
+    """Plan the GPU's calls for a named profile instead of the GPU's own numbers (`normgen bench
+    --target cuda --device h100`: an experiment, e.g. H100 rules on an H200)."""
+    from ..plan.device import profile
+    from ..runtime.cuda import cupy_device
+
+    require_gpu()
+    cupy_device().profile = profile(profile_name)
+
+
 def require_gpu() -> None:
     """Raise when CuPy sees no GPU: say so rather than time the emulator."""
     from ..runtime.cuda import cupy_device

@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import CallError
 from ..layouts import layout_strides, like_strides
 from ..plan.bind import Binding, bind
+from ..plan.device import Device, profile
 from ..plan.model import Direction, Options, Plan
 from ..runtime import select
 from ..spec import Center, Scale, Spec, find_spec, load_spec
@@ -276,11 +277,13 @@ class Op:
 
     def plan(self, x: np.ndarray | tuple[int, ...], *, direction: str = "forward", params: bool = True,
              strides: tuple[int, ...] | None = None, dtype: str | None = None, target: str = "cpu",
-             **sizes: Any) -> Plan:
+             device: str | Device | None = None, **sizes: Any) -> Plan:
         """The plan a call would use, for an array `x` or a shape with element `strides`.
 
         The output (y or dx) and dy are taken dense in x's dimension order, as a call
-        that allocates them would. Used by `normgen plan` and `normgen generate`.
+        that allocates them would. `device` (target="cuda"): plan for this GPU, a profile
+        name such as "h100" (plan/device.py), instead of the one calls run on. Used by
+        `normgen plan` and `normgen generate`.
         """
         backend = select(None, target)
         if isinstance(x, np.ndarray):
@@ -298,6 +301,9 @@ class Op:
         out = like_strides(shape, strides)
         unit = tuple(0 if n == 1 else s for n, s in zip(shape, strides))
         arrays = ({"x": unit, "y": out} if direction == "forward" else {"x": unit, "dy": out, "dx": out})
+        if device is not None and target == "cuda":
+            dev = profile(device) if isinstance(device, str) else device
+            return backend.plan(binding, arrays, Direction(direction), dtype, has_w, has_b, self.options, device=dev)
         return backend.plan(binding, arrays, Direction(direction), dtype, has_w, has_b, self.options)
 
 
