@@ -19,6 +19,7 @@ from normgen.bench.cuda import gpu_cases
 from normgen.layouts import layout_strides
 from normgen.op.op import load
 from normgen.plan.traffic import plan_json
+from normgen.runtime.cuda import cupy_device
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -33,14 +34,14 @@ def cases():
     return out
 
 
-def plan_of(case, direction: str, device: str = "h100", dtype: str = "float32") -> dict:
+def plan_of(case, direction: str, device="h100", dtype: str = "float32") -> dict:
     """The plan JSON of one benchmark case."""
     plan = load(case.spec).plan(case.shape, strides=layout_strides(case.shape, case.layout), dtype=dtype,
                                 direction=direction, target="cuda", device=device, **dict(case.sizes))
     return plan_json(plan, evaluation=case.mode == "eval")
 
 
-def after(device: str = "h100") -> list[dict]:
+def after(device="h100") -> list[dict]:
     return [{"case": c.name, "direction": d, "plan": plan_of(c, d, device)}
             for c in cases() for d in ("forward", "backward") if not (d == "backward" and c.mode == "eval")]
 
@@ -68,10 +69,14 @@ def table(before: list[dict], now: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="h100")
+    p.add_argument("--device", help="a profile (default: the GPU present, else h100)")
     p.add_argument("--json", help="also write the plans to this file")
     args = p.parse_args()
-    now = after(args.device)
+    device = args.device
+    if device is None:
+        gpu = cupy_device()
+        device = gpu.profile if gpu is not None else "h100"
+    now = after(device)
     if args.json:
         Path(args.json).write_text(json.dumps(now, indent=1) + "\n")
     print(table(json.loads((RESULTS / "cuda-plans-before.json").read_text()), now))

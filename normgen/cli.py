@@ -195,14 +195,12 @@ def _cuda_runner_note() -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import datetime
     import os
 
     # PyTorch's OpenMP workers spin after every call by default, taking the cores from
     # whichever provider runs next; waiting passively leaves PyTorch's own times unchanged.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .bench import cpu as bench, cuda as bench_gpu
-    from .paths import repo_root
 
     if args.target == "cuda":
         bench_gpu.require_gpu()
@@ -222,7 +220,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     directions = ("forward",) if args.forward else ("backward",) if args.backward else ("forward", "backward")
     with_out = (False,) if args.no_out or args.target == "cuda" else (False, True)
     providers = tuple(args.providers.split(",")) if args.providers else \
-        ("normgen", "torch", "copy") if args.target == "cuda" else ("normgen", "torch", "numpy", "copy")
+        bench_gpu.PROVIDERS if args.target == "cuda" else ("normgen", "torch", "numpy", "copy")
     if args.target == "cuda":
         from .runtime.cuda import device_name
 
@@ -230,38 +228,58 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         where = "CPU"
     print(f"normgen bench: {len(cases)} case(s) on {where}, {args.dtype}, median of {args.repeat} after "
-          f"{args.warmup} warm-up runs, providers interleaved", flush=True)
+          f"{args.warmup} warm-up runs, providers interleaved"
+          + (", L2 flushed before every timed call" if args.target == "cuda" else ""), flush=True)
     results = []
+    save = _bench_saver(args, where)
 
     def progress(m) -> None:
         results.append(m)
         vs = m.ratio("normgen", "torch")
         copy = m.gbps["normgen"] / m.gbps["copy"] if "copy" in m.gbps else float("nan")
-        print(f"  {m.case:<38} {m.direction:<8} out={'yes' if m.with_out else 'no ':<3} normgen {m.ms['normgen']:8.2f} ms "
+        print(f"  {m.case:<38} {m.direction:<8} out={'yes' if m.with_out else 'no ':<3} normgen {m.ms['normgen']:8.3f} ms "
               f"{m.gbps['normgen']:6.1f} GB/s  x torch {vs:5.2f}  of copy {copy:4.0%}", flush=True)
+        if args.target == "cuda":  # what a time limit interrupts is kept
+            save(results, quiet=True)
 
     if args.target == "cuda":
         bench_gpu.run_cases(cases, directions=directions, dtype=args.dtype, repeat=args.repeat, warmup=args.warmup,
-                            providers=providers, progress=progress)
+                            providers=providers, compile_budget_s=args.compile_budget, progress=progress)
     else:
         bench.run_cases(cases, directions=directions, dtype=args.dtype, threads=args.threads, repeat=args.repeat,
                         warmup=args.warmup, providers=providers, with_out=with_out, progress=progress)
     print()
-    print(bench.table(results))
-    if args.json is not None:
-        root = repo_root() or Path(".")
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path(args.json) if args.json else root / "bench" / "results" / f"{args.target}-{stamp}.json"
-        from .runtime import threads as cpu
-
-        extra = {"dtype": args.dtype, "repeat": args.repeat, "target": args.target}
-        extra.update({"gpu": where} if args.target == "cuda" else {"threads": cpu.threads()})
-        bench.save_json(results, path, extra)
-        print(f"wrote {path}")
-    if args.plot:
-        bench.plot(results, Path(args.plot))
-        print(f"wrote {args.plot}")
+    print(bench_gpu.table(results) if args.target == "cuda" else bench.table(results))
+    save(results)
     return 0
+
+
+def _bench_saver(args: argparse.Namespace, where: str):
+    """save(results): the JSON (--json) and the plot (--plot) of a benchmark run."""
+    import datetime
+
+    from .bench import cpu as bench, cuda as bench_gpu
+    from .paths import repo_root
+    from .runtime import threads as cpu
+
+    path = None
+    if args.json is not None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(args.json) if args.json else (repo_root() or Path(".")) / "bench" / "results" / \
+            f"{args.target}-{stamp}.json"
+    extra = {"dtype": args.dtype, "repeat": args.repeat, "target": args.target}
+    extra.update({"gpu": where} if args.target == "cuda" else {"threads": cpu.threads()})
+
+    def save(results, quiet: bool = False) -> None:
+        if path is not None:
+            bench.save_json(results, path, extra)
+        if args.plot and args.target == "cuda":
+            bench_gpu.plot(results, Path(args.plot), f"{where}, {args.dtype}")
+        elif args.plot and not quiet:
+            bench.plot(results, Path(args.plot))
+        if not quiet:
+            print("".join(f"wrote {p}\n" for p in (path, args.plot) if p), end="")
+    return save
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -342,7 +360,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--backward", action="store_true", help="backward only")
     s.add_argument("--no-out", action="store_true", help="skip the out= runs")
     s.add_argument("--providers", help="comma-separated (default: normgen,torch,numpy,copy on cpu; "
-                   "normgen,torch,copy on cuda)")
+                   "normgen,torch,compile,copy on cuda, compile: torch.compile)")
+    s.add_argument("--compile-budget", type=float, default=90.0,
+                   help="cuda: seconds of torch.compile compiling, after which cases run without it")
     s.add_argument("--json", nargs="?", const="", help="save results (default bench/results/TARGET-DATE.json)")
     s.add_argument("--plot", help="draw GB/s per provider to this PNG")
     s.set_defaults(fn=cmd_bench)
