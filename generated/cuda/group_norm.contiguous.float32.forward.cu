@@ -8,7 +8,7 @@
 //            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
 //            forward_merge    a warp per group: merge the parts' moments (Chan), finalize
 //            backward_merge   a warp per group: add the parts' sums, coefficients of dx
-// key:       59a45cc097da3006a93196a85fb77a1f
+// key:       5a834201c1ff15ab3ea1ea57960806c8
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Each thread accumulates
@@ -153,61 +153,33 @@ __device__ __forceinline__ void forward_fused_kept_unit(
     [[maybe_unused]] const long long p_u = i_G * ps_G;
     const ix E = (ix)(n_c * n_spatial);  // elements per group
     const ix NS = live ? (E + W - 1) / W : 0;  // ... in slots of W
-    const ix s_lo = piece * (NS / per_group) + min(piece, NS % per_group);
-    const ix s_hi = s_lo + NS / per_group + (piece < NS % per_group ? 1 : 0);  // this unit's slots
+    const ix s_own = piece * K * tpu;  // this unit's slots: K per thread from here (the last unit's may be fewer)
     const CT shift = live ? ld(x, x_u) : (CT)0;  // the shift K: the group's first element, so that x - K is small and nothing cancels
-    double acc[2] = {0.0, 0.0};  // sums of x - K and (x - K)^2
-    // first the other units' shares of the group, for the statistics only (nothing is kept yet);
-    // they read them at the same time, so one of the two reads is served by L2
+    CT c[K][W];  // this thread's elements of the unit's share of the group, kept for the normalization
+    CT a1 = 0, a2 = 0;  // sums of x - K and (x - K)^2
+    // every unit of the group reads all of it, in the same order, so that all compute the same
+    // statistics; each keeps its own share (the units run side by side: one read is from L2)
     {
         ix s = lane;
         const ix n_i = (ix)n_spatial;
         ix q = s * W / n_i, i = s * W - q * n_i;  // row, inner index of the slot
         const ix dq = tpu * W / n_i, di = tpu * W - dq * n_i;
-        while (s < NS) {  // rows: c; inner: spatial0·spatial1
-            CT b1 = 0, b2 = 0;
-    #pragma unroll
-            for (int k = 0; k < K; ++k) {
-                if (s < NS) {
-                    const ix i_c = q;  // reduced c
-                    const long long x_r = x_u + i_c * xs_c;
-                    if (s < s_lo || s >= s_hi) {
-                        CT v[W];
-                        ldv<W>(x, x_r + i, v);
-    #pragma unroll
-                        for (int j = 0; j < W; ++j) {
-                            const CT d = v[j] - shift;
-                            b1 += d;
-                            b2 += d * d;
-                        }
-                    }
-                }
-                s += tpu;
-                i += di;
-                q += dq;
-                if (i >= n_i) { i -= n_i; ++q; }
-            }
-            acc[0] += b1; acc[1] += b2;
-        }
-    }
-    CT c[K][W];  // this thread's elements of the unit's share of the group, kept for the normalization
-    CT a1 = 0, a2 = 0;  // their sums of x - K and (x - K)^2
-    {
-        ix s = s_lo + lane;
-        const ix n_i = (ix)n_spatial;
-        ix q = s * W / n_i, i = s * W - q * n_i;  // row, inner index of the slot
-        const ix dq = tpu * W / n_i, di = tpu * W - dq * n_i;
 #pragma unroll
-        for (int k = 0; k < K; ++k) {
-            if (s < s_hi) {
+        for (int k = 0; k < COPIES * K; ++k) {
+            if (s < NS) {
                 const ix i_c = q;  // reduced c
                 const long long x_r = x_u + i_c * xs_c;
-                ldv<W>(x, x_r + i, c[k]);
+                CT v[W];
+                ldv<W>(x, x_r + i, v);
 #pragma unroll
                 for (int j = 0; j < W; ++j) {
-                    const CT d = c[k][j] - shift;
+                    const CT d = v[j] - shift;
                     a1 += d;
                     a2 += d * d;
+                }
+                if (k / K == piece) {
+#pragma unroll
+                    for (int j = 0; j < W; ++j) c[k % K][j] = v[j];
                 }
             }
             s += tpu;
@@ -216,8 +188,7 @@ __device__ __forceinline__ void forward_fused_kept_unit(
             if (i >= n_i) { i -= n_i; ++q; }
         }
     }
-    acc[0] += a1;
-    acc[1] += a2;
+    double acc[2] = {(double)a1, (double)a2};
     unit_sum(acc, tpu, scratch);
     const double n = (double)E;
     const double inv_n = recip(n);
@@ -234,13 +205,13 @@ __device__ __forceinline__ void forward_fused_kept_unit(
         kstats[3 * s_u + 2] = rs;
     }
     {
-        ix s = s_lo + lane;
+        ix s = s_own + lane;
         const ix n_i = (ix)n_spatial;
         ix q = s * W / n_i, i = s * W - q * n_i;  // row, inner index of the slot
         const ix dq = tpu * W / n_i, di = tpu * W - dq * n_i;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            if (s < s_hi) {
+            if (s < NS) {
                 const ix i_c = q;  // reduced c
                 const long long y_r = y_u + i_c * ys_c;
                 const long long p_r = p_u + i_c * ps_c;

@@ -8,7 +8,7 @@
 //            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
 //            forward_merge    a warp per group: merge the parts' moments (Chan), finalize
 //            backward_merge   a warp per group: add the parts' sums, coefficients of dx
-// key:       584643106017b6ba0881b936340d6796
+// key:       910818b35f8a47e4ec17993de77b2a6c
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Each thread accumulates
@@ -149,18 +149,16 @@ __device__ __forceinline__ void forward_fused_kept_unit(
     [[maybe_unused]] const long long p_u = i_C * ps_C;
     const ix E = (ix)(n_spatial);  // elements per group
     const ix NS = live ? (E + W - 1) / W : 0;  // ... in slots of W
-    const ix s_lo = piece * (NS / per_group) + min(piece, NS % per_group);
-    const ix s_hi = s_lo + NS / per_group + (piece < NS % per_group ? 1 : 0);  // this unit's slots
+    const ix s_own = piece * K * tpu;  // this unit's slots: K per thread from here (the last unit's may be fewer)
     const CT shift = live ? ld(x, x_u) : (CT)0;  // the shift K: the group's first element, so that x - K is small and nothing cancels
-    double acc[2] = {0.0, 0.0};  // sums of x - K and (x - K)^2
     CT c[K][W];  // this thread's elements of the unit's share of the group, kept for the normalization
-    CT a1 = 0, a2 = 0;  // their sums of x - K and (x - K)^2
+    CT a1 = 0, a2 = 0;  // sums of x - K and (x - K)^2
     {
-        ix s = s_lo + lane;
+        ix s = lane;
         ix i = s * W;  // inner index of the slot
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            if (s < s_hi) {
+            if (s < NS) {
                 ldv<W>(x, x_u + i, c[k]);
 #pragma unroll
                 for (int j = 0; j < W; ++j) {
@@ -173,8 +171,7 @@ __device__ __forceinline__ void forward_fused_kept_unit(
             i += tpu * W;
         }
     }
-    acc[0] += a1;
-    acc[1] += a2;
+    double acc[2] = {(double)a1, (double)a2};
     unit_sum(acc, tpu, scratch);
     const double n = (double)E;
     const double inv_n = recip(n);
@@ -184,7 +181,7 @@ __device__ __forceinline__ void forward_fused_kept_unit(
     CT b2 = 0;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-        if (s_lo + lane + k * tpu < s_hi) {
+        if (lane + k * tpu < NS) {
 #pragma unroll
             for (int j = 0; j < W; ++j) {
                 const CT d = (c[k][j] - mh) - ml;
@@ -206,11 +203,11 @@ __device__ __forceinline__ void forward_fused_kept_unit(
         kstats[3 * s_u + 2] = rs;
     }
     {
-        ix s = s_lo + lane;
+        ix s = s_own + lane;
         ix i = s * W;  // inner index of the slot
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            if (s < s_hi) {
+            if (s < NS) {
                 const CT w0 = ld(weight, p_u);
                 CT w[W];
 #pragma unroll

@@ -8,7 +8,7 @@
 //            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
 //            forward_merge     a warp per group: merge the parts' moments (Chan), finalize
 //            backward_merge    a warp per group: add the parts' sums, coefficients of dx
-// key:       84ef81b8abd91f92d47ce3b40b4906cb
+// key:       55ae9b260b957d826981ef397490c485
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Each thread accumulates
@@ -144,19 +144,17 @@ __device__ __forceinline__ void backward_fused_kept_unit(
     [[maybe_unused]] const long long p_u = i_O * ps_O;
     const ix E = (ix)(n_fan_in);  // elements per group
     const ix NS = live ? (E + W - 1) / W : 0;  // ... in slots of W
-    const ix s_lo = piece * (NS / per_group) + min(piece, NS % per_group);
-    const ix s_hi = s_lo + NS / per_group + (piece < NS % per_group ? 1 : 0);  // this unit's slots
+    const ix s_own = piece * K * tpu;  // this unit's slots: K per thread from here (the last unit's may be fewer)
     [[maybe_unused]] const CT hi = live ? kstats[3 * s_u] : (CT)0, lo = live ? kstats[3 * s_u + 1] : (CT)0;
     const CT rs = live ? kstats[3 * s_u + 2] : (CT)0;
-    double acc[4] = {0.0, 0.0, 0.0, 0.0};  // sums of g, g x_hat, dy x_hat, dy (g = dy * weight)
     CT xk[K][W], dk[K][W];  // x and dy of this thread's elements of the unit's share, kept for dx
-    CT a = 0, b = 0, e = 0, f = 0;
+    CT a = 0, b = 0, e = 0, f = 0;  // sums of g, g x_hat, dy x_hat, dy (g = dy * weight)
     {
-        ix s = s_lo + lane;
+        ix s = lane;
         ix i = s * W;  // inner index of the slot
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            if (s < s_hi) {
+            if (s < NS) {
                 ldv<W>(x, x_u + i, xk[k]);
                 ldv<W>(dy, dy_u + i, dk[k]);
                 const CT w0 = ld(weight, p_u);
@@ -179,10 +177,7 @@ __device__ __forceinline__ void backward_fused_kept_unit(
             i += tpu * W;
         }
     }
-    acc[0] += a;
-    acc[1] += b;
-    acc[2] += e;
-    acc[3] += f;
+    double acc[4] = {(double)a, (double)b, (double)e, (double)f};
     unit_sum(acc, tpu, scratch);
     [[maybe_unused]] const double inv_count = recip((double)E);
     const double r = (double)rs;
@@ -196,11 +191,11 @@ __device__ __forceinline__ void backward_fused_kept_unit(
         sums[4 * s_u + 3] = acc[3];
     }
     {
-        ix s = s_lo + lane;
+        ix s = s_own + lane;
         ix i = s * W;  // inner index of the slot
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            if (s < s_hi) {
+            if (s < NS) {
                 const CT w0 = ld(weight, p_u);
                 CT w[W];
 #pragma unroll

@@ -165,7 +165,7 @@ def _kept(n_groups, elems, vec, want, direction, dtype, options) -> tuple[int, i
         while n_groups * copies * tpu < want and tpu < 1024 and share >= 2 * tpu:
             tpu *= 2
         if n_groups * copies * tpu >= want or options.copies:
-            return copies, tpu, _pow2(-(-(-(-share // tpu)) // vec))
+            return copies, tpu, -(-share // (tpu * vec))
     return None
 
 
