@@ -11,6 +11,7 @@ import re
 import pytest
 
 from normgen.codegen.generate import reference_sources
+from normgen.plan.device import profile
 from normgen.plan.launch_cuda import MAX_REGS
 from normgen.testing.cuda_emu import nvcc_path
 from normgen.testing.ptxas import compile_report, entry_ptx
@@ -18,6 +19,7 @@ from normgen.testing.ptxas import compile_report, entry_ptx
 pytestmark = pytest.mark.skipif(nvcc_path() is None, reason="nvcc is not installed")
 
 SPECS = ("layer_norm", "rms_norm", "group_norm")
+ARCH = profile("h100").arch  # the reference plans are the H100's
 DTYPES = ("float32", "bfloat16")
 #: a 128-bit global load: four 32-bit lanes (float4, or uint4 of half types) or two 64-bit ones
 WIDE_LOAD = re.compile(r"ld\.global(?:\.nc)?\.v4\.(?:f32|b32|u32)|ld\.global(?:\.nc)?\.v2\.(?:f64|b64|u64)")
@@ -41,7 +43,7 @@ def test_the_reference_sources_are_the_ones_the_issue_names():
 
 @pytest.mark.parametrize("path,source", SOURCES, ids=[p for p, _ in SOURCES])
 def test_launched_kernels_load_128_bits(path, source):
-    ptx, _ = compile_report(source, "sm_90", name=path.rsplit("/", 1)[1])
+    ptx, _ = compile_report(source, ARCH, name=path.rsplit("/", 1)[1])
     direction = path.rsplit(".", 2)[-2]
     entries = [e for e in LAUNCHED[direction] if f".entry {e}(" in ptx]
     assert entries
@@ -52,7 +54,7 @@ def test_launched_kernels_load_128_bits(path, source):
 
 @pytest.mark.parametrize("path,source", SOURCES, ids=[p for p, _ in SOURCES])
 def test_no_spills_and_at_most_64_registers(path, source):
-    _, usage = compile_report(source, "sm_90", name=path.rsplit("/", 1)[1])
+    _, usage = compile_report(source, ARCH, name=path.rsplit("/", 1)[1])
     assert {"forward_merge", "backward_merge"} & set(usage)
     for kernel, u in usage.items():
         assert u.registers <= MAX_REGS, (kernel, u)

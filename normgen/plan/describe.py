@@ -42,8 +42,10 @@ def describe_plan(plan: Plan) -> str:
         lines.extend(_steps(plan.eval_steps, True))
     if k.target == "cuda":
         moved = sum(s.bytes_read + s.bytes_written for s in plan.steps)
+        dev = plan.device
         lines.append(f"  traffic  {_mb(moved)} modeled for a training call, {moved / plan.min_bytes:.2f} x the "
-                     f"{_mb(plan.min_bytes)} any implementation moves (inputs read once, outputs written once)")
+                     f"{_mb(plan.min_bytes)} any implementation moves (inputs read once, outputs written once); "
+                     f"at {dev.bandwidth_gbs:.0f} GB/s no less than {moved / dev.bandwidth_gbs / 1e3:.0f} us")
     return "\n".join(lines)
 
 

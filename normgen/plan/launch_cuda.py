@@ -132,7 +132,7 @@ def _rows(dims, lay, device, direction, dtype, moved, phased, options) -> CudaCh
     base = dict(**sizes_strides(dims), vec_ok=vec_ok, **_merge(n_groups))
     fusing = options.parts is None and not phased
     if fusing and vec_ok and options.registers:  # keep groups in registers (16-byte loads only)
-        kept = _kept(n_groups, elems, vec, want, direction, dtype, options)
+        kept = _kept(device, n_groups, elems, vec, want, direction, dtype, options)
         if kept is not None:
             copies, tpu, slots = kept
             return _rows_choice(_rows_launch(base, n_groups, 1, copies, tpu, fused=True), vec, elems, n_groups,
@@ -150,9 +150,11 @@ def _rows(dims, lay, device, direction, dtype, moved, phased, options) -> CudaCh
     return _rows_choice(_rows_launch(base, n_groups, n_parts, 1, tpu, fused=fused), vec, elems, n_groups)
 
 
-def _kept(n_groups, elems, vec, want, direction, dtype, options) -> tuple[int, int, int] | None:
+def _kept(device, n_groups, elems, vec, want, direction, dtype, options) -> tuple[int, int, int] | None:
     """(copies, threads per unit, vector slots per thread) of fused units that keep their share
-    of a group in registers and launch `want` threads; None when no such units exist."""
+    of a group in registers and launch `want` threads; None when no such units exist. Units
+    share a group only while the groups resident on the device fit in half of L2 (the second
+    read of each is then an L2 hit)."""
     kept = 2 if direction is Direction.BACKWARD else 1  # arrays a unit keeps: x (and dy)
     per_thread = 0 if dtype == "float64" else CACHE_REGS[direction] // kept  # float64 (double registers): streamed
     for copies in (options.copies,) if options.copies else range(1, MAX_COPIES + 1):
@@ -164,6 +166,9 @@ def _kept(n_groups, elems, vec, want, direction, dtype, options) -> tuple[int, i
             continue  # too large to keep: a smaller share may fit
         while n_groups * copies * tpu < want and tpu < 1024 and share >= 2 * tpu:
             tpu *= 2
+        resident = device.sms * device.threads_per_sm // (copies * tpu)  # groups in flight
+        if copies > 1 and resident * elems * ITEMSIZE[dtype] * kept > device.l2_bytes // 2 and not options.copies:
+            continue
         if n_groups * copies * tpu >= want or options.copies:
             return copies, tpu, -(-share // (tpu * vec))
     return None
@@ -206,7 +211,8 @@ def _columns(dims, lay, device, dtype, moved, options) -> CudaChoice:
     else:  # columns straddle 16-byte vectors: element by element
         vec, bx = 1, min(max(1, 32 // tail), n_col) * tail
     tile = bx * vec
-    by = max(1, min(1024 // bx, COL_SHARED // (16 * tile), max(1, COL_BLOCK // bx)))
+    shared = min(COL_SHARED, device.shared_per_block - 16 * tile)  # the rows' sums; the columns' (fold) apart
+    by = max(1, min(1024 // bx, shared // (16 * tile), max(1, COL_BLOCK // bx)))
     n_groups = math.prod(dims[i].size for i in lay.groups)
     n_rows = math.prod(dims[i].size for i in lay.rows)
     tiles = -(-width // tile) * n_groups
