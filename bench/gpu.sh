@@ -7,7 +7,8 @@
 # Runs from the source tree, without network, where numpy, numba, cupy, jinja2, pytest,
 # hypothesis and torch are installed (pytest-xdist is used when present). Each phase has a
 # time limit, so the whole script stays under 8 minutes on an H100 and what finished is kept:
-#   warm-up compile 100 s | tests 200 s | float32 benchmark 150 s (torch.compile: 70 s of it)
+#   warm-up compile 90 s | tests 180 s (GPU checks first) | float32 benchmark 150 s (torch.compile:
+#   70 s of it): 7 minutes and some seconds of start-up.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -20,12 +21,12 @@ python -c "from normgen.runtime.cuda import device_name; print('device:', device
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv,noheader || true
 
 # 1. compile the modules the tests and benchmarks load, on every core (CuPy caches them on disk)
-timeout 100 python bench/gpu_warm.py || echo "gpu_warm: stopped (the rest compiles on first use)"
+timeout 90 python bench/gpu_warm.py || echo "gpu_warm: stopped (the rest compiles on first use)"
 
 # 2. tests: every spec on the GPU against the oracle, the plans, the PTX, the emulator and nvcc
 par=""
 python -c "import xdist" 2>/dev/null && par="-n 8"
-timeout 200 python -m pytest -q -p no:cacheprovider $par tests/test_cuda_gpu.py tests/test_cuda_plans.py \
+timeout 180 python -m pytest -q -p no:cacheprovider $par tests/test_cuda_gpu.py tests/test_cuda_plans.py \
     tests/test_cuda_ptx.py tests/test_cuda.py 2>&1 | tee "$out/gpu-tests-$stamp.txt"
 echo "tests: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$out/gpu-tests-$stamp.txt"
 

@@ -24,6 +24,7 @@ def sources() -> dict[str, str]:
     """{key: source} of every module the CUDA checks and benchmarks plan on this GPU."""
     from normgen.bench.cuda import gpu_cases
     from normgen.codegen.render import render
+    from normgen.errors import NormgenError
     from normgen.layouts import LAYOUTS, make_array
     from normgen.op.op import load
     from normgen.runtime.arrays import elem_strides
@@ -49,7 +50,7 @@ def sources() -> dict[str, str]:
                 try:
                     plan = op.plan(shape, strides=strides, dtype=dtype, direction=direction, target="cuda",
                                    device=device, **sizes)
-                except Exception:  # a combination the spec rejects: the checks skip it too
+                except NormgenError:  # a combination the spec rejects: the checks skip it too
                     continue
                 for p in (plan, plan.params):
                     if p is not None:

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 
 import normgen
+from normgen.codegen.generate import reference_sources
 from normgen.layouts import make_array
-from normgen.verify import oracle
 from normgen.plan.device import EMULATOR
 from normgen.plan.model import Options
 from normgen.runtime.cuda import _KERNEL
-from normgen.testing.cuda_emu import EmulationError, compile_source, nvcc_check
-from normgen.verify.check import Case, cases, run_case
-from normgen.codegen.generate import reference_sources
 from normgen.spec.library import bundled_names
+from normgen.testing.cuda_emu import EmulationError, compile_source, nvcc_check
+from normgen.verify import oracle
+from normgen.verify.check import Case, cases, run_case
 
 
 def _assert_ok(results):

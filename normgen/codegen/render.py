@@ -24,11 +24,11 @@ import jinja2
 from .. import __version__
 from ..paths import templates_dir
 from ..plan.geometry import STRIDE_PREFIX, geometry_fields
+from ..plan.launch_cuda import ITEMSIZE, launch_bounds, stream_batch
 from ..plan.model import Kernel, Reduction, Strategy
+from ..plan.traffic import shared_doubles
 from ..spec import Center, Scale
 from . import PRELUDE_DIR
-from ..plan.launch_cuda import ITEMSIZE, launch_bounds, stream_batch
-from ..plan.traffic import shared_doubles
 from .abi import ENTRY_DOC, arguments, signature
 
 #: CUDA storage type, compute type, load and store of each dtype, and the 16-byte vector type

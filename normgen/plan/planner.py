@@ -26,7 +26,7 @@ from .device import DEFAULT_PROFILE, Device, profile
 from .launch import cpu_launch, param_grads, steps
 from .launch_cuda import cuda_launch
 from .model import Dim, Direction, Kernel, Options, ParamGrads, Plan, Reduction
-from .passes import PDim, Layout, choose_strategy, coalesce, drop_unit_dims, logical_dims, memory_order, stride_class
+from .passes import Layout, PDim, choose_strategy, coalesce, drop_unit_dims, logical_dims, memory_order, stride_class
 from .traffic import cuda_steps
 
 DEFAULT_OPTIONS = Options()

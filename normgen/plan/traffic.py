@@ -29,7 +29,7 @@ _M, _S = 3 * 8, 4 * 8  # float64 (count, mean, M2) per part; float64 sums per pa
 
 def shared_doubles(kernel: Kernel, entry: str) -> dict[str, int]:
     """The NG_SHARED arrays (doubles) of an entry point: the templates declare exactly these."""
-    if entry.endswith("_merge") or entry.endswith("_apply"):
+    if entry.endswith(("_merge", "_apply")):
         return {}
     if kernel.strategy is Strategy.ROWS:
         values = 4 if entry.startswith("backward") else 2  # sums reduced together over a unit
