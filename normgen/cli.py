@@ -3,6 +3,7 @@
     normgen list                         bundled specs
     normgen show SPEC                    a spec: axes, kept and reduced sets, parameters
     normgen plan SPEC --shape 32,128,56,56 [--layout channels_last] [--backward]
+                     [--target cuda [--device h100] [--json]]
     normgen generate SPEC|--reference [-o DIR]   readable generated sources
     normgen check SPEC|--all             compare the kernels with the NumPy oracle
     normgen cache info|clear
@@ -78,18 +79,43 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(args: argparse.Namespace):
+    """The GPU to plan for: --device (a profile name), else the GPU CuPy sees, else the default profile."""
+    from .plan.device import DEFAULT_PROFILE, profile
+
+    if args.target != "cuda":
+        if args.device:
+            raise NormgenError("--device is for --target cuda")
+        return None
+    if args.device:
+        profile(args.device)  # an unknown name is a user error
+        return args.device
+    from .runtime.cuda import cupy_device
+
+    gpu = cupy_device()
+    return gpu.profile if gpu is not None else DEFAULT_PROFILE
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
     from .layouts import layout_strides
     from .plan.describe import describe_plan
+    from .plan.traffic import plan_json
 
     op = _op(args.spec)
     shape = args.shape
     strides = args.strides if args.strides else layout_strides(shape, args.layout)
     if len(strides) != len(shape):
         raise NormgenError(f"--strides has {len(strides)} entries for a shape of {len(shape)} dims")
+    if args.json and args.target != "cuda":
+        raise NormgenError("--json describes CUDA plans: add --target cuda")
     plan = op.plan(shape, strides=strides, dtype=args.dtype, direction="backward" if args.backward else "forward",
-                   params=not args.no_params, target=args.target, **dict(args.size))
-    print(describe_plan(plan))
+                   params=not args.no_params, target=args.target, device=_device(args), **dict(args.size))
+    if args.eval and not plan.eval_steps:
+        raise NormgenError(f"{op.name}: --eval plans a forward call with running statistics, and this "
+                           f"{plan.kernel.direction.value} plan has none")
+    print(json.dumps(plan_json(plan, evaluation=args.eval)) if args.json else describe_plan(plan))
     return 0
 
 
@@ -107,7 +133,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         outdir = Path(args.output or ".")
         op = _op(args.spec)
         files = generate.sources(op, args.shape, layout=args.layout, dtype=args.dtype, sizes=dict(args.size),
-                                 target=args.target)
+                                 target=args.target, device=_device(args))
     for path, written in generate.write(outdir, files):
         print(f"{'wrote    ' if written else 'unchanged'} {path}")
     return 0
@@ -169,19 +195,19 @@ def _cuda_runner_note() -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import datetime
     import os
 
     # PyTorch's OpenMP workers spin after every call by default, taking the cores from
     # whichever provider runs next; waiting passively leaves PyTorch's own times unchanged.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .bench import cpu as bench, cuda as bench_gpu
-    from .paths import repo_root
 
     if args.memory:
         return _bench_memory(args)
     if args.target == "cuda":
         bench_gpu.require_gpu()
+        if args.device:
+            bench_gpu.plan_for(args.device)
     if args.shape:
         if len(args.spec or []) != 1:
             raise NormgenError("bench --shape needs exactly one --spec")
@@ -196,7 +222,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     directions = ("forward",) if args.forward else ("backward",) if args.backward else ("forward", "backward")
     with_out = (False,) if args.no_out or args.target == "cuda" else (False, True)
     providers = tuple(args.providers.split(",")) if args.providers else \
-        ("normgen", "torch", "copy") if args.target == "cuda" else ("normgen", "torch", "numpy", "copy")
+        bench_gpu.PROVIDERS if args.target == "cuda" else ("normgen", "torch", "numpy", "copy")
     if args.target == "cuda":
         from .runtime.cuda import device_name
 
@@ -204,37 +230,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         where = "CPU"
     print(f"normgen bench: {len(cases)} case(s) on {where}, {args.dtype}, median of {args.repeat} after "
-          f"{args.warmup} warm-up runs, providers interleaved", flush=True)
+          f"{args.warmup} warm-up runs, providers interleaved"
+          + (", L2 flushed before every timed call" if args.target == "cuda" else ""), flush=True)
     results = []
+    save = _bench_saver(args, where)
 
     def progress(m) -> None:
         results.append(m)
         vs = m.ratio("normgen", "torch")
         copy = m.gbps["normgen"] / m.gbps["copy"] if "copy" in m.gbps else float("nan")
-        print(f"  {m.case:<38} {m.direction:<8} out={'yes' if m.with_out else 'no ':<3} normgen {m.ms['normgen']:8.2f} ms "
+        print(f"  {m.case:<38} {m.direction:<8} out={'yes' if m.with_out else 'no ':<3} normgen {m.ms['normgen']:8.3f} ms "
               f"{m.gbps['normgen']:6.1f} GB/s  x torch {vs:5.2f}  of copy {copy:4.0%}", flush=True)
+        if args.target == "cuda":  # what a time limit interrupts is kept
+            save(results, quiet=True)
 
     if args.target == "cuda":
         bench_gpu.run_cases(cases, directions=directions, dtype=args.dtype, repeat=args.repeat, warmup=args.warmup,
-                            providers=providers, progress=progress)
+                            providers=providers, compile_budget_s=args.compile_budget, progress=progress)
     else:
         bench.run_cases(cases, directions=directions, dtype=args.dtype, threads=args.threads, repeat=args.repeat,
                         warmup=args.warmup, providers=providers, with_out=with_out, progress=progress)
     print()
-    print(bench.table(results))
-    if args.json is not None:
-        root = repo_root() or Path(".")
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path(args.json) if args.json else root / "bench" / "results" / f"{args.target}-{stamp}.json"
-        from .runtime import threads as cpu
-
-        extra = {"dtype": args.dtype, "repeat": args.repeat, "target": args.target}
-        extra.update({"gpu": where} if args.target == "cuda" else {"threads": cpu.threads()})
-        bench.save_json(results, path, extra)
-        print(f"wrote {path}")
-    if args.plot:
-        bench.plot(results, Path(args.plot))
-        print(f"wrote {args.plot}")
+    print(bench_gpu.table(results) if args.target == "cuda" else bench.table(results))
+    save(results)
     return 0
 
 
@@ -273,6 +291,34 @@ def _bench_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_saver(args: argparse.Namespace, where: str):
+    """save(results): the JSON (--json) and the plot (--plot) of a benchmark run."""
+    import datetime
+
+    from .bench import cpu as bench, cuda as bench_gpu
+    from .paths import repo_root
+    from .runtime import threads as cpu
+
+    path = None
+    if args.json is not None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(args.json) if args.json else (repo_root() or Path(".")) / "bench" / "results" / \
+            f"{args.target}-{stamp}.json"
+    extra = {"dtype": args.dtype, "repeat": args.repeat, "target": args.target}
+    extra.update({"gpu": where} if args.target == "cuda" else {"threads": cpu.threads()})
+
+    def save(results, quiet: bool = False) -> None:
+        if path is not None:
+            bench.save_json(results, path, extra)
+        if args.plot and args.target == "cuda":
+            bench_gpu.plot(results, Path(args.plot), f"{where}, {args.dtype}")
+        elif args.plot and not quiet:
+            bench.plot(results, Path(args.plot))
+        if not quiet:
+            print("".join(f"wrote {p}\n" for p in (path, args.plot) if p), end="")
+    return save
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from .runtime import cache
 
@@ -304,6 +350,9 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--target", default="cpu", choices=("cpu", "cuda"), help="CPU (Numba) or CUDA kernels")
         s.add_argument("--size", type=_parse_size, action="append", default=[], metavar="NAME=VALUE",
                        help="a call-time size, e.g. num_groups=32 or normalized_shape=1024 (repeatable)")
+        s.add_argument("--device", metavar="PROFILE",
+                       help="with --target cuda: plan for this GPU (h100, h200, a100, l40s, rtx4090; default: the "
+                            "GPU present, else h100)")
 
     s = sub.add_parser("plan", help="print the loop nest the planner chooses")
     s.add_argument("spec")
@@ -311,6 +360,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--strides", type=_parse_ints, help="element strides of x (overrides --layout)")
     s.add_argument("--backward", action="store_true", help="plan the backward pass")
     s.add_argument("--no-params", action="store_true", help="plan a call without weight and bias")
+    s.add_argument("--eval", action="store_true", help="the steps of an evaluation call (running statistics)")
+    s.add_argument("--json", action="store_true",
+                   help="with --target cuda: the kernels, their launches and modeled DRAM traffic as JSON")
     s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("generate", help="write readable generated sources")
@@ -345,7 +397,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--backward", action="store_true", help="backward only")
     s.add_argument("--no-out", action="store_true", help="skip the out= runs")
     s.add_argument("--providers", help="comma-separated (default: normgen,torch,numpy,copy on cpu; "
-                   "normgen,torch,copy on cuda)")
+                   "normgen,torch,compile,copy on cuda, compile: torch.compile)")
+    s.add_argument("--compile-budget", type=float, default=90.0,
+                   help="cuda: seconds of torch.compile compiling, after which cases run without it")
     s.add_argument("--json", nargs="?", const="", help="save results (default bench/results/TARGET-DATE.json)")
     s.add_argument("--plot", help="draw GB/s per provider to this PNG")
     s.add_argument("--memory", action="store_true",

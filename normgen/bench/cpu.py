@@ -151,8 +151,9 @@ def _copy_runner(src: np.ndarray, nbytes: int) -> Callable[[], None]:
     return lambda: threads.split(_COPY_KERNEL, n, threads.threads(), a, b)
 
 
-def _torch_runner(case: Case, direction: str, x, p, sizes, training, dy, device=None, dtype=None):
-    """PyTorch's call for the case (on `device` in `dtype` when given; strides are kept)."""
+def _torch_runner(case: Case, direction: str, x, p, sizes, training, dy, device=None, dtype=None, compiled=False):
+    """PyTorch's call for the case (on `device` in `dtype` when given; strides are kept;
+    through torch.compile when `compiled`)."""
     try:
         import torch
     except ImportError:
@@ -194,6 +195,8 @@ def _torch_runner(case: Case, direction: str, x, p, sizes, training, dy, device=
         def f(t): return F.batch_norm(t, rm0, rv0, None, None, training=True)
     else:
         return None
+    if compiled:
+        f = torch.compile(f, dynamic=False)
     if not backward:
         return lambda: f(tx)
     inputs = [tx] + [v for v in tp.values() if v.requires_grad]

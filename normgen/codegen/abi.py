@@ -50,7 +50,7 @@ ENTRIES: dict[str, tuple[Arg, ...]] = {
                          Arg("pgrad", "f64_out", "cuda", True), _DPARAMS, _SCRATCH, _G, *_CPU_BLOCKS),
     "backward_apply": (_X, _DY, Arg("dx", "out"), _W, Arg("kstats", "stat_in"), Arg("coef", "stat_in"),
                        _SCRATCH, _SCRATCH_DT, _G, *_CPU_BLOCKS),
-    # the GPU's parameter-gradient reduction and its merge kernels (one thread per group)
+    # the GPU's parameter-gradient reduction and its merge kernels (a warp per group)
     "param_partial": (_X, _DY, Arg("kstats", "stat_in"), Arg("partial", "f64_out"), _G),
     "forward_merge": (Arg("parts", "f64_in"), Arg("moments", "f64_out"), Arg("kstats", "stat_out"),
                       Arg("n_groups", "i64"), Arg("n_parts", "i64"), Arg("eps", "f64")),
@@ -67,8 +67,8 @@ ENTRY_DOC = {
     "backward_partial": "sums of g and g·x̂ of each part of each group (added afterwards)",
     "backward_apply": "dx = c0·g + c1·(x - mean) + c2 with per-group coefficients",
     "param_partial": "the backward's parameter-gradient reduction: sums of dy·x̂ and dy per parameter index",
-    "forward_merge": "one thread per group: merge the parts' moments (Chan), finalize",
-    "backward_merge": "one thread per group: add the parts' sums, coefficients of dx",
+    "forward_merge": "a warp per group: merge the parts' moments (Chan), finalize",
+    "backward_merge": "a warp per group: add the parts' sums, coefficients of dx",
 }
 
 

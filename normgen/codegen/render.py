@@ -24,18 +24,25 @@ import jinja2
 from .. import __version__
 from ..paths import templates_dir
 from ..plan.geometry import STRIDE_PREFIX, geometry_fields
+from ..plan.launch_cuda import ITEMSIZE, launch_bounds, stream_batch
 from ..plan.model import Kernel, Reduction, Strategy
+from ..plan.traffic import shared_doubles
 from ..spec import Center, Scale
 from . import PRELUDE_DIR
-from .abi import ENTRY_DOC, signature
+from .abi import ENTRY_DOC, arguments, signature
 
-#: CUDA storage type, compute type, load and store of each dtype
+#: CUDA storage type, compute type, load and store of each dtype, and the 16-byte vector type
 CUDA_TYPES = {
-    "float32": ("float", "float", "p[i]", "v"),
-    "float64": ("double", "double", "p[i]", "v"),
-    "float16": ("__half", "float", "__half2float(p[i])", "__float2half_rn(v)"),
-    "bfloat16": ("__nv_bfloat16", "float", "__bfloat162float(p[i])", "__float2bfloat16_rn(v)"),
+    "float32": ("float", "float", "p[i]", "v", "float4"),
+    "float64": ("double", "double", "p[i]", "v", "double2"),
+    "float16": ("__half", "float", "__half2float(p[i])", "__float2half_rn(v)", "uint4"),
+    "bfloat16": ("__nv_bfloat16", "float", "__bfloat162float(p[i])", "__float2bfloat16_rn(v)", "uint4"),
 }
+#: the fields of each vector type, in memory order
+VECTOR_LANES = {"float4": "xyzw", "double2": "xy", "uint4": "xyzw", "uint2": "xy"}
+#: a half type's bits and back (16-byte vectors of half types move as uint4)
+HALF_BITS = {"float16": ("__half_as_ushort", "__ushort_as_half"),
+             "bfloat16": ("__bfloat16_as_ushort", "__ushort_as_bfloat16")}
 #: what generated CPU modules may import, and from where
 _CPU_IMPORTS = {"np": "import numpy as np", "float64": "from numba import float64", "dt": "from numba import {dtype} as dt"}
 _CPU_PRELUDE = ("add_chunk", "affine_row", "chan", "col_add", "col_add4", "col_dev", "col_dev2", "col_grad", "col_grad2",
@@ -113,8 +120,20 @@ def context(k: Kernel) -> dict[str, Any]:
         "sig": {entry: _wrap(signature(k, entry), k.target) for entry in ENTRY_DOC},
     }
     if k.target == "cuda":
-        ctype, compute, load, store = CUDA_TYPES[k.dtype]
-        ctx.update(prelude=cuda_prelude(), ctype=ctype, compute=compute, load_expr=load, store_expr=store)
+        ctype, compute, load, store, vtype = CUDA_TYPES[k.dtype]
+        vbytes = k.vec * ITEMSIZE[k.dtype]
+        vtype = "uint2" if vbytes == 8 else vtype  # half types, 4 at a time
+        ctx.update(prelude=cuda_prelude(), ctype=ctype, compute=compute, load_expr=load, store_expr=store,
+                   vtype=vtype, vbytes=vbytes, lanes=VECTOR_LANES[vtype], bits=HALF_BITS.get(k.dtype), vec=k.vec, cache=k.cache,
+                   tile=k.tile, copies=k.copies, span=k.span, wide=k.wide, flush=stream_batch(k)[0], scalar_batch=stream_batch(k)[1],
+                   bounds=launch_bounds(k),
+                   noun={"x": "x", "y": "y", "dy": "dy", "dx": "dx", "s": "stat", "p": "param"},
+                   shared={entry: shared_doubles(k, entry) for entry in ENTRY_DOC},
+                   usig={entry: _wrap(signature(k, entry) + "".join(f", NG_SHARED_PTR(double) {name}"
+                                                                   for name in shared_doubles(k, entry)), k.target)
+                         for entry in ENTRY_DOC},
+                   uargs={entry: ", ".join([a.name for a in arguments(k, entry)] + list(shared_doubles(k, entry)))
+                          for entry in ENTRY_DOC})
     return ctx
 
 
@@ -230,7 +249,7 @@ def _import_line(head: str, names: list[str]) -> str:
 
 def _kernels_doc(text: str, target: str) -> str:
     """The header's list of the module's entry points, one line each with what it does."""
-    pattern = r'^extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(' if target == "cuda" \
+    pattern = r'^extern "C" __global__ void (?:__launch_bounds__\([\d, ]+\) )?(\w+)\(' if target == "cuda" \
         else r"^def ([a-z]\w*)\("
     entries = [e for e in re.findall(pattern, text, flags=re.M) if e in ENTRY_DOC]
     mark = "//" if target == "cuda" else "#"

@@ -9,17 +9,19 @@ import numpy as np
 from ..errors import CallError
 from ..layouts import layout_strides, like_strides
 from ..plan.bind import bind
+from ..plan.device import Device, profile
 from ..plan.model import Direction, Plan
 from ..runtime import select
 
 
 def plan_for(op, x: np.ndarray | tuple[int, ...], *, direction: str = "forward", params: bool = True,
              strides: tuple[int, ...] | None = None, dtype: str | None = None, target: str = "cpu",
-             **sizes: Any) -> Plan:
+             device: str | Device | None = None, **sizes: Any) -> Plan:
     """The plan a call of `op` would use, for an array `x` or a shape with element `strides`.
 
     The output (y or dx) and dy are taken dense in x's dimension order, as a call that
-    allocates them would.
+    allocates them would. `device` (target="cuda"): plan for this GPU, or a profile name
+    such as "h100" (plan/device.py), instead of the one calls run on.
 
     >>> plan_for(normgen.load("batch_norm"), (32, 128, 56, 56), strides=layout_strides(shape, "channels_last"))
     """
@@ -40,4 +42,7 @@ def plan_for(op, x: np.ndarray | tuple[int, ...], *, direction: str = "forward",
     out = like_strides(shape, strides)
     unit = tuple(0 if n == 1 else s for n, s in zip(shape, strides))
     arrays = ({"x": unit, "y": out} if direction == "forward" else {"x": unit, "dy": out, "dx": out})
+    if device is not None and target == "cuda":
+        dev = profile(device) if isinstance(device, str) else device
+        return backend.plan(binding, arrays, Direction(direction), dtype, has_w, has_b, op.options, device=dev)
     return backend.plan(binding, arrays, Direction(direction), dtype, has_w, has_b, op.options)

@@ -39,7 +39,9 @@ LAUNCH_FIELDS: dict[str, tuple[tuple[str, str, Callable[[Plan], int]], ...]] = {
     ),
     "cuda": (
         ("n_parts", "parts per group (1: a unit reduces a whole group)", lambda p: p.launch.n_parts),
-        ("threads_per_unit", "threads per unit: 32 (a warp) or the block", lambda p: p.launch.threads_per_unit),
+        ("threads_per_unit", "threads per unit (rows): 32 (a warp) to 1024", lambda p: p.launch.threads_per_unit),
+        ("vec_ok", "1: sizes and strides allow 16-byte loads (pointers are checked too)",
+         lambda p: int(p.launch.vec_ok)),
         ("n_param", "elements per parameter", _n_param),
     ),
 }

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..spec import Center, Scale
 from .bind import Binding
+from .device import Device
 
 
 class Strategy(enum.Enum):
@@ -53,6 +54,8 @@ class Options:
     """Planner options that are not properties of the call (tests, experiments)."""
 
     parts: int | None = None  # split every reduction into this many parts (exercises the phased kernels)
+    copies: int | None = None  # cuda: units per group of the fused kernels that keep groups in registers
+    registers: bool = True  # cuda: False streams groups twice instead of keeping them in registers
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,13 @@ class Kernel:
     has_weight: bool
     has_bias: bool
     reduction: Reduction = Reduction.STATS
+    # cuda: what the CUDA kernels are compiled for (see launch_cuda.py)
+    vec: int = 1  # elements per 16-byte load along the contiguous inner dim (1: the inner dim is strided)
+    cache: int = 0  # rows: vector slots per thread per array the fused kernels keep in registers (0: stream)
+    tile: tuple[int, int] = (0, 0)  # columns: a block's threads along the row tile (each `vec` elements) x rows
+    copies: int = 1  # rows: units per group of the fused kernels (Launch.n_copies)
+    span: int = 1  # columns: columns among a thread's `vec` elements of a row (1: they are in one column)
+    wide: bool = False  # a group has 2**31 elements or more: 64-bit indices inside groups
 
     def stride_class(self, array: str, dim: int | None) -> str:
         """'1' contiguous, '0' constant, 's' strided: how `array` moves along `dim`."""
@@ -126,19 +136,38 @@ class Launch:
     # cuda
     grid: int = 0  # blocks
     block: tuple[int, int] = (0, 0)  # threads (x, y)
-    threads_per_unit: int = 0  # rows: 32 (a warp) or the whole block
+    threads_per_unit: int = 0  # rows: a power of two from 32 (a warp) to 1024
+    n_copies: int = 1  # rows, fused: units per group, each reading the whole group and normalizing its share
+    vec_ok: bool = False  # sizes and strides allow `Kernel.vec`-wide loads (pointers are checked at run time)
+    merge_grid: int = 0  # the merge kernels: a warp per group
+    merge_block: int = 0
 
     def stride(self, array: str) -> tuple[int, ...]:
         return dict(self.strides)[array]
 
+    @property
+    def pieces(self) -> int:
+        """Units per group in the partial and apply kernels: parts, and copies of fused plans."""
+        return self.n_parts * self.n_copies
+
 
 @dataclass(frozen=True)
 class Step:
-    """One kernel launch of a call, in the order a training call runs them."""
+    """One kernel launch (or host work) of a call, in the order the call runs them."""
 
-    entry: str  # the kernel's entry point, e.g. "forward_partial"
+    entry: str  # the kernel's entry point, e.g. "forward_partial"; "host" for work on the host
     launch: str  # how it runs: "16 blocks over 2 threads", "grid 512 x block (256, 1)"
     what: str  # what it computes, in a few words
+    # cuda: the launch, and the traffic model's bytes to and from DRAM (plan/traffic.py)
+    grid: tuple[int, int, int] = (0, 0, 0)
+    block: tuple[int, int, int] = (0, 0, 0)
+    shared_bytes: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+    @property
+    def threads(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2] * self.block[0] * self.block[1] * self.block[2]
 
 
 @dataclass(frozen=True)
@@ -146,6 +175,9 @@ class Plan:
     kernel: Kernel
     launch: Launch
     binding: Binding = field(compare=False, repr=False)
-    steps: tuple[Step, ...] = ()
+    steps: tuple[Step, ...] = ()  # a training call
     param_grads: ParamGrads = ParamGrads.NONE
     params: Plan | None = None  # the parameter-gradient reduction, when param_grads is REDUCTION
+    device: Device | None = field(default=None, compare=False)  # cuda: the GPU planned for
+    eval_steps: tuple[Step, ...] = ()  # an evaluation call (forward with running statistics)
+    min_bytes: int = 0  # cuda: the inputs read once and every output written once (plan/traffic.py)
