@@ -2,7 +2,7 @@
 
 A change to the planner shows up here as a table diff: review it, and update the table
 when the new decisions are the intended ones (they are checked for correctness by the
-oracle tests, not here). CPU plans for 2 threads; CUDA plans for 132 SMs (an H100).
+oracle tests, not here). CPU plans for 2 threads; CUDA plans for the h100 device profile.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import pytest
 from normgen.layouts import layout_strides, like_strides
 from normgen.op import load
 from normgen.plan import Direction, bind, make_plan
+from normgen.plan.device import profile
 from normgen.verify.reference import REFERENCES
 
 
-def decisions(target: str, threads: int = 2, sms: int = 132) -> list[str]:
+def decisions(target: str, threads: int = 2, device: str = "h100") -> list[str]:
     """One line per reference plan: strategy, fused or phased, how it runs, parameter gradients."""
     rows = []
     for ref in REFERENCES:
@@ -27,7 +28,8 @@ def decisions(target: str, threads: int = 2, sms: int = 132) -> list[str]:
             arrays = {"x": strides, "y": out} if d is Direction.FORWARD else {"x": strides, "dy": out, "dx": out}
             has = bool(op.spec.affine)
             p = make_plan(b, arrays, direction=d, dtype="float32", has_weight=has and bool(op.spec.affine.weight),
-                          has_bias=has and bool(op.spec.affine.bias), target=target, threads=threads, sms=sms)
+                          has_bias=has and bool(op.spec.affine.bias), target=target, threads=threads,
+                          device=profile(device) if target == "cuda" else None)
             la = p.launch
             how = "fused" if la.fused else f"phased x{la.n_parts}"
             if target == "cpu":
@@ -68,28 +70,28 @@ standardize [100000, 64] contiguous backward: columns, phased x4, 4 blocks/2 thr
 """
 
 CUDA = """
-batch_norm [32, 128, 56, 56] contiguous forward: rows, phased x3, grid 384 x (512, 1)
-batch_norm [32, 128, 56, 56] contiguous backward: rows, phased x3, grid 384 x (512, 1), params: per group
-batch_norm [32, 128, 56, 56] channels_last forward: columns, phased x132, grid 528 x (32, 8)
-batch_norm [32, 128, 56, 56] channels_last backward: columns, phased x132, grid 528 x (32, 8), params: per element
-layer_norm [8192, 1024] contiguous forward: rows, fused, grid 1024 x (256, 1)
-layer_norm [8192, 1024] contiguous backward: rows, fused, grid 1024 x (256, 1), params: second reduction
-group_norm [8, 256, 64, 64] contiguous forward: rows, phased x2, grid 512 x (256, 1)
-group_norm [8, 256, 64, 64] contiguous backward: rows, phased x2, grid 512 x (256, 1), params: second reduction
-group_norm [8, 256, 64, 64] channels_last forward: columns, phased x9, grid 576 x (32, 8)
-group_norm [8, 256, 64, 64] channels_last backward: columns, phased x9, grid 576 x (32, 8), params: per element
-instance_norm [8, 256, 64, 64] contiguous forward: rows, phased x2, grid 512 x (256, 1)
-instance_norm [8, 256, 64, 64] contiguous backward: rows, phased x2, grid 512 x (256, 1), params: per group
-rms_norm [8192, 1024] contiguous forward: rows, fused, grid 1024 x (256, 1)
-rms_norm [8192, 1024] contiguous backward: rows, fused, grid 1024 x (256, 1), params: second reduction
-switchable_norm [8, 64, 32, 32] contiguous forward: rows, phased x5, grid 320 x (256, 1)
-switchable_norm [8, 64, 32, 32] contiguous backward: rows, phased x5, grid 320 x (256, 1), params: per group
-weight_norm [512, 256, 3, 3] contiguous forward: rows, phased x5, grid 320 x (256, 1)
-weight_norm [512, 256, 3, 3] contiguous backward: rows, phased x5, grid 320 x (256, 1), params: per group
-weight_standardization [512, 256, 3, 3] contiguous forward: rows, phased x5, grid 320 x (256, 1)
-weight_standardization [512, 256, 3, 3] contiguous backward: rows, phased x5, grid 320 x (256, 1)
-standardize [100000, 64] contiguous forward: columns, phased x264, grid 528 x (32, 8)
-standardize [100000, 64] contiguous backward: columns, phased x264, grid 528 x (32, 8)
+batch_norm [32, 128, 56, 56] contiguous forward: rows, phased x9, grid 1152 x (256, 1)
+batch_norm [32, 128, 56, 56] contiguous backward: rows, phased x9, grid 1152 x (256, 1), params: per group
+batch_norm [32, 128, 56, 56] channels_last forward: columns, phased x528, grid 528 x (32, 16)
+batch_norm [32, 128, 56, 56] channels_last backward: columns, phased x528, grid 528 x (32, 16), params: per element
+layer_norm [8192, 1024] contiguous forward: rows, fused, grid 2048 x (256, 1)
+layer_norm [8192, 1024] contiguous backward: rows, fused, grid 4096 x (256, 1), params: second reduction
+group_norm [8, 256, 64, 64] contiguous forward: rows, fused, grid 512 x (1024, 1)
+group_norm [8, 256, 64, 64] contiguous backward: rows, phased x5, grid 1280 x (256, 1), params: second reduction
+group_norm [8, 256, 64, 64] channels_last forward: columns, phased x33, grid 528 x (32, 16)
+group_norm [8, 256, 64, 64] channels_last backward: columns, phased x33, grid 528 x (32, 16), params: per element
+instance_norm [8, 256, 64, 64] contiguous forward: rows, fused, grid 2048 x (256, 1)
+instance_norm [8, 256, 64, 64] contiguous backward: rows, fused, grid 2048 x (512, 1), params: per group
+rms_norm [8192, 1024] contiguous forward: rows, fused, grid 2048 x (256, 1)
+rms_norm [8192, 1024] contiguous backward: rows, fused, grid 4096 x (256, 1), params: second reduction
+switchable_norm [8, 64, 32, 32] contiguous forward: rows, phased x9, grid 1152 x (256, 1)
+switchable_norm [8, 64, 32, 32] contiguous backward: rows, phased x9, grid 1152 x (256, 1), params: per group
+weight_norm [512, 256, 3, 3] contiguous forward: rows, fused, grid 512 x (1024, 1)
+weight_norm [512, 256, 3, 3] contiguous backward: rows, fused, grid 512 x (1024, 1), params: per group
+weight_standardization [512, 256, 3, 3] contiguous forward: rows, fused, grid 512 x (1024, 1)
+weight_standardization [512, 256, 3, 3] contiguous backward: rows, fused, grid 512 x (1024, 1)
+standardize [100000, 64] contiguous forward: columns, phased x528, grid 528 x (16, 32)
+standardize [100000, 64] contiguous backward: columns, phased x528, grid 528 x (16, 32)
 """
 
 
