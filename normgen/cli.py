@@ -67,7 +67,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"  center     {spec.center.value}")
     print(f"  scale      {spec.scale.value}, eps {spec.eps}")
     if spec.affine:
-        print(f"  affine     {', '.join(spec.affine.params)} over '{spec.affine.axes}'")
+        offset = f" (effective weight: weight + {spec.affine.weight_offset:g})" if spec.affine.weight_offset else ""
+        print(f"  affine     {', '.join(spec.affine.params)} over '{spec.affine.axes}'{offset}")
     if spec.running:
         print(f"  running    over '{spec.axes_str(spec.running.axes)}', momentum {spec.running.momentum}")
     if spec.sizes:
@@ -75,7 +76,28 @@ def cmd_show(args: argparse.Namespace) -> int:
                                           for k, v in spec.sizes))
     if spec.is_mixture:
         print(f"  mixture    softmax(mean_weight), softmax(var_weight) over {len(spec.kept)} components")
+    _show_fuse(spec)
     return 0
+
+
+def _show_fuse(spec) -> None:
+    from .spec.derive import derivative
+
+    f = spec.fuse
+    if f is None:
+        return
+    if f.prologue is not None:
+        print(f"  prologue   h = {f.prologue}" + ("   (returned as fwd.prologue)" if f.keep_prologue else ""))
+        for name in ("x",) + f.prologue_inputs:
+            print(f"             dh/d{name} = {derivative(f.prologue, name)}")
+    if f.epilogue is not None:
+        print(f"  epilogue   out = {f.epilogue}")
+        for name in ("y",) + f.epilogue_inputs:
+            print(f"             dout/d{name} = {derivative(f.epilogue, name)}")
+    if f.extras:
+        print(f"  extras     {', '.join(f.extras)} (arrays shaped like x, passed by name)")
+    if f.quantize:
+        print(f"  quantize   {f.quantize}, one float32 scale per kept index (fwd.scale); forward only")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
