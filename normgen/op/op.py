@@ -29,6 +29,7 @@ from ..spec import Center, Scale, Spec, find_spec, load_spec
 from . import stats as st
 from .args import CALL_ARGS, Call, backend_of, check_array, check_forward, check_out
 from .distributed import merge_moments, sum_ranks
+from .fused import backward_arrays, check_weight_nonzero, forward_arrays, plan_arrays, strides_of
 from .mixture import mix_backward, mix_forward
 from .results import Forward, Grads
 from .running import commit, running_normalizer, updated
@@ -91,8 +92,9 @@ class Op:
         self._check_counts(call)
         if call.binding.n_groups == 0:
             return self._empty_forward(call)
-        plan = self._plan(call, Direction.FORWARD) if call.x.size else None
-        kstats, moments, norm, mix, count = self._statistics(call, plan)
+        fx = forward_arrays(call)
+        plan = self._plan(call, Direction.FORWARD, fx) if call.x.size else None
+        kstats, moments, norm, mix, count = self._statistics(call, plan, fx)
         if call.running is not None and call.running.factor is not None:
             commit(self._new_running(call, moments, norm, mix, count), call.running, call.backend)
         return Forward(y=call.y, kstats=kstats, call=call, centered=self.spec.center is Center.MEAN, mix=mix,
@@ -109,23 +111,24 @@ class Op:
             raise CallError(f"{self.name}: expected more than 1 value per statistic when training "
                             f"(input {tuple(call.x.shape)} has 1); running variance needs n - 1 > 0")
 
-    def _statistics(self, call: Call, plan: Plan | None):
+    def _statistics(self, call: Call, plan: Plan | None, fx: dict[str, Any]):
         """Statistics, and y normalized with them: (kstats, moments, Normalizer, Mix, count)."""
         spec, be = self.spec, call.backend
         n = call.binding.group_size
+        kw = {"fx": fx} if fx else {}  # only fused calls pass their extra arrays
         if call.eval_mode and not spec.is_mixture:  # the running statistics
             norm = running_normalizer(call.binding, be.to_host(call.running.mean), be.to_host(call.running.var),
                                       call.eps)
             kstats = be.from_host(st.kstats(norm, call.stat_dtype))
-            be.apply(plan, call.x, call.y, call.weight, call.bias, kstats)
+            be.apply(plan, call.x, call.y, call.weight, call.bias, kstats, **kw)
             return kstats, None, norm, None, n
         if call.group is None and not spec.is_mixture:  # this batch: fused, or parts merged
             moments, kstats = be.train_forward(plan, call.x, call.y, call.weight, call.bias, call.eps,
-                                               lambda m: self._kstats(call, m))
+                                               lambda m: self._kstats(call, m), **kw)
             self._check_norms(kstats, call)
             return kstats, moments, None, None, n
         # moments first (merged over the ranks), then the statistics they give, then normalize
-        moments = be.moments(plan, call.x) if plan is not None else np.zeros((call.binding.n_groups, 3))
+        moments = be.moments(plan, call.x, **kw) if plan is not None else np.zeros((call.binding.n_groups, 3))
         count = n
         if call.group is not None:
             moments = merge_moments(call.group, moments, self.name)  # the same on every rank
@@ -141,7 +144,7 @@ class Op:
         self._check_norms(kstats, call)
         kstats = be.from_host(kstats)
         if plan is not None:
-            be.apply(plan, call.x, call.y, call.weight, call.bias, kstats)
+            be.apply(plan, call.x, call.y, call.weight, call.bias, kstats, **kw)
         return kstats, moments, norm, mix, count
 
     def _kstats(self, call: Call, moments: np.ndarray) -> np.ndarray:
@@ -187,32 +190,41 @@ class Op:
         return Forward(y=call.y, kstats=kstats, call=call, centered=self.spec.center is Center.MEAN)
 
     # ---- backward ---------------------------------------------------------------------
-    def backward(self, dy, fwd: Forward, *, out=None) -> Grads:
-        """Gradients of sum(dy * y) for x and every parameter the forward call was given.
+    def backward(self, dy, fwd: Forward, *, dprologue=None, out=None) -> Grads:
+        """Gradients of sum(dy * y) (+ sum(dprologue * h) for a kept prologue h) for x, every
+        parameter the forward call was given, and a fused spec's extra inputs (`grads[name]`).
 
         After a forward across ranks, the statistics' sums are added over the ranks too;
         parameter gradients are this rank's share (add them over the ranks when the
         parameters are replicated; they are exact when the parameters are sharded too).
+        After a forward with save="y", x is not read: x_hat is rebuilt from y.
         """
         call = fwd.call
-        be, x = call.backend, call.x
+        be = call.backend
+        x = fwd.y if call.save == "y" else call.x  # the kernels walk y in x's place then
         check_array(self.name, dy, be, "dy")
         if tuple(dy.shape) != tuple(x.shape) or be.dtype(dy) != call.dtype:
             raise CallError(f"{self.name}: dy has shape {tuple(dy.shape)} and dtype {be.dtype(dy)}, expected "
                             f"{tuple(x.shape)} and {call.dtype} (those of x)")
         dy = dy if be.strides(dy) is not None else be.contiguous(dy)
-        dx = check_out(self.name, out, x, be, x, dy)
+        fx, extra_grads = backward_arrays(self.spec, fwd, dprologue)
+        dx = check_out(self.name, out, x, be, x, dy, *fx.values())
         grads: dict[str, Any] = {}
+        extras = {e: extra_grads.get(e, dx) for e in self.spec.extras}
         if x.size == 0 and call.group is None:
-            dx[...] = 0
-            return Grads(dx, self._param_grads(call, None, None))
-        plan = self._plan(call, Direction.BACKWARD, dy=dy, dx=dx) if x.size else None
+            for a in (dx, *extra_grads.values()):
+                a[...] = 0
+            return Grads(dx, self._param_grads(call, None, None), extras)
+        if call.save == "y" and x.size:
+            check_weight_nonzero(self.name, call)
+        plan = self._plan(call, Direction.BACKWARD, fx, dy=dy, dx=dx, x=x) if x.size else None
+        kw = {"fx": fx} if fx else {}
         if call.group is None and fwd.mix is None and not call.eval_mode:  # training on this batch
             dw, db = be.train_backward(plan, x, dy, dx, call.weight, fwd.kstats,
-                                       lambda a, b: self._coefficients(fwd, a, b, grads))
+                                       lambda a, b: self._coefficients(fwd, a, b, grads), **kw)
         else:
             if plan is not None:
-                a, b, dw, db = be.grad_sums(plan, x, dy, call.weight, fwd.kstats)
+                a, b, dw, db = be.grad_sums(plan, x, dy, call.weight, fwd.kstats, **kw)
             else:
                 a = b = np.zeros(call.binding.n_groups)
                 dw = db = None
@@ -221,9 +233,9 @@ class Op:
                 a, b = total[:, 0], total[:, 1]
             coef = self._coefficients(fwd, a, b, grads)
             if plan is not None:
-                be.grad_apply(plan, x, dy, dx, call.weight, fwd.kstats, coef)
+                be.grad_apply(plan, x, dy, dx, call.weight, fwd.kstats, coef, **kw)
         grads.update(self._param_grads(call, dw, db))
-        return Grads(dx, grads)
+        return Grads(dx, grads, extras)
 
     def _coefficients(self, fwd: Forward, a: np.ndarray, b: np.ndarray, grads: dict[str, Any]) -> np.ndarray:
         """[groups, 3]: dx = c0·g + c1·(x − μ) + c2 per group (g = dy·weight)."""
@@ -261,13 +273,14 @@ class Op:
         """bind(), remembered per (shape, sizes)."""
         return self._bindings.get_or_make(_binding_key(shape, sizes), lambda: bind(self.spec, shape, sizes))
 
-    def _plan(self, call: Call, direction: Direction, **arrays) -> Plan:
+    def _plan(self, call: Call, direction: Direction, fx: dict[str, Any], **arrays) -> Plan:
         """The backend's plan for a call, remembered per call structure (planning is pure)."""
         be = call.backend
         if direction is Direction.FORWARD:
             strides = {"x": be.strides(call.x), "y": be.strides(call.y)}
         else:
-            strides = {"x": be.strides(call.x), "dy": be.strides(arrays["dy"]), "dx": be.strides(arrays["dx"])}
+            strides = {"x": be.strides(arrays["x"]), "dy": be.strides(arrays["dy"]), "dx": be.strides(arrays["dx"])}
+        strides.update(strides_of(be, fx))
         has_w, has_b = call.weight is not None, call.bias is not None
         key = (be.plan_key(), _binding_key(call.binding.shape, call.sizes), tuple(strides.items()), direction,
                call.dtype, has_w, has_b)
@@ -282,23 +295,31 @@ class Op:
         The output (y or dx) and dy are taken dense in x's dimension order, as a call
         that allocates them would. Used by `normgen plan` and `normgen generate`.
         """
-        backend = select(None, target)
-        if isinstance(x, np.ndarray):
-            shape, dtype = x.shape, str(x.dtype)
-            strides = backend.strides(x)
-            if strides is None:
-                raise CallError(f"{self.name}: x has strides the kernels cannot walk; it would be copied")
-        else:
-            shape = tuple(x)
-            strides = strides if strides is not None else layout_strides(shape, "contiguous")
-            dtype = dtype or "float32"
-        binding = bind(self.spec, shape, sizes)
-        has_w = params and bool(self.spec.affine and self.spec.affine.weight)
-        has_b = params and bool(self.spec.affine and self.spec.affine.bias)
-        out = like_strides(shape, strides)
-        unit = tuple(0 if n == 1 else s for n, s in zip(shape, strides))
-        arrays = ({"x": unit, "y": out} if direction == "forward" else {"x": unit, "dy": out, "dx": out})
-        return backend.plan(binding, arrays, Direction(direction), dtype, has_w, has_b, self.options)
+        return plan_of(self, x, direction=direction, params=params, strides=strides, dtype=dtype, target=target,
+                       sizes=sizes)
+
+
+def plan_of(op: Op, x: np.ndarray | tuple[int, ...], *, direction: str, params: bool,
+            strides: tuple[int, ...] | None, dtype: str | None, target: str, sizes: dict[str, Any]) -> Plan:
+    """`Op.plan`'s work: the arrays a call would have, planned by the target's backend."""
+    backend = select(None, target)
+    if isinstance(x, np.ndarray):
+        shape, dtype = x.shape, str(x.dtype)
+        strides = backend.strides(x)
+        if strides is None:
+            raise CallError(f"{op.name}: x has strides the kernels cannot walk; it would be copied")
+    else:
+        shape = tuple(x)
+        strides = strides if strides is not None else layout_strides(shape, "contiguous")
+        dtype = dtype or "float32"
+    binding = bind(op.spec, shape, sizes)
+    has_w = params and bool(op.spec.affine and op.spec.affine.weight)
+    has_b = params and bool(op.spec.affine and op.spec.affine.bias)
+    out = like_strides(shape, strides)
+    unit = tuple(0 if n == 1 else s for n, s in zip(shape, strides))
+    arrays = ({"x": unit, "y": out} if direction == "forward" else {"x": unit, "dy": out, "dx": out})
+    arrays.update(plan_arrays(op.spec, direction, unit, out))
+    return backend.plan(binding, arrays, Direction(direction), dtype, has_w, has_b, op.options)
 
 
 def _binding_key(shape: tuple[int, ...], sizes: dict[str, Any]) -> tuple | None:

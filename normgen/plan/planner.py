@@ -5,6 +5,7 @@
 1-5. passes.py   logical dims -> drop unit dims -> memory order -> coalesce -> strategy
 6.   launch.py   how units run on the target (parts, blocks, tiles, grids), the steps of a
                  call, and how parameter gradients are reduced
+7.   fusion.py   fused specs: where each pass finds h, which gradients the backward writes
 then the Kernel (structure: what the generated source depends on) and the Launch (numbers:
 what the kernels receive at run time) are assembled.
 
@@ -19,8 +20,9 @@ from pathlib import Path
 
 from ..spec import Spec
 from .bind import Binding
+from .fusion import plan_fusion, whole_groups
 from .launch import cpu_launch, cuda_launch, param_grads, steps
-from .model import Dim, Direction, Kernel, Options, ParamGrads, Plan, Reduction
+from .model import Dim, Direction, Fusion, Kernel, Options, ParamGrads, Plan, Reduction
 from .passes import PDim, Layout, choose_strategy, coalesce, drop_unit_dims, logical_dims, memory_order, stride_class
 
 DEFAULT_OPTIONS = Options()
@@ -30,13 +32,16 @@ def make_plan(binding: Binding, arrays: dict[str, tuple[int, ...]], *, direction
               has_weight: bool, has_bias: bool, target: str = "cpu", threads: int = 1, sms: int = 132,
               reduction: Reduction = Reduction.STATS, options: Options = DEFAULT_OPTIONS) -> Plan:
     """Plan one call. `arrays` maps each x-like array to its element strides."""
+    whole = whole_groups(binding.spec, direction)
     dims = logical_dims(binding, arrays, reduction)
     dims = drop_unit_dims(dims)
     dims = memory_order(dims)
     dims = coalesce(dims, binding)
-    lay = choose_strategy(dims)
-    launch = cpu_launch(dims, lay, direction, threads, options) if target == "cpu" else \
+    lay = choose_strategy(dims, columns=not whole)
+    launch = cpu_launch(dims, lay, direction, threads, options, whole) if target == "cpu" else \
         cuda_launch(dims, lay, sms, options)
+    fusion = None if reduction is Reduction.PARAMS else \
+        plan_fusion(binding.spec, direction, tuple(arrays), lay.strategy, launch.fused, binding.group_size)
     grads = param_grads(target, lay, dims, direction, has_weight or has_bias, reduction)
     params = None
     if grads is ParamGrads.REDUCTION:
@@ -44,14 +49,15 @@ def make_plan(binding: Binding, arrays: dict[str, tuple[int, ...]], *, direction
                            has_bias=has_bias, target=target, threads=threads, sms=sms, reduction=Reduction.PARAMS,
                            options=options)
     kernel = _kernel(binding.spec, dims, lay, tuple(arrays), direction, target, dtype, has_weight, has_bias,
-                     reduction)
+                     reduction, fusion)
     n_groups = max(1, math.prod(binding.stats_shape))
     return Plan(kernel, launch, binding, steps(target, direction, launch, n_groups, grads,
                                                params.launch if params else None), grads, params)
 
 
 def _kernel(spec: Spec, dims: tuple[PDim, ...], lay: Layout, arrays: tuple[str, ...], direction: Direction,
-            target: str, dtype: str, has_weight: bool, has_bias: bool, reduction: Reduction) -> Kernel:
+            target: str, dtype: str, has_weight: bool, has_bias: bool, reduction: Reduction,
+            fusion: Fusion | None) -> Kernel:
     """The structure of the plan: roles and stride classes of the loop dims."""
     loop_inner = [lay.inner] + ([lay.tail] if lay.tail is not None else [])
     unit = tuple((f"{a}@{dims[i].name}", stride_class(dims[i].s(a)))
@@ -60,7 +66,7 @@ def _kernel(spec: Spec, dims: tuple[PDim, ...], lay: Layout, arrays: tuple[str, 
                   strategy=lay.strategy, dims=tuple(Dim(d.name, d.axes, d.kept, d.s("param") != 0, d.s("stat") != 0) for d in dims),
                   groups=lay.groups, rows=lay.rows, inner=lay.inner, tail=lay.tail, unit_stride=unit,
                   center=spec.center, scale=spec.scale, has_weight=has_weight, has_bias=has_bias,
-                  reduction=reduction)
+                  reduction=reduction, arrays=arrays, fusion=fusion)
 
 
 def spec_from(spec: Spec) -> str:

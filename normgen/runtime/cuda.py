@@ -21,6 +21,7 @@ import numpy as np
 
 from ..codegen.abi import order
 from ..codegen.render import render
+from ..errors import CallError
 from ..plan.geometry import geometry_values
 from ..plan.launch import MERGE_BLOCK
 from ..plan.model import Direction, Options, ParamGrads, Plan, Reduction, Strategy
@@ -141,6 +142,9 @@ class CudaBackend:
 
     def plan(self, binding, arrays, direction: Direction, dtype: str, has_weight: bool, has_bias: bool,
              options: Options) -> Plan:
+        if binding.spec.fuse is not None or (direction is Direction.BACKWARD and "y" in arrays):
+            raise CallError(f"{binding.spec.name}: fused specs (prologue, epilogue, quantize) and save='y' run on "
+                            "the CPU backend; the CUDA templates for them are not built yet")
         return make_plan(binding, arrays, direction=direction, dtype=dtype, has_weight=has_weight,
                          has_bias=has_bias, target="cuda", sms=self.device.sms, options=options)
 
