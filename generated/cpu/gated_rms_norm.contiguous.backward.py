@@ -6,13 +6,15 @@
 # kernels:   backward_fused    sums of g and g·x̂ of each group, then dx (one unit per group)
 #            backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
 #            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
-# key:       1e5287183afcddb61a592176b8a77023
+# key:       9de07f0847e4f0ba1f0d1ed632cb0c8a
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
 import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
+
+from normgen.codegen.cpu_prelude import exp_f32
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -36,7 +38,7 @@ def _grad_sums(x_v, e_z_v, dy_v, w_v, rstd, dw_v, db_v):
     a = 0.0
     b = 0.0
     for i in range(dy_v.shape[0]):
-        p0 = dt(1.0) / (dt(1.0) + np.exp(-e_z_v[i]))
+        p0 = dt(1.0) / (dt(1.0) + exp_f32(-e_z_v[i]))
         hv = x_v[i] * (e_z_v[i] * p0)
         xh = hv * rstd
         gy = dy_v[i]
@@ -128,7 +130,7 @@ def backward_fused(x, e_z, dy, dx, d_z, weight, bias, kstats, dparams, scratch_d
                 d_z_v = d_z[d_z_r:d_z_r + s_n]
                 w_v = weight[p_r:p_r + s_n]
                 for i in range(s_n):  # reduced normalized
-                    p0 = dt(1.0) / (dt(1.0) + np.exp(-e_z_v[i]))
+                    p0 = dt(1.0) / (dt(1.0) + exp_f32(-e_z_v[i]))
                     p1 = e_z_v[i] * p0
                     hv = x_v[i] * p1
                     p_x = p1
@@ -261,7 +263,7 @@ def backward_apply(x, e_z, dy, dx, d_z, weight, bias, kstats, coef, scratch_dt, 
                 d_z_v = d_z[d_z_r:d_z_r + s_n]
                 w_v = weight[p_r:p_r + s_n]
                 for i in range(s_n):  # reduced normalized
-                    p0 = dt(1.0) / (dt(1.0) + np.exp(-e_z_v[i]))
+                    p0 = dt(1.0) / (dt(1.0) + exp_f32(-e_z_v[i]))
                     p1 = e_z_v[i] * p0
                     hv = x_v[i] * p1
                     p_x = p1

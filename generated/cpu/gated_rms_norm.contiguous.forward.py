@@ -6,7 +6,7 @@
 # kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
 #            forward_partial  moments of each part of each group (merged afterwards)
 #            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
-# key:       f1b076fcd10701aca419b264293bb6bb
+# key:       0c8bb74efb66bd3c3c39dbcbc52ff5e0
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit
 from numba import float32 as dt
 
-from normgen.codegen.cpu_prelude import add_chunk
+from normgen.codegen.cpu_prelude import add_chunk, exp_f32
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -75,7 +75,7 @@ def forward_fused(x, e_z, y, weight, bias, moments, kstats, scratch_dt, g, eps, 
                 e_z_v = e_z[e_z_r:e_z_r + s_n]
                 hb_v = hold[c * seg:c * seg + s_n]
                 for i in range(s_n):  # reduced normalized: the prologue
-                    p0 = dt(1.0) / (dt(1.0) + np.exp(-e_z_v[i]))
+                    p0 = dt(1.0) / (dt(1.0) + exp_f32(-e_z_v[i]))
                     hv = x_v[i] * (e_z_v[i] * p0)
                     hb_v[i] = hv
                 n, mean, m2 = add_chunk(n, mean, m2, hb_v)
@@ -143,7 +143,7 @@ def forward_partial(x, e_z, moments, scratch_dt, g, blk_lo, blk_hi):
                 e_z_v = e_z[e_z_r:e_z_r + s_n]
                 hb_v = hold[0:s_n]
                 for i in range(s_n):  # reduced normalized: the prologue
-                    p0 = dt(1.0) / (dt(1.0) + np.exp(-e_z_v[i]))
+                    p0 = dt(1.0) / (dt(1.0) + exp_f32(-e_z_v[i]))
                     hv = x_v[i] * (e_z_v[i] * p0)
                     hb_v[i] = hv
                 n, mean, m2 = add_chunk(n, mean, m2, hb_v)
@@ -201,7 +201,7 @@ def forward_apply(x, e_z, y, weight, bias, kstats, scratch_dt, g, blk_lo, blk_hi
                 y_v = y[y_r:y_r + s_n]
                 w_v = weight[p_r:p_r + s_n]
                 for i in range(s_n):  # reduced normalized
-                    p0 = dt(1.0) / (dt(1.0) + np.exp(-e_z_v[i]))
+                    p0 = dt(1.0) / (dt(1.0) + exp_f32(-e_z_v[i]))
                     hv = x_v[i] * (e_z_v[i] * p0)
                     yv = hv * rstd * w_v[i]
                     o = yv

@@ -6,13 +6,15 @@
 # kernels:   backward_fused    sums of g and g·x̂ of each group, then dx (one unit per group)
 #            backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
 #            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
-# key:       f06fc8c99e143227a23976c5e246472b
+# key:       46983da567014403ae50016beccbb1e9
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
 import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
+
+from normgen.codegen.cpu_prelude import exp_f32
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -31,37 +33,40 @@ def _finalize(n, mean, m2, eps):
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def _sums_rows(p, q, x_v, dy_v, mu, rs, w, b, nr):
-    """p[t] += gy * x_hat; q[t] += gy over nr rows (gy: dy through the epilogue's derivative)."""
+def _sums_rows(p, q, x_all, dy_all, mu, rs, w, b, nr):
+    """p[i] += gy * x_hat; q[i] += gy over nr rows (gy: dy through the epilogue's derivative)."""
     L = mu.shape[0]
     for r in range(nr):
-        for t in range(L):
-            i = r * L + t
+        x_v = x_all[r * L:(r + 1) * L]
+        dy_v = dy_all[r * L:(r + 1) * L]
+        for i in range(L):
             hv = x_v[i]
-            xh = (hv - mu[t]) * rs[t]
-            yv = xh * w[t] + b[t]
-            q0 = dt(1.0) / (dt(1.0) + np.exp(-yv))
+            xh = (hv - mu[i]) * rs[i]
+            yv = xh * w[i] + b[i]
+            q0 = dt(1.0) / (dt(1.0) + exp_f32(-yv))
             gy_e = q0 * (dt(1.0) + yv * (dt(1.0) - q0))
             gy = dy_v[i] * gy_e
-            p[t] += gy * xh
-            q[t] += gy
+            p[i] += gy * xh
+            q[i] += gy
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def _dx_rows(x_v, dy_v, dx_v, hi, c0w, c1, c2, mu, rs, w, b, nr):
-    """dh = gy * c0w[t] + (h - hi[t]) * c1[t] + c2[t] over nr rows; dx (and the extras'
+def _dx_rows(x_all, dy_all, dx_all, hi, c0w, c1, c2, mu, rs, w, b, nr):
+    """dh = gy * c0w[i] + (h - hi[i]) * c1[i] + c2[i] over nr rows; dx (and the extras'
     gradients) through the prologue."""
     L = hi.shape[0]
     for r in range(nr):
-        for t in range(L):
-            i = r * L + t
+        x_v = x_all[r * L:(r + 1) * L]
+        dy_v = dy_all[r * L:(r + 1) * L]
+        dx_v = dx_all[r * L:(r + 1) * L]
+        for i in range(L):
             hv = x_v[i]
-            xh = (hv - mu[t]) * rs[t]
-            yv = xh * w[t] + b[t]
-            q0 = dt(1.0) / (dt(1.0) + np.exp(-yv))
+            xh = (hv - mu[i]) * rs[i]
+            yv = xh * w[i] + b[i]
+            q0 = dt(1.0) / (dt(1.0) + exp_f32(-yv))
             gy_e = q0 * (dt(1.0) + yv * (dt(1.0) - q0))
             gy = dy_v[i] * gy_e
-            dhv = gy * c0w[t] + (hv - hi[t]) * c1[t] + c2[t]
+            dhv = gy * c0w[i] + (hv - hi[i]) * c1[i] + c2[i]
             dx_v[i] = dhv
 
 

@@ -6,13 +6,15 @@
 # kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
 #            forward_partial  moments of each part of each group (merged afterwards)
 #            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
-# key:       b8883d10d4042e867e191f19157e9dbc
+# key:       c9e3e02dec432b90cd61f5183d7f079c
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
 import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
+
+from normgen.codegen.cpu_prelude import exp_f32
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -39,28 +41,29 @@ def _h_rows(hb, x_v, nr):
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def _moments_rows(s1, s2, k, x_v, nr):
-    """s1[t] += h - k[t]; s2[t] += (h - k[t])^2 over nr rows (float64)."""
+def _moments_rows(s1, s2, k, x_all, nr):
+    """s1[i] += h - k[i]; s2[i] += (h - k[i])^2 over nr rows (float64)."""
     L = k.shape[0]
     for r in range(nr):
-        for t in range(L):
-            i = r * L + t
+        x_v = x_all[r * L:(r + 1) * L]
+        for i in range(L):
             hv = x_v[i]
-            d = hv - k[t]
-            s1[t] += d
-            s2[t] += d * d
+            d = hv - k[i]
+            s1[i] += d
+            s2[i] += d * d
 
 
 @njit(fastmath=APPLY_FM, error_model="numpy", cache=True, nogil=True)
-def _out_rows(x_v, y_v, hi, sc, sh, nr):
-    """y = epilogue((h - hi[t]) * sc[t] + sh[t]) over nr rows."""
+def _out_rows(x_all, y_all, hi, sc, sh, nr):
+    """y = epilogue((h - hi[i]) * sc[i] + sh[i]) over nr rows."""
     L = hi.shape[0]
     for r in range(nr):
-        for t in range(L):
-            i = r * L + t
+        x_v = x_all[r * L:(r + 1) * L]
+        y_v = y_all[r * L:(r + 1) * L]
+        for i in range(L):
             hv = x_v[i]
-            yv = (hv - hi[t]) * sc[t] + sh[t]
-            q0 = dt(1.0) / (dt(1.0) + np.exp(-yv))
+            yv = (hv - hi[i]) * sc[i] + sh[i]
+            q0 = dt(1.0) / (dt(1.0) + exp_f32(-yv))
             o = yv * q0
             y_v[i] = o
 

@@ -6,13 +6,15 @@
 # kernels:   backward_fused    sums of g and g·x̂ of each group, then dx (one unit per group)
 #            backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
 #            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
-# key:       b6c7e43b5259a8e429cb5480b1f5a79b
+# key:       e12be7452393d373c60e495ceda7469c
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
 import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
+
+from normgen.codegen.cpu_prelude import exp_f32
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -43,7 +45,7 @@ def _grad_sums(x_v, dy_v, w_0, b_0, mu, rstd, dw_v, db_v):
         hc = hv - mu
         xh = hc * rstd
         yv = xh * w_0 + b_0
-        q0 = dt(1.0) / (dt(1.0) + np.exp(-yv))
+        q0 = dt(1.0) / (dt(1.0) + exp_f32(-yv))
         gy_e = q0 * (dt(1.0) + yv * (dt(1.0) - q0))
         gy = dy_v[i] * gy_e
         g = gy * w_0
@@ -148,7 +150,7 @@ def backward_fused(x, dy, dx, weight, bias, kstats, dparams, scratch_dt, g, blk_
                     hc = ((hv - mu_hi) - mu_lo)
                     xh = hc * rstd
                     yv = xh * w_0 + b_0
-                    q0 = dt(1.0) / (dt(1.0) + np.exp(-yv))
+                    q0 = dt(1.0) / (dt(1.0) + exp_f32(-yv))
                     gy_e = q0 * (dt(1.0) + yv * (dt(1.0) - q0))
                     gy = dy_v[i] * gy_e
                     dhv = gy * c0w + hc * c1 + c2
@@ -296,7 +298,7 @@ def backward_apply(x, dy, dx, weight, bias, kstats, coef, scratch_dt, g, blk_lo,
                     hc = ((hv - mu_hi) - mu_lo)
                     xh = hc * rstd
                     yv = xh * w_0 + b_0
-                    q0 = dt(1.0) / (dt(1.0) + np.exp(-yv))
+                    q0 = dt(1.0) / (dt(1.0) + exp_f32(-yv))
                     gy_e = q0 * (dt(1.0) + yv * (dt(1.0) - q0))
                     gy = dy_v[i] * gy_e
                     dhv = gy * c0w + hc * c1 + c2

@@ -6,7 +6,7 @@
 # kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
 #            forward_partial  moments of each part of each group (merged afterwards)
 #            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
-# key:       50e98ca73a4b77bcd703aad8adcf2d68
+# key:       112108af2a83abe52f2f66a8dc62ecee
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -14,7 +14,7 @@ import numpy as np
 from numba import float64, njit
 from numba import float32 as dt
 
-from normgen.codegen.cpu_prelude import add_chunk
+from normgen.codegen.cpu_prelude import add_chunk, exp_f32
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -103,7 +103,7 @@ def forward_fused(x, y, weight, bias, moments, kstats, scratch_dt, g, eps, blk_l
                 for i in range(s_n):  # reduced spatial0·spatial1
                     hv = x_v[i]
                     yv = ((hv - mu_hi) - mu_lo) * sc + b_0
-                    q0 = dt(1.0) / (dt(1.0) + np.exp(-yv))
+                    q0 = dt(1.0) / (dt(1.0) + exp_f32(-yv))
                     o = yv * q0
                     y_v[i] = o
 
@@ -215,7 +215,7 @@ def forward_apply(x, y, weight, bias, kstats, scratch_dt, g, blk_lo, blk_hi):
                 for i in range(s_n):  # reduced spatial0·spatial1
                     hv = x_v[i]
                     yv = ((hv - mu_hi) - mu_lo) * sc + b_0
-                    q0 = dt(1.0) / (dt(1.0) + np.exp(-yv))
+                    q0 = dt(1.0) / (dt(1.0) + exp_f32(-yv))
                     o = yv * q0
                     y_v[i] = o
 

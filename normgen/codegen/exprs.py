@@ -9,7 +9,7 @@ tanh form, square(u) = u u. Constants are typed in the kernel's compute type, so
 kernels compute in float32.
 
     >>> emit([("h", parse_expr("x * silu(z)"))], {"x": "x_v[i]", "z": "e_z_v[i]"}, "cpu", "p")
-    ['p0 = dt(1.0) / (dt(1.0) + np.exp(-e_z_v[i]))', 'h = x_v[i] * (e_z_v[i] * p0)']
+    ['p0 = dt(1.0) / (dt(1.0) + exp_f32(-e_z_v[i]))', 'h = x_v[i] * (e_z_v[i] * p0)']
 """
 
 from __future__ import annotations
@@ -23,18 +23,20 @@ _SQRT_HALF = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
 
 #: each target's spelling of the functions left after `lower`: a format of the argument {0}
-#: (and of the target's literal {one}, {zero}, {half}); relu and step keep NaN as NaN / 0 as PyTorch does
+#: (and of the target's literal {one}, {zero}, {half}, and its exponential {exp}: on the CPU the
+#: prelude's exp_f32 / exp_f64, which vectorize, where np.exp calls the C library per element);
+#: relu and step keep NaN as NaN / 0 as PyTorch does
 FUNCTIONS = {
     "cpu": {
-        "sigmoid": "{one} / ({one} + np.exp(-{0}))",
+        "sigmoid": "{one} / ({one} + {exp}(-{0}))",
         "tanh": "np.tanh({0})",
-        "exp": "np.exp({0})",
+        "exp": "{exp}({0})",
         "abs": "abs({0})",
         "relu": "({0} if not {0} <= {zero} else {zero})",
         "step": "({one} if {0} > {zero} else {zero})",
         "sign": "np.sign({0})",
         "ncdf": "{half} * ({one} + math.erf({0} * " + "{sqrt_half}))",
-        "npdf": "np.exp(-{half} * {0} * {0}) * {inv_sqrt_2pi}",
+        "npdf": "{exp}(-{half} * {0} * {0}) * {inv_sqrt_2pi}",
     },
     "cuda": {
         "sigmoid": "{one} / ({one} + exp(-{0}))",
@@ -79,7 +81,12 @@ def lower(e: Expr) -> Expr:
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 
 
-def emit(outputs: list[tuple[str, Expr]], env: dict[str, str], target: str, prefix: str) -> list[str]:
+#: the exponential each target and dtype calls
+EXP = {("cpu", "float32"): "exp_f32", ("cpu", "float64"): "exp_f64"}
+
+
+def emit(outputs: list[tuple[str, Expr]], env: dict[str, str], target: str, prefix: str,
+         dtype: str = "float32") -> list[str]:
     """Statements that set each output variable to its expression, sharing common subtrees."""
     trees = [(name, lower(e)) for name, e in outputs]
     uses: Counter = Counter()
@@ -88,7 +95,8 @@ def emit(outputs: list[tuple[str, Expr]], env: dict[str, str], target: str, pref
     lines: list[str] = []
     temps: dict[Expr, str] = {}
     consts = {"one": literal(1.0, target), "zero": literal(0.0, target), "half": literal(0.5, target),
-              "sqrt_half": literal(_SQRT_HALF, target), "inv_sqrt_2pi": literal(_INV_SQRT_2PI, target)}
+              "sqrt_half": literal(_SQRT_HALF, target), "inv_sqrt_2pi": literal(_INV_SQRT_2PI, target),
+              "exp": EXP.get((target, dtype), "exp")}
 
     def code(e: Expr) -> tuple[str, int]:
         """(text, precedence) of a node: 4 atoms, 3 unary minus, 2 * /, 1 + -."""
