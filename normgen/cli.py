@@ -200,6 +200,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import cpu as bench, cuda as bench_gpu
     from .paths import repo_root
 
+    if args.memory:
+        return _bench_memory(args)
     if args.target == "cuda":
         bench_gpu.require_gpu()
     if args.shape:
@@ -255,6 +257,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot:
         bench.plot(results, Path(args.plot))
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _bench_memory(args: argparse.Namespace) -> int:
+    """`normgen bench --memory`: resident memory against PyTorch, one fresh process per run."""
+    import datetime
+    import json
+
+    from .bench import memory
+    from .bench.cpu import machine
+    from .paths import repo_root
+
+    specs = tuple(args.spec or memory.SPECS)
+    bad = [s for s in specs if s not in memory.SPECS]
+    if bad or args.target != "cpu":
+        raise NormgenError(f"bench --memory measures CPU processes of {', '.join(memory.SPECS)}; got "
+                           f"{', '.join(bad) or '--target ' + args.target}", allowed=", ".join(memory.SPECS))
+    print(f"normgen bench --memory: {len(specs)} spec(s) x {len(memory.LOOPS)} loops x "
+          f"{len(memory.PROVIDERS)} providers, each in a fresh process", flush=True)
+    rows = memory.run_all(specs, calls=args.calls, progress=lambda r: print(
+        f"  {r['spec']:<11} {r['loop']:<5} {r['provider']:<13} peak {r['peak_mib']:6.0f} MiB  "
+        f"held {r['held_mib']:6.0f} MiB", flush=True))
+    print()
+    print(memory.table(rows))
+    steady = memory.run_steady(specs)
+    print()
+    print("fixed shapes, both providers interleaved in one process (steady state):")
+    print(memory.steady_table(steady))
+    if args.json is not None:
+        root = repo_root() or Path(".")
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(args.json) if args.json else root / "bench" / "results" / f"memory-{stamp}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"machine": machine(), "runs": rows, "steady": steady}, indent=1))
+        print(f"wrote {path}")
     return 0
 
 
@@ -333,6 +370,9 @@ def parser() -> argparse.ArgumentParser:
                    "normgen,torch,copy on cuda)")
     s.add_argument("--json", nargs="?", const="", help="save results (default bench/results/TARGET-DATE.json)")
     s.add_argument("--plot", help="draw GB/s per provider to this PNG")
+    s.add_argument("--memory", action="store_true",
+                   help="resident memory (peak, held after) against PyTorch, each loop in a fresh process")
+    s.add_argument("--calls", type=int, help="with --memory: calls per loop (default 50 training, 400 inference)")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("cache", help="inspect or clear the kernel cache")

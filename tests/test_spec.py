@@ -296,3 +296,9 @@ def test_a_spec_built_directly_obeys_the_same_rules():
         Spec(name="p", input=parse_axes("N C"), kept=(("N",),), center=Center.MEAN, scale=Scale.STD, eps=-1.0)
     ok = Spec(name="p", input=parse_axes("N C"), kept=(("N",),), center=Center.MEAN, scale=Scale.STD, eps=1e-5)
     assert ok.reduced_axes == ("C",)
+
+
+def test_build_spec_with_a_string_for_a_table_says_so():
+    with pytest.raises(SpecError) as info:
+        build_spec("p", "N C H W", kept="H W", affine="C")
+    assert "key 'affine': expected a table, got a string" in str(info.value)

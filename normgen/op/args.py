@@ -8,7 +8,6 @@ is a `CallError` that names the argument and says what was expected and what cam
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -18,13 +17,13 @@ from ..errors import CallError
 from ..plan.bind import Binding
 from ..runtime import select
 from ..spec import Spec
-from .distributed import Group, group_of
+from .distributed import Group, check_sync, group_of
 
 #: "use the spec's default momentum" (None already means a cumulative average)
 SPEC_DEFAULT: Any = object()
 #: call arguments every op takes besides its parameters and sizes
 CALL_ARGS = ("out", "eps", "training", "running_mean", "running_var", "momentum", "num_batches_tracked",
-             "mean_weight", "var_weight", "target", "process_group", "comm", "save")
+             "mean_weight", "var_weight", "target", "process_group", "comm", "sync", "save")
 #: what a forward call keeps for its backward: x (and the extra inputs), or y (save="y")
 SAVE = ("x", "y")
 
@@ -57,6 +56,7 @@ class Call:
     eval_mode: bool  # normalize with the running statistics
     mix: dict[str, np.ndarray] | None  # a mixture's logits (mean_weight, var_weight), float64
     group: Group | None  # the ranks that share the statistics
+    sync: str = "allreduce"  # how statistics cross the ranks (op/distributed.py)
     extras: dict[str, Any] = field(default_factory=dict)  # a fused spec's extra inputs, by name
     prologue: Any = None  # h, written when the spec keeps its prologue
     qscale: Any = None  # a quantized output's scale per kept index (float32)
@@ -71,7 +71,7 @@ def check_forward(spec: Spec, bind: Callable[..., Binding], x: Any, params: tupl
                   out: Any = None, training: bool = True, running_mean: Any = None, running_var: Any = None,
                   momentum: Any = SPEC_DEFAULT, eps: Any = None, num_batches_tracked: Any = None,
                   mean_weight: Any = None, var_weight: Any = None, target: str | None = None,
-                  process_group: Any = None, comm: Any = None, save: str = "x") -> Call:
+                  process_group: Any = None, comm: Any = None, sync: str = "allreduce", save: str = "x") -> Call:
     """Every argument of a forward call, checked; `bind(shape, sizes)` binds x's shape."""
     name = spec.name
     backend = backend_of(name, x, target)
@@ -94,6 +94,7 @@ def check_forward(spec: Spec, bind: Callable[..., Binding], x: Any, params: tupl
     y = check_out(name, out, x, backend, x, *extras.values()) if quantize is None else \
         _quantized_out(name, quantize, out, x, backend)
     group = _group(spec, process_group, comm, eval_mode)
+    sync = check_sync(sync, name)
     xk = x if backend.strides(x) is not None else backend.contiguous(x)
     a = spec.affine
     weight = checked.get(a.weight) if a and a.weight else None
@@ -102,7 +103,7 @@ def check_forward(spec: Spec, bind: Callable[..., Binding], x: Any, params: tupl
     return Call(backend=backend, x=xk, y=y, params=checked, sizes=sizes, binding=binding, dtype=dtype, eps=e,
                 weight=weight, bias=checked.get(a.bias) if a and a.bias else None,
                 running=None if running is None else Running(*running, num_batches_tracked, factor),
-                eval_mode=eval_mode, mix=mix, group=group, extras=extras,
+                eval_mode=eval_mode, mix=mix, group=group, sync=sync, extras=extras,
                 prologue=backend.empty_like(xk) if fuse and fuse.keep_prologue else None,
                 qscale=backend.from_host(np.zeros(binding.stats_shape, np.float32)) if quantize else None,
                 save=save)
@@ -162,10 +163,19 @@ def check_array(name: str, a: Any, backend, what: str = "x") -> None:
     """`a` is an array of the backend, of a dtype its kernels take."""
     if not backend.owns(a):
         raise CallError(f"{name}: {what} must be a {_kind(backend)} array, got {type(a).__name__}")
+    _native(name, what, a)
     dtype = backend.dtype(a)
     if dtype not in backend.dtypes:
         raise CallError(f"{name}: {what} has dtype {dtype}; the {backend.name} backend takes "
                         + " or ".join(backend.dtypes))
+
+
+def _native(name: str, what: str, a: Any) -> None:
+    """The kernels read numbers in the machine's byte order."""
+    dtype = getattr(getattr(a, "bits", a), "dtype", None)
+    if dtype is not None and not dtype.isnative:
+        raise CallError(f"{name}: {what} has byte order '{dtype.byteorder}' ({dtype.str}), not the machine's; "
+                        f"convert it first, e.g. {what}.astype({what}.dtype.newbyteorder('='))")
 
 
 def _params(spec: Spec, params: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -198,6 +208,7 @@ def _param(name: str, pname: str, p: Any, shape: tuple[int, ...], dtype: str, ba
         raise CallError(f"{name}: {pname} must be a {_kind(backend)} array, got {type(p).__name__}")
     if tuple(p.shape) != shape:
         raise CallError(f"{name}: {pname} has shape {tuple(p.shape)}, expected {shape}")
+    _native(name, pname, p)
     if backend.dtype(p) != dtype:
         raise CallError(f"{name}: {pname} has dtype {backend.dtype(p)}, expected {dtype} (the dtype of x)")
     return p if backend.dense(p) else backend.contiguous(p)
@@ -214,6 +225,7 @@ def check_out(name: str, out: Any, like, backend, *inputs):
                         f"expected {tuple(like.shape)} and {backend.dtype(like)}")
     if not backend.writeable(out):
         raise CallError(f"{name}: out is read-only")
+    _native(name, "out", out)
     if backend.strides(out) is None:
         raise CallError(f"{name}: out has strides {getattr(out, 'bits', out).strides} that the kernels cannot write "
                         "(negative, zero or not a multiple of the item size)")
@@ -235,6 +247,7 @@ def _running(spec: Spec, binding: Binding, running_mean: Any, running_var: Any, 
             raise CallError(f"{spec.name}: {rname} must be a {_kind(backend)} array, got {type(r).__name__}")
         if tuple(r.shape) != binding.running_shape:
             raise CallError(f"{spec.name}: {rname} has shape {tuple(r.shape)}, expected {binding.running_shape}")
+        _native(spec.name, rname, r)
         if backend.dtype(r) not in ("float32", "float64"):
             raise CallError(f"{spec.name}: {rname} has dtype {backend.dtype(r)}, expected float32 or float64")
         if not backend.writeable(r):
@@ -246,13 +259,18 @@ def machine_eps(dtype: str) -> float:
     return {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}.get(dtype) or float(np.finfo(np.dtype(dtype)).eps)
 
 
+def _number(spec: Spec, name: str, value: Any, also: str = "") -> float:
+    """A call's eps or momentum, as given: PyTorch takes any number (a negative eps gives NaN
+    where var + eps < 0, a momentum outside [0, 1] extrapolates), and so do normgen's calls."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
+        raise CallError(f"{spec.name}: {name} must be a number{also}, got {value!r}")
+    return float(value)
+
+
 def _eps(spec: Spec, eps: Any, dtype: str) -> float:
     if eps is None or eps is SPEC_DEFAULT:
         return machine_eps(dtype) if spec.eps == "dtype" else float(spec.eps)
-    eps = float(eps)
-    if not math.isfinite(eps) or eps < 0:
-        raise CallError(f"{spec.name}: eps must be a finite number >= 0, got {eps}")
-    return eps
+    return _number(spec, "eps", eps)
 
 
 def _momentum(spec: Spec, momentum: Any, num_batches_tracked: Any) -> float:
@@ -262,10 +280,7 @@ def _momentum(spec: Spec, momentum: Any, num_batches_tracked: Any) -> float:
         if num_batches_tracked is None:
             raise CallError(f"{spec.name}: momentum=None (cumulative average) needs num_batches_tracked")
         return 1.0 / (int(np.asarray(num_batches_tracked)) + 1)
-    m = float(momentum)
-    if not 0.0 <= m <= 1.0:
-        raise CallError(f"{spec.name}: momentum must be in [0, 1] or None, got {momentum}")
-    return m
+    return _number(spec, "momentum", momentum, " or None")
 
 
 def _mix(spec: Spec, mean_weight: Any, var_weight: Any) -> dict[str, np.ndarray] | None:

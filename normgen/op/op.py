@@ -24,18 +24,21 @@ from ..errors import CallError
 from ..layouts import layout_strides, like_strides
 from ..plan.bind import Binding, bind
 from ..plan.model import Direction, Options, Plan
-from ..runtime import select
+from ..runtime import CPU, select
+from ..runtime import threads as _threads
 from ..spec import Center, Scale, Spec, find_spec, load_spec
 from . import stats as st
 from .args import CALL_ARGS, Call, backend_of, check_array, check_forward, check_out
 from .distributed import merge_moments, sum_ranks
+from .fast import Recipe, _pick, call_key, source, template
 from .fused import backward_arrays, check_weight_nonzero, forward_arrays, plan_arrays, strides_of
 from .mixture import mix_backward, mix_forward
 from .results import Forward, Grads
-from .running import commit, running_normalizer, updated
+from .running import broadcast_running, commit, running_normalizer, updated
 
 #: plans and bindings remembered per op (calls repeat their shapes)
 MEMO_SIZE = 256
+
 
 
 class _Memo(OrderedDict):
@@ -63,6 +66,7 @@ class Op:
         self.options = options
         self._bindings = _Memo()
         self._plans = _Memo()
+        self._fast = _Memo()  # call structure -> Recipe (op/fast.py)
 
     @property
     def name(self) -> str:
@@ -72,6 +76,14 @@ class Op:
         return f"normgen.Op({self.spec})"
 
     def __call__(self, x, *params, **kwargs):
+        """Just y: `op.forward(...).y`."""
+        if type(x) is np.ndarray:
+            try:
+                recipe = self._fast.get(call_key(x, params, kwargs, _threads.threads()))
+            except TypeError:  # an argument whose structure we cannot vouch for
+                recipe = None
+            if recipe is not None:
+                return recipe.y(x, params, kwargs)
         return self.forward(x, *params, **kwargs).y
 
     # ---- forward ----------------------------------------------------------------------
@@ -87,10 +99,21 @@ class Op:
         on the GPU; target="cuda" runs NumPy arrays through the CUDA kernels on the CPU
         emulator (for testing).
         """
+        if type(x) is np.ndarray:
+            recipe = self._recipe(x, params, kwargs)
+            if recipe is not None:
+                return recipe.forward(x, params, kwargs)
+            fwd = self._forward(x, params, dict(kwargs))
+            self._remember(fwd, x, params, kwargs)
+            return fwd
+        return self._forward(x, params, kwargs)
+
+    def _forward(self, x, params: tuple, kwargs: dict[str, Any]) -> Forward:
+        """The general path: every argument checked, then plan, statistics, running update."""
         call_args = {k: kwargs.pop(k) for k in CALL_ARGS if k in kwargs}
         call = check_forward(self.spec, self._bind, x, params, kwargs, **call_args)
         self._check_counts(call)
-        if call.binding.n_groups == 0:
+        if call.binding.n_groups == 0 or (call.x.size == 0 and call.group is None):
             return self._empty_forward(call)
         fx = forward_arrays(call)
         plan = self._plan(call, Direction.FORWARD, fx) if call.x.size else None
@@ -104,12 +127,39 @@ class Op:
         b = call.binding
         if call.group is not None:  # counted over every rank by the statistics step
             return
-        if b.n_groups and b.group_size == 0:
-            raise CallError(f"{self.name}: the reduced axes of input {tuple(call.x.shape)} have no elements "
-                            f"(statistics over 0 values)")
-        if call.running is not None and call.running.factor is not None and b.group_size == 1:
+        if call.running is not None and call.running.factor is not None and b.group_size == 1 and call.x.size:
             raise CallError(f"{self.name}: expected more than 1 value per statistic when training "
                             f"(input {tuple(call.x.shape)} has 1); running variance needs n - 1 > 0")
+
+    def _recipe(self, x: np.ndarray, params: tuple, kwargs: dict[str, Any]) -> Recipe | None:
+        """The recipe of a call whose structure an earlier, ordinary call had (op/fast.py)."""
+        try:
+            return self._fast.get(call_key(x, params, kwargs, _threads.threads()))
+        except TypeError:  # an argument whose structure we cannot vouch for
+            return None
+
+    def _remember(self, fwd: Forward, x, params: tuple, kwargs: dict[str, Any]) -> None:
+        """After the general path: leave a recipe if the fast path may repeat this call."""
+        call, a = fwd.call, self.spec.affine
+        names = self.spec.param_names
+        wn, bn = (a.weight, a.bias) if a else (None, None)
+        w, b = source(wn, names, params, kwargs), source(bn, names, params, kwargs)
+        given = [n for n, p in zip(names, params) if p is not None] + [n for n in names[len(params):]
+                                                                        if kwargs.get(n) is not None]
+        if not (call.backend is CPU and call.x is x and kwargs.get("out") is None and call.running is None
+                and self.spec.fuse is None and not self.spec.weight_offset and call.save == "x"  # (a recipe runs y = f(x))
+                and call.mix is None and call.group is None and call.binding.n_groups > 0 and x.size > 0
+                and len(given) == len(call.params) and call.weight is _pick(w, params, kwargs)
+                and call.bias is _pick(b, params, kwargs)):
+            return
+        try:
+            key = call_key(x, params, kwargs, _threads.threads())
+        except TypeError:
+            return
+        check = self._check_norms if self._checks_norms(call) else None
+        plan = self._plan(call, Direction.FORWARD, {})
+        self._fast.get_or_make(key, lambda: Recipe(template(call), plan, w, b, (wn, bn), self.spec.center is Center.MEAN,
+                                                   check, self._kstats, Recipe.direct(plan, x, check)))
 
     def _statistics(self, call: Call, plan: Plan | None, fx: dict[str, Any]):
         """Statistics, and y normalized with them: (kstats, moments, Normalizer, Mix, count)."""
@@ -131,7 +181,8 @@ class Op:
         moments = be.moments(plan, call.x, **kw) if plan is not None else np.zeros((call.binding.n_groups, 3))
         count = n
         if call.group is not None:
-            moments = merge_moments(call.group, moments, self.name)  # the same on every rank
+            shift = broadcast_running(call.binding, be.to_host(call.running.mean)) if call.running else None
+            moments = merge_moments(call.group, moments, self.name, call.sync, shift)  # the same on every rank
             count = self._group_counts(call, moments[:, 0])
         norm = st.moments_normalizer(spec, moments, call.eps, call.binding.stats_shape)
         mix = None
@@ -159,16 +210,22 @@ class Op:
                             "the process group have 1 in all); running variance needs n - 1 > 0")
         return count.reshape(call.binding.stats_shape)
 
+    def _checks_norms(self, call: Call) -> bool:
+        """With eps = 0 a group can have nothing to divide by: see _check_norms."""
+        return call.eps == 0 and self.spec.scale is not Scale.NONE
+
     def _check_norms(self, kstats, call: Call) -> None:
-        """A weight-norm group of zeros has no direction (eps = 0): an error, not a NaN."""
-        if self.spec.scale is not Scale.L2 or call.eps != 0:
+        """With eps = 0, a group without spread (std), of zeros (rms) or a weight row of zeros
+        (l2, weight norm) has no x̂: an error, not a silent NaN. (NaN inputs stay NaN in their
+        group: their rstd is NaN, not infinite.)"""
+        if not self._checks_norms(call):
             return
-        rs = call.backend.to_host(kstats)[:, 2]
-        if not np.isfinite(rs).all():
-            bad = np.isinf(rs).reshape(call.binding.stats_shape)
-            where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise CallError(f"{self.name}: the group at kept index {where} has zero norm, so v / ||v|| is "
-                            "undefined (eps = 0)")
+        bad = np.isinf(call.backend.to_host(kstats)[:, 2])
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad.reshape(call.binding.stats_shape))[0])
+            what = {Scale.STD: "zero variance, so (x - mean) / std", Scale.RMS: "zero mean square, so x / rms",
+                    Scale.L2: "zero norm, so v / ||v||"}[self.spec.scale]
+            raise CallError(f"{self.name}: the group at kept index {where} has {what} is undefined (eps = 0)")
 
     def _new_running(self, call: Call, moments, norm, mix, count):
         """The running statistics after this batch (PyTorch's formulas); assigned by the caller."""
@@ -186,7 +243,9 @@ class Op:
                        be.to_host(call.running.var))
 
     def _empty_forward(self, call: Call) -> Forward:
-        kstats = call.backend.from_host(np.zeros((0, 3), call.stat_dtype))
+        """An empty input gives an empty output, as in PyTorch; the statistics of groups without
+        elements are NaN, and running statistics are left as they were."""
+        kstats = call.backend.from_host(np.full((call.binding.n_groups, 3), np.nan, call.stat_dtype))
         return Forward(y=call.y, kstats=kstats, call=call, centered=self.spec.center is Center.MEAN)
 
     # ---- backward ---------------------------------------------------------------------
@@ -229,7 +288,7 @@ class Op:
                 a = b = np.zeros(call.binding.n_groups)
                 dw = db = None
             if call.group is not None:
-                total = sum_ranks(call.group, np.stack([a, b], axis=1), self.name)
+                total = sum_ranks(call.group, np.stack([a, b], axis=1), self.name, call.sync)
                 a, b = total[:, 0], total[:, 1]
             coef = self._coefficients(fwd, a, b, grads)
             if plan is not None:
@@ -329,14 +388,19 @@ def _binding_key(shape: tuple[int, ...], sizes: dict[str, Any]) -> tuple | None:
         return [shape]  # unhashable: not remembered
 
 
-_BY_NAME: dict[str, Op] = {}
+_BY_NAME: dict[str, Op] = {}  # bundled specs by name
+_BY_PATH: dict[str, tuple[tuple[int, int], Op]] = {}  # spec files by path, with the (mtime, size) they had
 
 
 def load(name_or_path: Any, *, options: Options | None = None) -> Op:
     """An Op for a bundled spec name ('group_norm'), a path to a spec file, or a Spec.
 
-    `options` (plan/model.py `Options`) gives a new Op that plans with them.
+    A spec file is read again when it changed since it was last loaded. `options`
+    (plan/model.py `Options`) gives a new Op that plans with them.
     """
+    found = _BY_NAME.get(name_or_path) if type(name_or_path) is str and options is None else None
+    if found is not None:
+        return found
     if options is not None:
         return Op(load(name_or_path).spec, options=options)
     if isinstance(name_or_path, Spec):
@@ -344,11 +408,21 @@ def load(name_or_path: Any, *, options: Options | None = None) -> Op:
     if isinstance(name_or_path, Op):
         return name_or_path
     key = str(name_or_path)
-    if key in _BY_NAME:
-        return _BY_NAME[key]
     path = Path(key)
-    op = Op(load_spec(path)) if key.endswith(".toml") or path.exists() else Op(find_spec(key))
-    _BY_NAME[key] = op
+    if not (key.endswith(".toml") or path.exists()):
+        op = _BY_NAME[key] = Op(find_spec(key))
+        return op
+    try:
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        stamp = None  # load_spec says what is wrong with the path
+    cached = _BY_PATH.get(key)
+    if cached is not None and stamp is not None and cached[0] == stamp:
+        return cached[1]
+    op = Op(load_spec(path))
+    if stamp is not None:
+        _BY_PATH[key] = (stamp, op)
     return op
 
 

@@ -130,6 +130,9 @@ def bind(spec: Spec, shape: tuple[int, ...], sizes: Mapping[str, Any] | None = N
             raw.append((item.names[0], item.names[0], dims[0], d, 1))
         d += rank
 
+    if not raw:
+        raise CallError(f"{spec.name}: an input of shape {shape} has no axes to normalize over")
+
     # 3. strides in the statistics, the parameters and the running statistics
     def dims_of(names: tuple[str, ...]) -> list[int]:
         return [i for a in names for i, r in enumerate(raw) if r[1] == a]

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ..codegen import PRELUDE_DIR
-from ..codegen.abi import order
+from ..codegen.abi import arguments
 from ..codegen.render import render
 from ..plan.fusion import hold_elements
 from ..plan.geometry import geometry_values
@@ -56,18 +56,30 @@ def geometry(plan: Plan) -> np.ndarray:
 
 def run(plan: Plan, entry: str, **values) -> None:
     """Run the kernel `entry` over the plan's blocks, on as many threads as the plan says."""
-    k, la = plan.kernel, plan.launch
-    values["g"] = geometry(plan)
-    if k.strategy is Strategy.COLUMNS:
+    fn, names, g = launcher(plan, entry)
+    values["g"] = g
+    if plan.kernel.strategy is Strategy.COLUMNS:
         values["scratch"], values["scratch_dt"] = _scratch(plan, values["x"].dtype)
-    elif k.fusion is not None:
-        values["scratch_dt"] = np.empty(max(1, la.n_blocks * hold_elements(plan)), values["x"].dtype)
-    args = order(k, entry, values, skip=("blk_lo", "blk_hi"))
-    fn = getattr(module(k), entry)
+    elif plan.kernel.fusion is not None:  # a fused rows kernel: h held between passes
+        values["scratch_dt"] = np.empty(max(1, plan.launch.n_blocks * hold_elements(plan)), values["x"].dtype)
+    args = [values[n] for n in names]
+    la = plan.launch
     if la.threads <= 1:
         fn(*args, 0, la.n_blocks)
     else:
         split(fn, la.n_blocks, la.threads, *args)
+
+
+def launcher(plan: Plan, entry: str):
+    """(compiled kernel, argument names in order, geometry vector) of a plan's entry point,
+    worked out once per plan: repeated calls only gather their arrays."""
+    cache = plan.__dict__.setdefault("_launchers", {})
+    found = cache.get(entry)
+    if found is None:
+        k = plan.kernel
+        names = tuple(a.name for a in arguments(k, entry) if a.name not in ("blk_lo", "blk_hi"))
+        found = cache[entry] = (getattr(module(k), entry), names, geometry(plan))
+    return found
 
 
 def _scratch(plan: Plan, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -118,6 +130,12 @@ def _reduce_dparams(plan: Plan, dparams: np.ndarray) -> tuple[np.ndarray | None,
     return total[0], total[1]
 
 
+@functools.lru_cache(maxsize=64)
+def dtype_name(dtype: np.dtype) -> str:
+    """np.dtype.name, remembered (NumPy computes it in Python on every access)."""
+    return dtype.name
+
+
 class CpuBackend:
     """NumPy arrays on the CPU: Numba kernels, statistics merged and finalized on the host."""
 
@@ -129,7 +147,7 @@ class CpuBackend:
         return isinstance(a, np.ndarray)
 
     def dtype(self, a) -> str:
-        return a.dtype.name
+        return dtype_name(a.dtype)
 
     def stat_dtype(self, dtype: str) -> np.dtype:
         return np.dtype(dtype)

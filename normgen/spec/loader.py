@@ -34,6 +34,7 @@ import math
 import re
 import tomllib
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import Location, SpecError
@@ -107,7 +108,7 @@ def build_spec(name: str, input: str, kept: str | list[str] | tuple[str, ...], *
         data["doc"] = doc
     for key, value in (("sizes", sizes), ("affine", affine), ("running", running), ("fuse", fuse)):
         if value is not None:
-            data[key] = dict(value)
+            data[key] = dict(value) if isinstance(value, Mapping) else value  # else: "expected a table"
     return _Checker("<python>", None, None).spec(data, None)
 
 

@@ -22,6 +22,8 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
 
     >>> y = batch_norm(x, rm, rv, w, b, training=True)   # updates rm and rv in place
     """
+    if input.numel() == 0 and input.dim() < 2:  # as F.batch_norm: an empty batch of no channels
+        return torch.empty_like(input)
     if training and process_group is None:  # across ranks, the op checks the global count
         size = input.shape[0] * int(np.prod(input.shape[2:]))
         if size == 1:
