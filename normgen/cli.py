@@ -202,6 +202,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.memory:
         return _bench_memory(args)
+    if args.fused:
+        return _bench_fused(args)
     if args.target == "cuda":
         bench_gpu.require_gpu()
     if args.shape:
@@ -257,6 +259,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot:
         bench.plot(results, Path(args.plot))
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _bench_fused(args: argparse.Namespace) -> int:
+    """`normgen bench --fused`: fused specs against PyTorch eager and torch.compile (bench/fused.py)."""
+    import datetime
+    import json
+
+    from .bench import fused
+    from .bench.cpu import machine
+    from .paths import repo_root
+    from .runtime import threads as cpu
+
+    if args.target != "cpu":
+        raise NormgenError("bench --fused runs on the CPU (the CUDA templates do not fuse yet)")
+    if args.threads:
+        cpu.set_num_threads(args.threads)
+    directions = ("forward",) if args.forward else ("train",) if args.backward else ("forward", "train")
+    print(f"normgen bench --fused: {args.dtype}, {cpu.threads()} threads, median of {args.repeat} after {args.warmup} "
+          "warm-up runs, providers interleaved (train = forward + backward)", flush=True)
+    results = fused.run(directions, args.dtype, args.repeat, args.warmup,
+                        progress=lambda r: print(f"  {r.case:<36} {r.direction:<7} " + "  ".join(
+                            f"{k} {v:.2f} ms" for k, v in r.ms.items()), flush=True))
+    print()
+    print(fused.table(results))
+    if args.json is not None:
+        root = repo_root() or Path(".")
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(args.json) if args.json else root / "bench" / "results" / f"fused-{stamp}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"machine": machine(), "threads": cpu.threads(), "dtype": args.dtype,
+                                    "repeat": args.repeat, "results": [vars(r) for r in results]}, indent=1))
+        print(f"wrote {path}")
     return 0
 
 
@@ -370,6 +405,8 @@ def parser() -> argparse.ArgumentParser:
                    "normgen,torch,copy on cuda)")
     s.add_argument("--json", nargs="?", const="", help="save results (default bench/results/TARGET-DATE.json)")
     s.add_argument("--plot", help="draw GB/s per provider to this PNG")
+    s.add_argument("--fused", action="store_true",
+                   help="fused specs (add_rms_norm, group_norm_silu) against PyTorch eager and torch.compile")
     s.add_argument("--memory", action="store_true",
                    help="resident memory (peak, held after) against PyTorch, each loop in a fresh process")
     s.add_argument("--calls", type=int, help="with --memory: calls per loop (default 50 training, 400 inference)")
