@@ -13,6 +13,7 @@ only after every kernel succeeded, so a failing call leaves them as they were.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -120,6 +121,8 @@ class Op:
         kstats, moments, norm, mix, count = self._statistics(call, plan, fx)
         if call.running is not None and call.running.factor is not None:
             commit(self._new_running(call, moments, norm, mix, count), call.running, call.backend)
+        if call.save == "y":  # the backward reads y: the Forward does not keep x alive
+            call = dataclasses.replace(call, x=None)
         return Forward(y=call.y, kstats=kstats, call=call, centered=self.spec.center is Center.MEAN, mix=mix,
                        count=count if call.group is not None else None)
 
