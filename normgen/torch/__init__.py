@@ -33,7 +33,8 @@ from .parametrizations import weight_norm, weight_standardization
 from .spec_modules import LazySpecNorm, SpecNorm, SwitchableNorm1d, SwitchableNorm2d, SwitchableNorm3d, from_spec
 
 __all__ = [
-    "AddLayerNorm", "AddRMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "GroupNormSiLU", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+    "AddLayerNorm", "AddRMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "GroupNormSiLU",
+    "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
     "LayerNorm", "LazySpecNorm", "RMSNorm", "SpecNorm", "SwitchableNorm1d", "SwitchableNorm2d", "SwitchableNorm3d",
     "SyncBatchNorm", "batch_norm", "convert", "convert_sync", "from_spec", "group_norm", "instance_norm",
     "layer_norm", "normalize", "rms_norm", "switchable_norm", "weight_norm", "weight_standardization",
