@@ -158,3 +158,30 @@ def test_quantized_spec_in_torch_is_forward_only():
     ref = F.rms_norm(x.detach().double(), (32,), eps=float(torch.finfo(torch.float32).eps))
     torch.testing.assert_close(q.double() * scale.double()[:, None], ref, rtol=0, atol=float(scale.max()) * 0.51)
     assert not q.requires_grad and q.grad_fn is None  # inference: no graph (torch.quantize_per_tensor's way)
+
+
+def test_fused_modules_under_torch_compile():
+    """The custom ops carry a fused spec's extras in and its kept prologue out: torch.compile
+    (fullgraph, AOTAutograd with the ops' fake implementations and registered autograd) gives
+    eager's outputs and gradients."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nt.AddRMSNorm(16, dtype=torch.float64)
+            self.act = nt.GroupNormSiLU(2, 4, dtype=torch.float64)
+
+        def forward(self, x, r):
+            y, h = self.norm(x, r)
+            return self.act(y.reshape(2, 4, 5, 16)).sum() + (h * h).sum()
+
+    block = Block()
+    x, r = _inputs((2, 4, 5, 16), "contiguous", torch.float64, 2, seed=11)
+    eager = block(x, r)
+    eager.backward()
+    gx, gr = x.grad.clone(), r.grad.clone()
+    x.grad = r.grad = None
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")(x, r)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(x.grad, gx)
+    torch.testing.assert_close(r.grad, gr)

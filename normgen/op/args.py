@@ -8,6 +8,7 @@ is a `CallError` that names the argument and says what was expected and what cam
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -103,10 +104,19 @@ def check_forward(spec: Spec, bind: Callable[..., Binding], x: Any, params: tupl
     return Call(backend=backend, x=xk, y=y, params=checked, sizes=sizes, binding=binding, dtype=dtype, eps=e,
                 weight=weight, bias=checked.get(a.bias) if a and a.bias else None,
                 running=None if running is None else Running(*running, num_batches_tracked, factor),
-                eval_mode=eval_mode, mix=mix, group=group, sync=sync, extras=extras,
-                prologue=backend.empty_like(xk) if fuse and fuse.keep_prologue else None,
-                qscale=backend.from_host(np.zeros(binding.stats_shape, np.float32)) if quantize else None,
-                save=save)
+                eval_mode=eval_mode, mix=mix, group=group, sync=sync, extras=extras, save=save)
+
+
+def with_outputs(spec: Spec, call: Call) -> Call:
+    """The call with a fused spec's other outputs allocated: h (a kept prologue, in x's layout)
+    and a quantized output's scales. (A Forward rebuilt for a backward has none: op/saved.py.)"""
+    fuse = spec.fuse
+    if fuse is None or not (fuse.keep_prologue or fuse.quantize):
+        return call
+    be = call.backend
+    return dataclasses.replace(
+        call, prologue=be.empty_like(call.x) if fuse.keep_prologue else None,
+        qscale=be.from_host(np.zeros(call.binding.stats_shape, np.float32)) if fuse.quantize else None)
 
 
 def check_like(name: str, a: Any, x: Any, backend, what: str):

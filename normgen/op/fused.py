@@ -33,10 +33,10 @@ def forward_arrays(call: Call) -> dict[str, Any]:
     return out
 
 
-def backward_arrays(spec: Spec, fwd: Any, dprologue: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def backward_arrays(spec: Spec, fwd: Any, dprologue: Any, alias: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the fused arrays of a backward call, the extras' gradients by extra name).
 
-    An extra whose gradient is dx gets no array: the caller fills it in with dx.
+    An extra whose gradient is dx gets no array when `alias`: the caller fills it in with dx.
     """
     call: Call = fwd.call
     be = call.backend
@@ -52,12 +52,12 @@ def backward_arrays(spec: Spec, fwd: Any, dprologue: Any) -> tuple[dict[str, Any
     if fwd.prologue is not None:
         out["h"] = fwd.prologue
     if dprologue is not None:
-        if fwd.prologue is None:
+        if spec.fuse.prologue is None or not spec.fuse.keep_prologue:
             raise CallError(f"{spec.name}: dprologue= is the gradient of the kept prologue, but this spec does not "
                             "keep its prologue ([fuse] keep_prologue = false)")
         out["dh"] = check_like(spec.name, dprologue, call.x, be, "dprologue")
     grads = {}
-    aliases = gradient_aliases(spec)
+    aliases = gradient_aliases(spec) if alias else ()
     for e in spec.extras:
         if e not in aliases:
             grads[e] = out[extra_grad(e)] = be.empty_like(call.x)

@@ -29,7 +29,7 @@ from ..runtime import CPU, select
 from ..runtime import threads as _threads
 from ..spec import Center, Scale, Spec, find_spec, load_spec
 from . import stats as st
-from .args import CALL_ARGS, Call, backend_of, check_array, check_forward, check_out
+from .args import CALL_ARGS, Call, backend_of, check_array, check_forward, check_out, with_outputs
 from .distributed import merge_moments, sum_ranks
 from .fast import Recipe, _pick, call_key, source, template
 from .fused import backward_arrays, check_weight_nonzero, forward_arrays, plan_arrays, strides_of
@@ -112,7 +112,7 @@ class Op:
     def _forward(self, x, params: tuple, kwargs: dict[str, Any]) -> Forward:
         """The general path: every argument checked, then plan, statistics, running update."""
         call_args = {k: kwargs.pop(k) for k in CALL_ARGS if k in kwargs}
-        call = check_forward(self.spec, self._bind, x, params, kwargs, **call_args)
+        call = with_outputs(self.spec, check_forward(self.spec, self._bind, x, params, kwargs, **call_args))
         self._check_counts(call)
         if call.binding.n_groups == 0 or (call.x.size == 0 and call.group is None):
             return self._empty_forward(call)
@@ -124,7 +124,7 @@ class Op:
         if call.save == "y":  # the backward reads y: the Forward does not keep x alive
             call = dataclasses.replace(call, x=None)
         return Forward(y=call.y, kstats=kstats, call=call, centered=self.spec.center is Center.MEAN, mix=mix,
-                       count=count if call.group is not None else None)
+                       count=count if call.group is not None else None, moments=moments)
 
     def _check_counts(self, call: Call) -> None:
         b = call.binding
@@ -149,8 +149,9 @@ class Op:
         w, b = source(wn, names, params, kwargs), source(bn, names, params, kwargs)
         given = [n for n, p in zip(names, params) if p is not None] + [n for n in names[len(params):]
                                                                         if kwargs.get(n) is not None]
+        # (a recipe runs y = f(x, weight, bias): no extra inputs or outputs, no weight offset, no save="y")
         if not (call.backend is CPU and call.x is x and kwargs.get("out") is None and call.running is None
-                and self.spec.fuse is None and not self.spec.weight_offset and call.save == "x"  # (a recipe runs y = f(x))
+                and self.spec.fuse is None and not self.spec.weight_offset and call.save == "x"
                 and call.mix is None and call.group is None and call.binding.n_groups > 0 and x.size > 0
                 and len(given) == len(call.params) and call.weight is _pick(w, params, kwargs)
                 and call.bias is _pick(b, params, kwargs)):
@@ -252,14 +253,15 @@ class Op:
         return Forward(y=call.y, kstats=kstats, call=call, centered=self.spec.center is Center.MEAN)
 
     # ---- backward ---------------------------------------------------------------------
-    def backward(self, dy, fwd: Forward, *, dprologue=None, out=None) -> Grads:
+    def backward(self, dy, fwd: Forward, *, dprologue=None, out=None, alias_grads: bool = True) -> Grads:
         """Gradients of sum(dy * y) (+ sum(dprologue * h) for a kept prologue h) for x, every
         parameter the forward call was given, and a fused spec's extra inputs (`grads[name]`).
 
         After a forward across ranks, the statistics' sums are added over the ranks too;
         parameter gradients are this rank's share (add them over the ranks when the
         parameters are replicated; they are exact when the parameters are sharded too).
-        After a forward with save="y", x is not read: x_hat is rebuilt from y.
+        After a forward with save="y", x is not read: x_hat is rebuilt from y. An extra input
+        whose gradient equals dx (x + residual) is given dx itself, unless `alias_grads=False`.
         """
         call = fwd.call
         be = call.backend
@@ -269,21 +271,21 @@ class Op:
             raise CallError(f"{self.name}: dy has shape {tuple(dy.shape)} and dtype {be.dtype(dy)}, expected "
                             f"{tuple(x.shape)} and {call.dtype} (those of x)")
         dy = dy if be.strides(dy) is not None else be.contiguous(dy)
-        fx, extra_grads = backward_arrays(self.spec, fwd, dprologue)
+        fx, extra_grads = backward_arrays(self.spec, fwd, dprologue, alias_grads)
         dx = check_out(self.name, out, x, be, x, dy, *fx.values())
         grads: dict[str, Any] = {}
         extras = {e: extra_grads.get(e, dx) for e in self.spec.extras}
         if x.size == 0 and call.group is None:
             for a in (dx, *extra_grads.values()):
                 a[...] = 0
-            return Grads(dx, self._param_grads(call, None, None), extras)
+            return Grads(dx, _param_grads(self.spec, call, None, None), extras)
         if call.save == "y" and x.size:
             check_weight_nonzero(self.name, call)
         plan = self._plan(call, Direction.BACKWARD, fx, dy=dy, dx=dx, x=x) if x.size else None
         kw = {"fx": fx} if fx else {}
         if call.group is None and fwd.mix is None and not call.eval_mode:  # training on this batch
             dw, db = be.train_backward(plan, x, dy, dx, call.weight, fwd.kstats,
-                                       lambda a, b: self._coefficients(fwd, a, b, grads), **kw)
+                                       lambda a, b: _coefficients(self.spec, fwd, a, b, grads), **kw)
         else:
             if plan is not None:
                 a, b, dw, db = be.grad_sums(plan, x, dy, call.weight, fwd.kstats, **kw)
@@ -293,39 +295,11 @@ class Op:
             if call.group is not None:
                 total = sum_ranks(call.group, np.stack([a, b], axis=1), self.name, call.sync)
                 a, b = total[:, 0], total[:, 1]
-            coef = self._coefficients(fwd, a, b, grads)
+            coef = _coefficients(self.spec, fwd, a, b, grads)
             if plan is not None:
                 be.grad_apply(plan, x, dy, dx, call.weight, fwd.kstats, coef, **kw)
-        grads.update(self._param_grads(call, dw, db))
+        grads.update(_param_grads(self.spec, call, dw, db))
         return Grads(dx, grads, extras)
-
-    def _coefficients(self, fwd: Forward, a: np.ndarray, b: np.ndarray, grads: dict[str, Any]) -> np.ndarray:
-        """[groups, 3]: dx = c0·g + c1·(x − μ) + c2 per group (g = dy·weight)."""
-        rstd = fwd.rstd64
-        if fwd.mix is not None:
-            shape = fwd.binding.stats_shape
-            coef, mix_grads = mix_backward(self.spec, fwd.binding, fwd.mix, fwd.mu64, rstd, a.reshape(shape),
-                                           b.reshape(shape))
-            grads.update(mix_grads)
-            return coef
-        rstd = rstd.reshape(-1)
-        if fwd.call.eval_mode:  # the statistics are constants
-            return np.stack([rstd, np.zeros_like(rstd), np.zeros_like(rstd)], axis=1)
-        count = fwd.count.reshape(-1) if fwd.count is not None else fwd.binding.group_size
-        return np.stack(st.backward_coefficients(self.spec, count, rstd, a, b), axis=1)
-
-    def _param_grads(self, call: Call, dw, db) -> dict[str, Any]:
-        """Gradients of the given weight and bias, shaped like them, in their dtype (float32 for
-        half types); None sums (no elements) are zeros."""
-        be, binding = call.backend, call.binding
-        pdt = be.stat_dtype(call.dtype) if call.dtype in ("float16", "bfloat16") else np.dtype(call.dtype)
-        a = self.spec.affine
-        out = {}
-        for pname, p, g in ((a.weight if a else None, call.weight, dw), (a.bias if a else None, call.bias, db)):
-            if p is not None:
-                g = np.zeros(binding.param_shape) if g is None else np.asarray(g).reshape(binding.param_shape)
-                out[pname] = be.from_host(g.astype(pdt))
-        return out
 
     # ---- bindings and plans -----------------------------------------------------------
     def binding(self, shape: tuple[int, ...], **sizes: Any) -> Binding:
@@ -359,6 +333,36 @@ class Op:
         """
         return plan_of(self, x, direction=direction, params=params, strides=strides, dtype=dtype, target=target,
                        sizes=sizes)
+
+
+def _coefficients(spec: Spec, fwd: Forward, a: np.ndarray, b: np.ndarray, grads: dict[str, Any]) -> np.ndarray:
+    """[groups, 3]: dx = c0·g + c1·(x − μ) + c2 per group (g = dy·weight)."""
+    rstd = fwd.rstd64
+    if fwd.mix is not None:
+        shape = fwd.binding.stats_shape
+        coef, mix_grads = mix_backward(spec, fwd.binding, fwd.mix, fwd.mu64, rstd, a.reshape(shape),
+                                       b.reshape(shape))
+        grads.update(mix_grads)
+        return coef
+    rstd = rstd.reshape(-1)
+    if fwd.call.eval_mode:  # the statistics are constants
+        return np.stack([rstd, np.zeros_like(rstd), np.zeros_like(rstd)], axis=1)
+    count = fwd.count.reshape(-1) if fwd.count is not None else fwd.binding.group_size
+    return np.stack(st.backward_coefficients(spec, count, rstd, a, b), axis=1)
+
+
+def _param_grads(spec: Spec, call: Call, dw, db) -> dict[str, Any]:
+    """Gradients of the given weight and bias, shaped like them, in their dtype (float32 for
+    half types); None sums (no elements) are zeros."""
+    be, binding = call.backend, call.binding
+    pdt = be.stat_dtype(call.dtype) if call.dtype in ("float16", "bfloat16") else np.dtype(call.dtype)
+    a = spec.affine
+    out = {}
+    for pname, p, g in ((a.weight if a else None, call.weight, dw), (a.bias if a else None, call.bias, db)):
+        if p is not None:
+            g = np.zeros(binding.param_shape) if g is None else np.asarray(g).reshape(binding.param_shape)
+            out[pname] = be.from_host(g.astype(pdt))
+    return out
 
 
 def plan_of(op: Op, x: np.ndarray | tuple[int, ...], *, direction: str, params: bool,

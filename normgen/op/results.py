@@ -29,6 +29,10 @@ class Forward:
     centered: bool = field(repr=False, default=True)
     mix: Mix | None = field(repr=False, default=None)  # a mixture's intermediates
     count: np.ndarray | None = field(repr=False, default=None)  # elements per group over all ranks
+    # (count, mean, M2) per group [groups, 3], float64, of the backend (host for mixtures and across
+    # ranks), when this call computed batch statistics (None in evaluation): what a caller that keeps
+    # running statistics itself (normgen.torch) updates them from
+    moments: Any = field(repr=False, default=None)
 
     @property
     def binding(self) -> Binding:

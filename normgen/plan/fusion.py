@@ -17,8 +17,9 @@ backward  FROM_Y     save="y": x_hat = (y - bias) / weight (no prologue, no epil
 
 The backward reads x and the prologue's extras only when it recomputes h or when the
 prologue's derivatives need them (`x + residual` needs neither: its derivatives are 1).
-An extra input whose derivative equals x's (and that the epilogue does not read) gets
-no array of its own: its gradient is dx (`gradient_aliases`).
+An extra input whose derivative equals x's (and that the epilogue does not read) needs
+no array of its own: its gradient is dx (`gradient_aliases`; the op then gives none, and
+the kernels write the gradients of the arrays they are given).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import math
 
 from ..spec import Spec
 from ..spec.derive import derivative
-from .model import Direction, Fusion, HSource, Plan, Strategy
+from .model import Direction, Fusion, HSource, Plan, Strategy, extra_grad
 
 #: elements of h a rows unit holds in its scratch between the passes (64 KiB of float32: in L2)
 HOLD = 16384
@@ -87,8 +88,8 @@ def plan_fusion(spec: Spec, direction: Direction, arrays: tuple[str, ...], strat
         h_from = HSource.X
     else:
         h_from = HSource.STORED if "h" in arrays else HSource.RECOMPUTE
-    aliases = gradient_aliases(spec)
-    grads = tuple(e for e in (f.extras if f else ()) if e not in aliases)
+    # the extras whose gradient arrays the call gives (the op leaves out those equal to dx)
+    grads = tuple(e for e in (f.extras if f else ()) if extra_grad(e) in arrays)
     needs = set()
     if pro is not None:
         for name in ("x",) + f.prologue_inputs:

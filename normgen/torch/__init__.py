@@ -8,6 +8,12 @@
     >>> pos = nt.from_spec("pos_norm.toml")              # any spec; parameters shaped on the first call
 
     bridge.py            tensors as zero-copy NumPy/CuPy views for the kernels, and back
+    library.py           the custom ops normgen::forward, ::backward, ::update_running (torch.library)
+    registry.py          what their string arguments name: spec ids, sizes, process groups
+    kernels.py           their real implementations (the Op on views of the tensors)
+    fake.py              their fake implementations (shapes from symbolic sizes) and the fusion hooks
+    autograd.py          normgen::forward's autograd formula, and its eager wrapper
+    running.py           running statistics updated with torch operations, on the tensors' device
     function.py          `normalize(op, x, params, ...)`: any Op as a differentiable torch function
     functional.py        batch_norm, layer_norm, ... with torch.nn.functional's signatures
     modules.py           drop-in torch.nn modules (BatchNorm*, SyncBatchNorm, InstanceNorm*, LayerNorm,
@@ -17,10 +23,11 @@
     parametrizations.py  weight_norm, weight_standardization
     convert.py           convert(model), convert_sync(model)
 
-Only this package imports torch (`import normgen` never does). CPU tensors reach the kernels
-as zero-copy NumPy views, so channels_last, sliced and transposed inputs are not copied and
-outputs keep the input's memory order; running statistics are updated in place in the
-modules' buffers.
+Only this package imports torch (`import normgen` never does). Every layer runs through the
+custom ops, so torch.compile(fullgraph=True, dynamic=True) traces them without graph breaks
+and meta tensors get shapes. CPU tensors reach the kernels as zero-copy NumPy views, so
+channels_last, sliced and transposed inputs are not copied and outputs keep the input's
+memory order; running statistics are updated in place in the modules' buffers.
 """
 
 from .convert import convert, convert_sync

@@ -1,121 +1,142 @@
-"""Any Op as a differentiable torch function: `normalize(op, x, params, ...)`."""
+"""Any Op as a differentiable torch function: `normalize(op, x, params, ...)`, the one entry
+that modules, functional and parametrizations call. It runs the custom ops of library.py:
+`normgen::forward` (with autograd), then, in training with running statistics,
+`normgen::update_running`. Two calls take another road: a quantized spec's forward (an
+integer output has no gradient: the Op directly), and save="y" (save_y.py: an eager
+autograd.Function that keeps y instead of x, which the ops' schemas do not express)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..errors import CallError
-from ..op import Op, load
+from ..op import Op
+from ..spec import Spec
+from . import library
+from .autograd import NormFunction
 from .bridge import _array, _on_stream, _tensor
+from .fake import extra_inputs, stats_count
+from .registry import group_key, op_of, sizes_key, spec_key
+from .save_y import SaveYFunction
 
 #: "use the spec's default momentum" (None already means a cumulative average)
 _SPEC_MOMENTUM: Any = object()
+_MIX = ("mean_weight", "var_weight")
 
 
-class _Call:
-    """One forward call's non-tensor arguments: the Op, the tensors' names (parameters, then a
-    fused spec's extra inputs), the keywords, and what to keep for the backward."""
-
-    def __init__(self, op: Op, names: tuple[str, ...], n_params: int, kwargs: dict[str, Any], save: str):
-        self.op, self.names, self.n_params, self.kwargs, self.save = op, names, n_params, kwargs, save
-
-    @property
-    def keep(self) -> bool:
-        """The spec returns its prologue h as a second output."""
-        f = self.op.spec.fuse
-        return f is not None and f.keep_prologue
-
-
-class _NormFunction(torch.autograd.Function):
-    """y (and a kept prologue h) = op(x, **params, **extras); the backward is `op.backward`
-    (the generated backward kernels), with the gradient of h when h is returned."""
-
-    @staticmethod
-    def forward(ctx, call: _Call, x: Tensor, *tensors: Tensor):
-        arrays = {name: _array(t, name) for name, t in zip(call.names, tensors)}
-        with _on_stream(x):
-            fwd = call.op.forward(_array(x, "input"), **arrays, **call.kwargs, save=call.save)
-        ctx.call, ctx.fwd = call, fwd
-        y = _tensor(fwd.y)
-        h = _tensor(fwd.prologue) if call.keep else None
-        # Saved so that autograd notices an in-place change before backward (fwd holds NumPy views
-        # of the same memory, which autograd cannot watch): x and the extras, or y for save="y"
-        # (then x is not kept at all), and h, which the backward reads when it is returned.
-        kept = (y,) if call.save == "y" else (x,)
-        ctx.save_for_backward(*kept, *tensors[:call.n_params] if call.save == "y" else tensors,
-                              *((h,) if h is not None else ()))
-        return (y, h) if h is not None else y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy: Tensor, dh: Tensor | None = None):
-        _ = ctx.saved_tensors  # raises if a saved input was modified in place since forward
-        call = ctx.call
-        with _on_stream(dy):
-            grads = call.op.backward(_array(dy, "grad_output"), ctx.fwd,
-                                     dprologue=_array(dh, "grad of the prologue") if dh is not None else None)
-        need = ctx.needs_input_grad
-        # an extra whose gradient is dx itself gets the same tensor, as torch's own add does
-        made: dict[int, Tensor] = {}
-
-        def tensor(a):
-            return made.setdefault(id(a), _tensor(a))
-        dx = tensor(grads.dx) if need[1] else None
-        rest = [tensor(grads[n]) if need[2 + i] else None for i, n in enumerate(call.names)]
-        return (None, dx, *rest)
-
-
-def normalize(op: Op | str, input: Tensor, params: Mapping[str, Tensor | None] | None = None, *,
-              extras: Mapping[str, Tensor] | None = None, running_mean: Tensor | None = None,
+def normalize(op: Op | Spec | str, input: Tensor, params: Mapping[str, Tensor | None] | None = None, *,
+              extras: Mapping[str, Tensor] | list[Tensor] | None = None, running_mean: Tensor | None = None,
               running_var: Tensor | None = None, training: bool = True, momentum: float | None = _SPEC_MOMENTUM,
-              eps: float | None = None, process_group: Any = None, comm: Any = None, save: str = "x",
-              **sizes: Any) -> Tensor | tuple[Tensor, Tensor]:
+              num_batches_tracked: Tensor | None = None, eps: float | None = None, process_group: Any = None,
+              comm: Any = None, save: str = "x", **sizes: Any) -> Tensor | tuple[Tensor, ...]:
     """Apply any normgen Op to a tensor, differentiably (the torch face of `Op.forward`).
 
-    `params` maps the spec's parameter names (and `mean_weight`/`var_weight` for a mixture)
-    to tensors; None entries are left out. `extras` maps a fused spec's extra inputs (say
-    "residual") to tensors shaped like `input`. Returns y, or (y, h) when the spec keeps its
-    prologue h (the new residual stream); gradients flow to every tensor, through h too. A
-    quantized spec returns (q, scale) (and h), for inference: no gradient flows.
-    Running statistics are updated in place when `training`; `training=False` with running
-    statistics normalizes with them. `save="y"` keeps y instead of x for the backward (a spec
-    without prologue or epilogue, with a weight without zeros): x is not held after forward.
+    `op`: a bundled name, a .toml path, a Spec, an Op, or the string id of a registered spec
+    (registry.spec_key; modules pass it, which keeps this function cheap to trace under
+    torch.compile). `params` maps the spec's parameter names (and `mean_weight`/`var_weight`
+    for a mixture) to tensors; None entries are left out. `extras`: a fused spec's inputs
+    shaped like x, by name ({"residual": r}) or in the spec's order. Running statistics are
+    updated in place when `training` (momentum=None: a cumulative average over
+    `num_batches_tracked` batches, this one included); `training=False` with running
+    statistics normalizes with them.
     `process_group` (torch.distributed) or `comm` (mpi4py): `input` is this rank's shard of
     the reduced axes, and the statistics (forward and backward) cover every rank's shard.
+
+    `save="y"`: the backward rebuilds x_hat = (y - bias) / weight, so x is not kept after the
+    forward (a spec without prologue or epilogue, with a weight without zeros; eager only).
+
+    Returns y, or (y, h) for a spec that keeps its prologue h (the new residual stream; its
+    gradient joins the backward); a quantized spec returns (q, scale) (and h), without autograd.
 
     >>> y = normalize("group_norm", x, {"weight": w, "bias": b}, num_groups=4)
     >>> y, h = normalize("add_rms_norm", x, {"weight": w}, extras={"residual": r}, normalized_shape=(64,))
     """
-    op = load(op)
-    params = {n: p for n, p in (params or {}).items() if p is not None}
-    extras = dict(extras or {})
-    unknown = sorted(set(extras) - set(op.spec.extras))
+    key = spec_key(op)
+    spec = op_of(key).spec
+    weight, bias, mix = _params(spec, params or {})
+    extras = _extras(spec, extras)
+    if spec.fuse is not None and spec.fuse.quantize is not None:
+        return _quantized(op_of(key), input, params or {}, extras, training=training, eps=eps, **sizes)
+    group = group_key(process_group, comm)
+    update = training and (running_mean is not None or running_var is not None)
+    if update:
+        if spec.running is None:
+            raise CallError(f"{spec.name}: this spec has no running statistics")
+        if running_mean is None or running_var is None:
+            raise CallError(f"{spec.name}: give both running_mean and running_var, or neither")
+        if momentum is _SPEC_MOMENTUM:
+            momentum = spec.running.momentum
+        if not group and input.device.type == "cuda":  # CPU counts are checked from the moments
+            _check_count(spec, input, sizes)
+    tail = (key, sizes_key(sizes), eps, training, group)
+    read = (None, None) if update else (running_mean, running_var)  # evaluation: normalized with them
+    tensors = (input, weight, bias, *mix, *extras)
+    if save == "y":
+        y, moments = SaveYFunction.apply((op_of(key), read, tail), input, weight, bias, *mix)
+        extra_out = []
+    elif save != "x":
+        raise CallError(f"{spec.name}: save={save!r}; expected 'x' (keep x for the backward) or 'y' (keep y)")
+    elif torch.compiler.is_compiling() or not (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in tensors)):
+        y, _, moments, extra_out = library.forward(input, weight, bias, extras, *read, *mix, *tail)
+    else:  # eager, with gradients: the faster autograd wrapper of the same op (autograd.py)
+        y, moments, *extra_out = NormFunction.apply((*read, *tail), input, weight, bias, *mix, *extras)
+    if update:
+        library.update_running(moments, running_mean, running_var, num_batches_tracked, list(input.shape), key,
+                               tail[1], momentum)
+    return y if not extra_out else (y, *extra_out)
+
+
+def _extras(spec: Spec, extras: Mapping[str, Tensor] | list[Tensor] | None) -> list[Tensor]:
+    """A fused spec's extra inputs as the ops take them: a list in the spec's order."""
+    names = extra_inputs(spec)
+    if extras is None:
+        extras = {}
+    if not isinstance(extras, Mapping):
+        return list(extras)
+    unknown = sorted(set(extras) - set(names))
     if unknown:
-        raise CallError(f"{op.name}: unknown extra input(s) {', '.join(unknown)}; this spec takes "
-                        f"{', '.join(op.spec.extras) or 'none'}")
-    kwargs: dict[str, Any] = dict(sizes, training=training, eps=eps)
-    if running_mean is not None or running_var is not None:
-        kwargs["running_mean"] = None if running_mean is None else _array(running_mean, "running_mean")
-        kwargs["running_var"] = None if running_var is None else _array(running_var, "running_var")
-    if momentum is not _SPEC_MOMENTUM:
-        kwargs["momentum"] = momentum
-    if process_group is not None or comm is not None:
-        kwargs.update(process_group=process_group, comm=comm)
-    if op.spec.fuse is not None and op.spec.fuse.quantize is not None:
-        return _quantized(op, input, {**params, **extras}, kwargs)
-    call = _Call(op, tuple(params) + tuple(extras), len(params), kwargs, save)
-    return _NormFunction.apply(call, input, *params.values(), *extras.values())
+        raise CallError(f"{spec.name}: unknown extra input(s) {', '.join(unknown)}; this spec takes "
+                        f"{', '.join(names) or 'none'}")
+    missing = [n for n in names if n not in extras]
+    if missing:
+        raise CallError(f"{spec.name}: missing extra input {missing[0]}= (a tensor shaped like the input)")
+    return [extras[n] for n in names]
 
 
-def _quantized(op: Op, input: Tensor, tensors: dict[str, Tensor], kwargs: dict[str, Any]) -> tuple[Tensor, ...]:
-    """A quantized output has no gradient (like torch.quantize_per_tensor): (q, scale), and h when
-    the spec keeps its prologue, computed outside autograd (inference)."""
+def _quantized(op: Op, input: Tensor, params: Mapping[str, Tensor | None], extras: list[Tensor],
+               **kwargs: Any) -> tuple[Tensor, ...]:
+    """A quantized output has no gradient (as torch.quantize_per_tensor): (q, scale), and h when
+    the spec keeps its prologue, from the Op directly, outside autograd (inference)."""
+    arrays = {n: _array(t, n) for n, t in params.items() if t is not None}
+    arrays.update((n, _array(t, n)) for n, t in zip(extra_inputs(op.spec), extras))
     with _on_stream(input):
-        fwd = op.forward(_array(input, "input"), **{n: _array(t, n) for n, t in tensors.items()}, **kwargs)
+        fwd = op.forward(_array(input, "input"), **arrays, **kwargs)
     out = (_tensor(fwd.y), _tensor(fwd.scale))
     return out + (_tensor(fwd.prologue),) if fwd.prologue is not None else out
+
+
+def _params(spec: Spec, params: Mapping[str, Tensor | None]) -> tuple[Tensor | None, Tensor | None, tuple]:
+    """(weight, bias, (mean_weight, var_weight)) from parameters given by their spec names."""
+    a = spec.affine
+    allowed = (*spec.param_names, *(_MIX if spec.is_mixture else ()))
+    unknown = [n for n in params if n not in allowed]
+    if unknown:
+        raise CallError(f"{spec.name}: unknown parameter(s) {', '.join(unknown)}; this spec takes "
+                        f"{', '.join(allowed) or 'none'}")
+    weight = params.get(a.weight) if a and a.weight else None
+    bias = params.get(a.bias) if a and a.bias else None
+    return weight, bias, tuple(params.get(n) for n in _MIX)
+
+
+def _check_count(spec: Spec, input: Tensor, sizes: dict[str, Any]) -> None:
+    """Training with running statistics needs n > 1 values per statistic (unbiased variance)."""
+    groups = stats_count(spec, tuple(input.shape), sizes)
+    if groups and math.prod(input.shape) // groups == 1:
+        raise CallError(f"{spec.name}: expected more than 1 value per statistic when training (input "
+                        f"{tuple(input.shape)} has 1); running variance needs n - 1 > 0")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -14,23 +14,25 @@ from .function import normalize
 
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None = None,
                bias: Tensor | None = None, training: bool = False, momentum: float = 0.1,
-               eps: float = 1e-5, *, process_group: Any = None) -> Tensor:
+               eps: float = 1e-5, *, process_group: Any = None, num_batches_tracked: Tensor | None = None) -> Tensor:
     """F.batch_norm on normgen's kernels: statistics per channel over (N, *spatial).
 
     With `process_group` (a torch.distributed group, or a normgen.op.distributed.Group), the
-    batch is split across its ranks and training statistics cover all of it.
+    batch is split across its ranks and training statistics cover all of it. momentum=None
+    with `num_batches_tracked` (the count of batches, this one included, as torch.nn's
+    modules keep it): a cumulative average, computed on the tensors' device.
 
     >>> y = batch_norm(x, rm, rv, w, b, training=True)   # updates rm and rv in place
     """
     if input.numel() == 0 and input.dim() < 2:  # as F.batch_norm: an empty batch of no channels
         return torch.empty_like(input)
     if training and process_group is None:  # across ranks, the op checks the global count
-        size = input.shape[0] * int(np.prod(input.shape[2:]))
+        size = input.shape[0] * math.prod(input.shape[2:])
         if size == 1:
             raise CallError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
     return normalize("batch_norm", input, {"weight": weight, "bias": bias}, running_mean=running_mean,
                      running_var=running_var, training=training, momentum=momentum, eps=eps,
-                     process_group=process_group)
+                     num_batches_tracked=num_batches_tracked, process_group=process_group)
 
 
 def instance_norm(input: Tensor, running_mean: Tensor | None = None, running_var: Tensor | None = None,
@@ -40,7 +42,7 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None, running_var
 
     >>> y = instance_norm(x, weight=w, bias=b)
     """
-    if use_input_stats and int(np.prod(input.shape[2:])) == 1:
+    if use_input_stats and math.prod(input.shape[2:]) == 1:
         raise CallError(f"Expected more than 1 spatial element when training, got input size {input.size()}")
     return normalize("instance_norm", input, {"weight": weight, "bias": bias}, running_mean=running_mean,
                      running_var=running_var, training=use_input_stats, momentum=momentum, eps=eps)

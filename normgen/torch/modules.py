@@ -8,18 +8,17 @@ from __future__ import annotations
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..op.distributed import TorchGroup
 from .functional import batch_norm, group_norm, instance_norm, layer_norm, rms_norm
 
 
-def _momentum_step(m: nn.Module) -> float:
-    """torch.nn's exponential_average_factor for this call; counts the batch like torch.nn does."""
-    factor = 0.0 if m.momentum is None else m.momentum
+def _momentum_step(m: nn.Module) -> float | None:
+    """Counts the batch like torch.nn does, and returns the momentum of this call: None means
+    torch.nn's cumulative average, 1 / num_batches_tracked, which the update computes on the
+    buffers' device (reading the count here would wait for the GPU, and break a compiled graph)."""
     if m.training and m.track_running_stats and m.num_batches_tracked is not None:
         m.num_batches_tracked.add_(1)
-        if m.momentum is None:  # a cumulative average
-            factor = 1.0 / float(m.num_batches_tracked)
-    return factor
+        return m.momentum
+    return 0.0 if m.momentum is None else m.momentum
 
 
 # ---- drop-in torch.nn modules -----------------------------------------------------------------
@@ -30,13 +29,14 @@ class _BatchNorm:
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        factor = _momentum_step(self)
+        momentum = _momentum_step(self)
         # batch statistics in training, and in evaluation when there are no running statistics
         use_batch = self.training or (self.running_mean is None and self.running_var is None)
         # running statistics are passed to be updated only when tracked
         keep = not self.training or self.track_running_stats
         return batch_norm(input, self.running_mean if keep else None, self.running_var if keep else None,
-                          self.weight, self.bias, use_batch, factor, self.eps)
+                          self.weight, self.bias, use_batch, momentum, self.eps,
+                          num_batches_tracked=self.num_batches_tracked)
 
 
 class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
@@ -73,16 +73,18 @@ class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
         group = self._group() if self.training else None
         if group is None:
             return super().forward(input)
-        factor = _momentum_step(self)
+        momentum = _momentum_step(self)
         keep = self.track_running_stats
         return batch_norm(input, self.running_mean if keep else None, self.running_var if keep else None,
-                          self.weight, self.bias, True, factor, self.eps, process_group=group)
+                          self.weight, self.bias, True, momentum, self.eps, process_group=group,
+                          num_batches_tracked=self.num_batches_tracked)
 
     def _group(self):
+        """The process group to share statistics with, when it has more than one rank."""
         if not (dist.is_available() and dist.is_initialized()):
             return None
         pg = self.process_group if self.process_group is not None else dist.group.WORLD
-        return TorchGroup(pg) if dist.get_world_size(pg) > 1 else None
+        return pg if dist.get_world_size(pg) > 1 else None
 
 
 class _InstanceNorm:

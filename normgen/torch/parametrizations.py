@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..op import load
-from .bridge import _array, _on_stream, _tensor
+from . import library
 from .function import normalize
 
 
@@ -45,9 +44,8 @@ def _norms(v: Tensor, dim: int) -> Tensor:
         rows = v.reshape(1, -1) if dim == -1 else v.movedim(dim % v.dim(), 0)
         # with g = 1 the call uses the same kernel as the forward with g (no extra compile)
         g = torch.ones(rows.shape[0], dtype=v.dtype, device=v.device)
-        with _on_stream(v):
-            fwd = load("weight_norm").forward(_array(rows, "weight"), _array(g, "g"))
-        return 1.0 / _tensor(fwd.rstd).to(v.dtype)
+        _, stats, _, _ = library.forward(rows, g, None, [], None, None, None, None, "weight_norm", "", None, True, "")
+        return 1.0 / stats[:, 2].to(v.dtype)
 
 
 class _WeightStandardization(nn.Module):

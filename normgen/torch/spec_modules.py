@@ -18,6 +18,7 @@ from ..spec import Spec
 from .function import _SPEC_MOMENTUM, normalize
 from .functional import _shape
 from .modules import _momentum_step
+from .registry import spec_key
 
 
 class SpecNorm(nn.Module):
@@ -41,6 +42,7 @@ class SpecNorm(nn.Module):
         super().__init__()
         self.op = load(spec)
         self.save = save  # "y": the backward rebuilds x_hat from y, and x is not kept (see normalize)
+        self._key = spec_key(self.op)  # what the custom ops name the spec by (registry.py)
         s = self.op.spec
         unknown = sorted(set(sizes or {}) - set(s.size_args))
         if unknown:
@@ -75,6 +77,10 @@ class SpecNorm(nn.Module):
     def spec(self) -> Spec:
         return self.op.spec
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._key = spec_key(self.op)  # registered again in a process that unpickles the module
+
     @property
     def has_uninitialized(self) -> bool:
         return any(isinstance(t, (UninitializedParameter, UninitializedBuffer))
@@ -99,7 +105,7 @@ class SpecNorm(nn.Module):
     def forward(self, input: Tensor, **extras: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """y, or (y, h) for a spec that keeps its prologue; a fused spec's extra inputs by name
         (`m(x, residual=r)`)."""
-        factor = _momentum_step(self) if self.track_running_stats else None
+        momentum = _momentum_step(self) if self.track_running_stats else _SPEC_MOMENTUM
         s = self.spec
         params = {n: getattr(self, n) for n in s.param_names} if self.affine else {}
         if s.is_mixture:
@@ -107,9 +113,9 @@ class SpecNorm(nn.Module):
         use_batch = self.training or self.running_mean is None
         keep = not self.training or self.track_running_stats
         run = {"running_mean": self.running_mean, "running_var": self.running_var} if keep else {}
-        momentum = _SPEC_MOMENTUM if factor is None else factor
-        return normalize(self.op, input, params, extras=extras, training=use_batch, momentum=momentum, eps=self.eps,
-                         save=self.save, **run, **self.sizes)
+        return normalize(self._key, input, params, extras=extras, training=use_batch, momentum=momentum,
+                         eps=self.eps, num_batches_tracked=self.num_batches_tracked, save=self.save, **run,
+                         **self.sizes)
 
     def extra_repr(self) -> str:
         s = self.spec
