@@ -286,3 +286,25 @@ def test_the_vectorizing_exponential_is_as_accurate_as_the_c_library():
     assert np.max(np.abs(got[normal] - want[normal]) / want[normal]) < 1e-15
     np.testing.assert_array_equal(got[~normal & (want > 0)] > 0, True)  # subnormals, not 0
     assert exp_f64(709.79) == np.inf and exp_f64(-np.inf) == 0.0 and np.isnan(exp_f64(np.nan))
+
+
+def test_fused_numerics_at_the_edges():
+    """A NaN poisons only its group (and its h); a float32 group with mean 1e4 and std 1e-2
+    after the prologue still normalizes to unit variance (the two-pass moments of h)."""
+    op = normgen.load("add_layer_norm")
+    rng = np.random.default_rng(2)
+    x = (1e4 + rng.standard_normal((6, 512)) * 1e-2).astype(np.float32)
+    r = (rng.standard_normal((6, 512)) * 1e-3).astype(np.float32)
+    x[4, 7] = np.nan
+    fwd = op.forward(x, residual=r, normalized_shape=(512,), eps=1e-12)
+    assert np.isnan(fwd.y[4]).all() and np.isnan(fwd.prologue[4, 7]) and np.isfinite(fwd.prologue[3]).all()
+    good = np.delete(np.arange(6), 4)
+    assert np.isfinite(fwd.y[good]).all()
+    ref = oracle.forward(op.spec, x[good], sizes={"normalized_shape": (512,)}, eps=1e-12,
+                         extras={"residual": fwd.prologue[good].astype(np.float64) - x[good]})
+    np.testing.assert_allclose(fwd.y[good], ref.y, atol=2e-3)  # float32 h = x + r, then exact statistics
+    np.testing.assert_allclose(fwd.y[good].std(axis=1), 1.0, rtol=1e-3)
+    q = normgen.load("gated_rms_norm")
+    z = np.full((2, 64), -1000.0, np.float32)  # silu(-1000) = -0: h = -0, a group of zeros
+    out = q.forward(np.ones((2, 64), np.float32), np.ones(64, np.float32), z=z, normalized_shape=(64,))
+    assert np.isfinite(out.y).all() and not out.y.any()

@@ -6,7 +6,7 @@
 # kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
 #            forward_partial  moments of each part of each group (merged afterwards)
 #            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
-# key:       b478ba1375803de91d0e2474e5264d19
+# key:       d24eea8f5b408076a535862a9f9d75c2
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit
 from numba import float32 as dt
 
-from normgen.codegen.cpu_prelude import add_chunk
+from normgen.codegen.cpu_prelude import add_squares
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -79,7 +79,7 @@ def forward_fused(x, e_residual, y, h, weight, bias, moments, kstats, scratch_dt
                 for i in range(s_n):  # reduced normalized: the prologue
                     hv = x_v[i] + e_residual_v[i]
                     h_v[i] = hv
-                n, mean, m2 = add_chunk(n, mean, m2, h_v)
+                n, mean, m2 = add_squares(n, mean, m2, h_v)
             moments[3 * s_u] = n
             moments[3 * s_u + 1] = mean
             moments[3 * s_u + 2] = m2
@@ -147,7 +147,7 @@ def forward_partial(x, e_residual, h, moments, scratch_dt, g, blk_lo, blk_hi):
                 for i in range(s_n):  # reduced normalized: the prologue
                     hv = x_v[i] + e_residual_v[i]
                     hb_v[i] = hv
-                n, mean, m2 = add_chunk(n, mean, m2, hb_v)
+                n, mean, m2 = add_squares(n, mean, m2, hb_v)
             k = 3 * (s_u * n_parts + part)
             moments[k] = n
             moments[k + 1] = mean

@@ -6,7 +6,7 @@
 # kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
 #            forward_partial  moments of each part of each group (merged afterwards)
 #            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
-# key:       0c8bb74efb66bd3c3c39dbcbc52ff5e0
+# key:       89f2c0a43c7604452c3e2b7539dde067
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit
 from numba import float32 as dt
 
-from normgen.codegen.cpu_prelude import add_chunk, exp_f32
+from normgen.codegen.cpu_prelude import add_squares, exp_f32
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -78,7 +78,7 @@ def forward_fused(x, e_z, y, weight, bias, moments, kstats, scratch_dt, g, eps, 
                     p0 = dt(1.0) / (dt(1.0) + exp_f32(-e_z_v[i]))
                     hv = x_v[i] * (e_z_v[i] * p0)
                     hb_v[i] = hv
-                n, mean, m2 = add_chunk(n, mean, m2, hb_v)
+                n, mean, m2 = add_squares(n, mean, m2, hb_v)
             moments[3 * s_u] = n
             moments[3 * s_u + 1] = mean
             moments[3 * s_u + 2] = m2
@@ -146,7 +146,7 @@ def forward_partial(x, e_z, moments, scratch_dt, g, blk_lo, blk_hi):
                     p0 = dt(1.0) / (dt(1.0) + exp_f32(-e_z_v[i]))
                     hv = x_v[i] * (e_z_v[i] * p0)
                     hb_v[i] = hv
-                n, mean, m2 = add_chunk(n, mean, m2, hb_v)
+                n, mean, m2 = add_squares(n, mean, m2, hb_v)
             k = 3 * (s_u * n_parts + part)
             moments[k] = n
             moments[k + 1] = mean

@@ -1,10 +1,13 @@
 """Benchmarks of fused specs against the PyTorch lines they replace (`normgen bench --fused`).
 
 Each case times, in one run with the providers interleaved (bench/cpu.py `measure`):
-normgen's fused kernels; PyTorch eager running the unfused lines; `torch.compile` of the
-same lines (Inductor fuses what it can around its own norm kernels); and a copy of the
-bytes the fused kernels move (every array read once and written once). "train" is one
-forward and one backward (the gradient of the output only).
+normgen's fused kernels through the Op (NumPy arrays: "normgen") and through normgen.torch's
+module on tensors ("normgen.torch": the custom ops, autograd; its backward evaluates h
+again and writes the residual's gradient apart, as the ops' outputs may not alias);
+PyTorch eager running the unfused lines; `torch.compile` of the same lines (Inductor fuses
+what it can around its own norm kernels); and a copy of the bytes the fused kernels move
+(every array read once and written once). "train" is one forward and one backward (the
+gradient of the output only).
 
     add_rms_norm    h = x + r; y = F.rms_norm(h, (D,), w)         fwd: x, r in; y, h out
     group_norm_silu y = F.silu(F.group_norm(x, G, w, b))          fwd: x in; y out
@@ -52,6 +55,10 @@ def cases() -> list[FusedCase]:
     ]
 
 
+def _first(out: Any) -> Any:
+    return out[0] if isinstance(out, tuple) else out
+
+
 def _torch_lines(case: FusedCase) -> Callable:
     import torch
     F = torch.nn.functional
@@ -70,6 +77,8 @@ def _torch_lines(case: FusedCase) -> Callable:
 def setup(case: FusedCase, direction: str, dtype: str, compiled: dict[str, Any]) -> Setup:
     """Inputs and one callable per provider; `compiled` keeps torch.compile'd functions across cases."""
     import torch
+
+    import normgen.torch as nt
 
     rng = np.random.default_rng(0)
     op = load(case.spec)
@@ -92,6 +101,18 @@ def setup(case: FusedCase, direction: str, dtype: str, compiled: dict[str, Any])
     if train:
         inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
     tdy = torch.from_numpy(dy)
+    # normgen.torch's layer on the same tensors, its parameters set to the same values
+    module = (nt.AddRMSNorm(case.shape[-1]) if case.spec == "add_rms_norm" else
+              nt.GroupNormSiLU(sizes["num_groups"], case.shape[1]))
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.from_numpy(params[name]))
+    args = inputs[:1 + len(extras)]
+    wrt = args + list(module.parameters())
+    if train:
+        s.run["normgen.torch"] = lambda: torch.autograd.grad(_first(module(*args)), wrt, tdy)
+    else:
+        s.run["normgen.torch"] = lambda: module(*args)
     lines = _torch_lines(case)
     key = (case.spec, train)
     if key not in compiled:
@@ -138,14 +159,15 @@ def run(directions: tuple[str, ...] = ("forward", "train"), dtype: str = "float3
 def table(results: list[FusedResult]) -> str:
     """ms per provider, normgen's speed-up over eager and torch.compile against the targets, and its
     fraction of the copy's bandwidth."""
-    head = (f"{'case':<36} {'dir':<7} {'normgen':>8} {'eager':>8} {'compile':>8} {'x eager':>8} {'x compile':>9} "
-            f"{'of copy':>7}  target (eager, compile)")
-    lines = [head, f"{'':<36} {'':<7} {'ms':>8} {'ms':>8} {'ms':>8}"]
+    head = (f"{'case':<36} {'dir':<7} {'normgen':>8} {'n.torch':>8} {'eager':>8} {'compile':>8} {'x eager':>8} "
+            f"{'x compile':>9} {'of copy':>7}  target (eager, compile)")
+    lines = [head, f"{'':<36} {'':<7} {'ms':>8} {'ms':>8} {'ms':>8} {'ms':>8}"]
     for r in results:
         te, tc = TARGETS[r.direction]
         se, sc = r.speedup("eager"), r.speedup("compile")
         frac = r.ms["copy"] / r.ms["normgen"]
         ok = "met" if se >= te and sc >= tc else "MISSED"
-        lines.append(f"{r.case:<36} {r.direction:<7} {r.ms['normgen']:8.2f} {r.ms['eager']:8.2f} "
+        lines.append(f"{r.case:<36} {r.direction:<7} {r.ms['normgen']:8.2f} {r.ms['normgen.torch']:8.2f} "
+                     f"{r.ms['eager']:8.2f} "
                      f"{r.ms['compile']:8.2f} {se:7.2f}x {sc:8.2f}x {frac:7.0%}  >= {te}x, {tc}x: {ok}")
     return "\n".join(lines)

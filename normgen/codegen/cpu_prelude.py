@@ -62,6 +62,21 @@ def add_chunk(n, mean, m2, v):
     return chan(n, mean, m2, nb, m1 + s1 / nb, max(s2 - s1 * s1 / nb, 0.0))
 
 
+@njit(fastmath=REDUCE_FM, error_model="numpy", cache=True, nogil=True)
+def add_squares(n, mean, m2, v):
+    """(n, 0, sum of squares) of an uncentered group, with the chunk v added: one pass.
+
+    Uncentered statistics (rms, l2) need only the sum of squares; moments keep their
+    (count, mean, M2) form with mean 0, which Chan's merge and the finalize (M2 + n mean^2)
+    read the same way. A float32 square is exact in float64, so only the float64 sum rounds.
+    """
+    s = 0.0
+    for i in range(v.shape[0]):
+        d = float64(v[i])
+        s += d * d
+    return n + float64(v.shape[0]), 0.0 * mean, m2 + s
+
+
 # ---- the columns strategy: one accumulator per element of a row tile -----------------
 # Rows are added a few at a time, so each accumulator is loaded and stored once per
 # group of rows. None of these reassociate: each element's sum has a fixed order.
