@@ -185,3 +185,9 @@ def test_fused_modules_under_torch_compile():
     torch.testing.assert_close(compiled, eager)
     torch.testing.assert_close(x.grad, gx)
     torch.testing.assert_close(r.grad, gr)
+
+
+def test_save_y_frees_one_activation_per_layer():
+    from normgen.bench.fused import save_y_bytes
+
+    assert save_y_bytes((64, 32), layers=3) == {"x": 3 * 64 * 32 * 4, "y": 0}

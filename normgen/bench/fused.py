@@ -171,3 +171,30 @@ def table(results: list[FusedResult]) -> str:
                      f"{r.ms['eager']:8.2f} "
                      f"{r.ms['compile']:8.2f} {se:7.2f}x {sc:8.2f}x {frac:7.0%}  >= {te}x, {tc}x: {ok}")
     return "\n".join(lines)
+
+
+def save_y_bytes(shape: tuple[int, int] = (4096, 4096), layers: int = 4) -> dict[str, int]:
+    """Bytes of the normalization layers' inputs that a training step keeps alive between its
+    forward and its backward, with save="x" and save="y": a chain of `layers` blocks
+    (t = t * 2.0; t = LayerNorm(t)), whose multiplications save nothing, so each layer's input
+    lives only as long as the layer keeps it. Counted with weak references, not sampled."""
+    import gc
+    import weakref
+
+    import torch
+
+    import normgen.torch as nt
+
+    out = {}
+    for save in ("x", "y"):
+        norms = [nt.from_spec("layer_norm", normalized_shape=(shape[1],), save=save) for _ in range(layers)]
+        a = torch.randn(shape, requires_grad=True)
+        t, alive = a, []
+        for norm in norms:
+            t = t * 2.0
+            alive.append(weakref.ref(t))
+            t = norm(t)
+        gc.collect()
+        out[save] = sum(r().nbytes for r in alive if r() is not None and r() is not t)
+        t.sum().backward()
+    return out
