@@ -9,6 +9,8 @@ import textwrap
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import normgen
 from normgen import CallError
@@ -308,3 +310,60 @@ def test_fused_numerics_at_the_edges():
     z = np.full((2, 64), -1000.0, np.float32)  # silu(-1000) = -0: h = -0, a group of zeros
     out = q.forward(np.ones((2, 64), np.float32), np.ones(64, np.float32), z=z, normalized_shape=(64,))
     assert np.isfinite(out.y).all() and not out.y.any()
+
+
+# ---- random fused specs against the oracle ------------------------------------------------
+
+_SAFE = ["relu", "silu", "sigmoid", "tanh", "gelu", "gelu_tanh", "abs", "square"]
+
+
+def _bounded(names, max_leaves=6):
+    """Expressions that stay moderate on moderate inputs (no exp, no division but by 1 + u^2)."""
+    leaf = st.one_of(st.sampled_from(names), st.sampled_from(["0.5", "2", "1.5"]))
+
+    def extend(children):
+        return st.one_of(
+            st.tuples(children, st.sampled_from("+-*"), children).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+            st.tuples(children, children).map(lambda t: f"({t[0]} / (1 + square({t[1]})))"),
+            st.tuples(st.sampled_from(_SAFE), children).map(lambda t: f"{t[0]}({t[1]})"),
+            children.map(lambda c: f"-{c}"))
+    return st.recursive(leaf, extend, max_leaves=max_leaves)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pro=_bounded(["x", "a"]), epi=_bounded(["y", "a", "b"]), keep=st.booleans(),
+       layout=st.sampled_from(["contiguous", "channels_last", "sliced"]), kept=st.sampled_from(["N", "C", "N C"]))
+def test_random_fused_specs_match_the_oracle(pro, epi, keep, layout, kept):
+    if "x" not in pro:
+        pro = f"x + {pro}"
+    if "y" not in epi:
+        epi = f"y * {epi}"
+    text = textwrap.dedent(f"""
+        name = "random_fused"
+        input = "N C *spatial"
+        kept = "{kept}"
+        [affine]
+        axes = "C"
+        [fuse]
+        prologue = "{pro}"
+        keep_prologue = {"true" if keep else "false"}
+        epilogue = "{epi}"
+        """)
+    op = normgen.load(normgen.parse_spec(text, "random_fused.toml"))
+    rng = np.random.default_rng(len(pro) * 31 + len(epi))
+    shape = (3, 4, 5, 6)
+    x = make_array(rng.standard_normal(shape), layout, "float64")
+    extras = {e: make_array(rng.standard_normal(shape), layout, "float64") for e in op.spec.extras}
+    params = {"weight": rng.standard_normal(4) * 0.5 + 1, "bias": rng.standard_normal(4) * 0.3}
+    fwd = op.forward(x, **params, **extras)
+    ref = oracle.forward(op.spec, np.asarray(x), params, extras=extras)
+    dy = make_array(rng.standard_normal(shape), layout, "float64")
+    dh = make_array(rng.standard_normal(shape), layout, "float64") if keep else None
+    grads = op.backward(dy, fwd, dprologue=dh)
+    oref = oracle.backward(op.spec, np.asarray(dy), np.asarray(x), params, extras=extras,
+                           dprologue=None if dh is None else np.asarray(dh))
+    _close(fwd.y, ref.y, "float64", "out")
+    if keep:
+        _close(fwd.prologue, ref.prologue, "float64", "h")
+    for name in ("x", *params, *extras):
+        _close(grads[name], oref[name], "float64", f"d{name}")

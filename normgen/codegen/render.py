@@ -40,8 +40,8 @@ CUDA_TYPES = {
 #: what generated CPU modules may import, and from where
 _CPU_IMPORTS = {"math": "import math", "np": "import numpy as np", "float64": "from numba import float64",
                 "dt": "from numba import {dtype} as dt"}
-_CPU_PRELUDE = ("add_chunk", "add_squares", "affine_row", "chan", "col_add", "col_add4", "col_dev", "col_dev2", "col_grad", "col_grad2",
-                "dev_sums", "exp_f32", "exp_f64", "grad_row", "sum_f64")
+_CPU_PRELUDE = ("add_chunk", "add_squares", "affine_row", "chan", "col_add", "col_add4", "col_dev", "col_dev2",
+                "col_grad", "col_grad2", "dev_sums", "exp_f32", "exp_f64", "grad_row", "sum_f64")
 _FINALIZE_DOC = {Scale.STD: "rstd = 1 / sqrt(M2 / n + eps)", Scale.RMS: "rstd = 1 / sqrt(sum(x^2) / n + eps)",
                  Scale.L2: "rstd = 1 / sqrt(sum(x_c^2) + eps)", Scale.NONE: "rstd = 1"}
 _KEY = "@key"

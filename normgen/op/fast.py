@@ -18,12 +18,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..plan.model import Plan, Strategy
+from ..plan.model import Direction, Plan, Strategy
 from ..runtime import CPU, alloc
 from ..runtime.arrays import flat
 from ..runtime.cpu import launcher
+from ..runtime.threads import threads
+from ..spec import Center
 from .args import Call
 from .results import Forward
+from .stats import check_norms, checks_norms
 
 _ndarray = np.ndarray
 _SCALARS = frozenset({int, float, str, bool, type(None)})
@@ -172,3 +175,37 @@ def source(name: str | None, names: tuple[str, ...], params: tuple, kwargs: dict
     if i < len(params):
         return ("pos", i) if params[i] is not None else None
     return ("kw", name) if kwargs.get(name) is not None else None
+
+
+def recipe_for(memo, x: _ndarray, params: tuple, kwargs: dict[str, Any]) -> Recipe | None:
+    """The recipe of a call whose structure an earlier, ordinary call had."""
+    try:
+        return memo.get(call_key(x, params, kwargs, threads()))
+    except TypeError:  # an argument whose structure we cannot vouch for
+        return None
+
+
+def remember(op, fwd: Forward, x: _ndarray, params: tuple, kwargs: dict[str, Any]) -> None:
+    """After the general path: leave a recipe in `op` if the fast path may repeat this call
+    (nothing copied or special: see the module docstring)."""
+    call, spec = fwd.call, op.spec
+    names = spec.param_names
+    wn, bn = (spec.affine.weight, spec.affine.bias) if spec.affine else (None, None)
+    w, b = source(wn, names, params, kwargs), source(bn, names, params, kwargs)
+    given = [n for n, p in zip(names, params) if p is not None] + [n for n in names[len(params):]
+                                                                    if kwargs.get(n) is not None]
+    # (a recipe runs y = f(x, weight, bias): no extra inputs or outputs, no weight offset, no save="y")
+    if not (call.backend is CPU and call.x is x and kwargs.get("out") is None and call.running is None
+            and spec.fuse is None and not spec.weight_offset and call.save == "x"
+            and call.mix is None and call.group is None and call.binding.n_groups > 0 and x.size > 0
+            and len(given) == len(call.params) and call.weight is _pick(w, params, kwargs)
+            and call.bias is _pick(b, params, kwargs)):
+        return
+    try:
+        key = call_key(x, params, kwargs, threads())
+    except TypeError:
+        return
+    check = (lambda kstats, c: check_norms(spec, kstats, c)) if checks_norms(spec, call.eps) else None
+    plan = op._plan(call, Direction.FORWARD)
+    op._fast.get_or_make(key, lambda: Recipe(template(call), plan, w, b, (wn, bn), spec.center is Center.MEAN,
+                                             check, op._kstats, Recipe.direct(plan, x, check)))

@@ -22,19 +22,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import CallError
-from ..layouts import layout_strides, like_strides
 from ..plan.bind import Binding, bind
 from ..plan.model import Direction, Options, Plan
-from ..runtime import CPU, select
-from ..runtime import threads as _threads
-from ..spec import Center, Scale, Spec, find_spec, load_spec
+from ..spec import Center, Spec, find_spec, load_spec
 from . import stats as st
 from .args import CALL_ARGS, Call, backend_of, check_array, check_forward, check_out, with_outputs
 from .distributed import merge_moments, sum_ranks
-from .fast import Recipe, _pick, call_key, source, template
-from .fused import backward_arrays, check_weight_nonzero, forward_arrays, plan_arrays, strides_of
+from .fast import recipe_for, remember
+from .fused import backward_arrays, check_weight_nonzero, forward_arrays, strides_of
 from .mixture import mix_backward, mix_forward
-from .results import Forward, Grads
+from .planning import plan_for
+from .results import Forward, Grads, param_grads
 from .running import broadcast_running, commit, running_normalizer, updated
 
 #: plans and bindings remembered per op (calls repeat their shapes)
@@ -79,10 +77,7 @@ class Op:
     def __call__(self, x, *params, **kwargs):
         """Just y: `op.forward(...).y`."""
         if type(x) is np.ndarray:
-            try:
-                recipe = self._fast.get(call_key(x, params, kwargs, _threads.threads()))
-            except TypeError:  # an argument whose structure we cannot vouch for
-                recipe = None
+            recipe = recipe_for(self._fast, x, params, kwargs)
             if recipe is not None:
                 return recipe.y(x, params, kwargs)
         return self.forward(x, *params, **kwargs).y
@@ -101,11 +96,11 @@ class Op:
         emulator (for testing).
         """
         if type(x) is np.ndarray:
-            recipe = self._recipe(x, params, kwargs)
+            recipe = recipe_for(self._fast, x, params, kwargs)
             if recipe is not None:
                 return recipe.forward(x, params, kwargs)
             fwd = self._forward(x, params, dict(kwargs))
-            self._remember(fwd, x, params, kwargs)
+            remember(self, fwd, x, params, kwargs)
             return fwd
         return self._forward(x, params, kwargs)
 
@@ -116,7 +111,7 @@ class Op:
         self._check_counts(call)
         if call.binding.n_groups == 0 or (call.x.size == 0 and call.group is None):
             return self._empty_forward(call)
-        fx = forward_arrays(call)
+        fx = forward_arrays(call)  # a fused spec's other arrays (op/fused.py)
         plan = self._plan(call, Direction.FORWARD, fx) if call.x.size else None
         kstats, moments, norm, mix, count = self._statistics(call, plan, fx)
         if call.running is not None and call.running.factor is not None:
@@ -134,42 +129,11 @@ class Op:
             raise CallError(f"{self.name}: expected more than 1 value per statistic when training "
                             f"(input {tuple(call.x.shape)} has 1); running variance needs n - 1 > 0")
 
-    def _recipe(self, x: np.ndarray, params: tuple, kwargs: dict[str, Any]) -> Recipe | None:
-        """The recipe of a call whose structure an earlier, ordinary call had (op/fast.py)."""
-        try:
-            return self._fast.get(call_key(x, params, kwargs, _threads.threads()))
-        except TypeError:  # an argument whose structure we cannot vouch for
-            return None
-
-    def _remember(self, fwd: Forward, x, params: tuple, kwargs: dict[str, Any]) -> None:
-        """After the general path: leave a recipe if the fast path may repeat this call."""
-        call, a = fwd.call, self.spec.affine
-        names = self.spec.param_names
-        wn, bn = (a.weight, a.bias) if a else (None, None)
-        w, b = source(wn, names, params, kwargs), source(bn, names, params, kwargs)
-        given = [n for n, p in zip(names, params) if p is not None] + [n for n in names[len(params):]
-                                                                        if kwargs.get(n) is not None]
-        # (a recipe runs y = f(x, weight, bias): no extra inputs or outputs, no weight offset, no save="y")
-        if not (call.backend is CPU and call.x is x and kwargs.get("out") is None and call.running is None
-                and self.spec.fuse is None and not self.spec.weight_offset and call.save == "x"
-                and call.mix is None and call.group is None and call.binding.n_groups > 0 and x.size > 0
-                and len(given) == len(call.params) and call.weight is _pick(w, params, kwargs)
-                and call.bias is _pick(b, params, kwargs)):
-            return
-        try:
-            key = call_key(x, params, kwargs, _threads.threads())
-        except TypeError:
-            return
-        check = self._check_norms if self._checks_norms(call) else None
-        plan = self._plan(call, Direction.FORWARD, {})
-        self._fast.get_or_make(key, lambda: Recipe(template(call), plan, w, b, (wn, bn), self.spec.center is Center.MEAN,
-                                                   check, self._kstats, Recipe.direct(plan, x, check)))
-
     def _statistics(self, call: Call, plan: Plan | None, fx: dict[str, Any]):
         """Statistics, and y normalized with them: (kstats, moments, Normalizer, Mix, count)."""
         spec, be = self.spec, call.backend
         n = call.binding.group_size
-        kw = {"fx": fx} if fx else {}  # only fused calls pass their extra arrays
+        kw = {"fx": fx} if fx else {}  # only fused calls pass their other arrays
         if call.eval_mode and not spec.is_mixture:  # the running statistics
             norm = running_normalizer(call.binding, be.to_host(call.running.mean), be.to_host(call.running.var),
                                       call.eps)
@@ -179,7 +143,7 @@ class Op:
         if call.group is None and not spec.is_mixture:  # this batch: fused, or parts merged
             moments, kstats = be.train_forward(plan, call.x, call.y, call.weight, call.bias, call.eps,
                                                lambda m: self._kstats(call, m), **kw)
-            self._check_norms(kstats, call)
+            st.check_norms(self.spec, kstats, call)
             return kstats, moments, None, None, n
         # moments first (merged over the ranks), then the statistics they give, then normalize
         moments = be.moments(plan, call.x, **kw) if plan is not None else np.zeros((call.binding.n_groups, 3))
@@ -196,7 +160,7 @@ class Op:
                                     be.to_host(run.mean) if run else None, be.to_host(run.var) if run else None,
                                     call.eps)
         kstats = st.kstats(norm, call.stat_dtype)
-        self._check_norms(kstats, call)
+        st.check_norms(self.spec, kstats, call)
         kstats = be.from_host(kstats)
         if plan is not None:
             be.apply(plan, call.x, call.y, call.weight, call.bias, kstats, **kw)
@@ -213,23 +177,6 @@ class Op:
             raise CallError(f"{self.name}: expected more than 1 value per statistic when training (the ranks of "
                             "the process group have 1 in all); running variance needs n - 1 > 0")
         return count.reshape(call.binding.stats_shape)
-
-    def _checks_norms(self, call: Call) -> bool:
-        """With eps = 0 a group can have nothing to divide by: see _check_norms."""
-        return call.eps == 0 and self.spec.scale is not Scale.NONE
-
-    def _check_norms(self, kstats, call: Call) -> None:
-        """With eps = 0, a group without spread (std), of zeros (rms) or a weight row of zeros
-        (l2, weight norm) has no x̂: an error, not a silent NaN. (NaN inputs stay NaN in their
-        group: their rstd is NaN, not infinite.)"""
-        if not self._checks_norms(call):
-            return
-        bad = np.isinf(call.backend.to_host(kstats)[:, 2])
-        if bad.any():
-            where = tuple(int(i) for i in np.argwhere(bad.reshape(call.binding.stats_shape))[0])
-            what = {Scale.STD: "zero variance, so (x - mean) / std", Scale.RMS: "zero mean square, so x / rms",
-                    Scale.L2: "zero norm, so v / ||v||"}[self.spec.scale]
-            raise CallError(f"{self.name}: the group at kept index {where} has {what} is undefined (eps = 0)")
 
     def _new_running(self, call: Call, moments, norm, mix, count):
         """The running statistics after this batch (PyTorch's formulas); assigned by the caller."""
@@ -278,14 +225,14 @@ class Op:
         if x.size == 0 and call.group is None:
             for a in (dx, *extra_grads.values()):
                 a[...] = 0
-            return Grads(dx, _param_grads(self.spec, call, None, None), extras)
+            return Grads(dx, param_grads(self.spec, call, None, None), extras)
         if call.save == "y" and x.size:
             check_weight_nonzero(self.name, call)
         plan = self._plan(call, Direction.BACKWARD, fx, dy=dy, dx=dx, x=x) if x.size else None
         kw = {"fx": fx} if fx else {}
         if call.group is None and fwd.mix is None and not call.eval_mode:  # training on this batch
             dw, db = be.train_backward(plan, x, dy, dx, call.weight, fwd.kstats,
-                                       lambda a, b: _coefficients(self.spec, fwd, a, b, grads), **kw)
+                                       lambda a, b: self._coefficients(fwd, a, b, grads), **kw)
         else:
             if plan is not None:
                 a, b, dw, db = be.grad_sums(plan, x, dy, call.weight, fwd.kstats, **kw)
@@ -295,11 +242,26 @@ class Op:
             if call.group is not None:
                 total = sum_ranks(call.group, np.stack([a, b], axis=1), self.name, call.sync)
                 a, b = total[:, 0], total[:, 1]
-            coef = _coefficients(self.spec, fwd, a, b, grads)
+            coef = self._coefficients(fwd, a, b, grads)
             if plan is not None:
                 be.grad_apply(plan, x, dy, dx, call.weight, fwd.kstats, coef, **kw)
-        grads.update(_param_grads(self.spec, call, dw, db))
+        grads.update(param_grads(self.spec, call, dw, db))
         return Grads(dx, grads, extras)
+
+    def _coefficients(self, fwd: Forward, a: np.ndarray, b: np.ndarray, grads: dict[str, Any]) -> np.ndarray:
+        """[groups, 3]: dx = c0·g + c1·(x − μ) + c2 per group (g = dy·weight)."""
+        rstd = fwd.rstd64
+        if fwd.mix is not None:
+            shape = fwd.binding.stats_shape
+            coef, mix_grads = mix_backward(self.spec, fwd.binding, fwd.mix, fwd.mu64, rstd, a.reshape(shape),
+                                           b.reshape(shape))
+            grads.update(mix_grads)
+            return coef
+        rstd = rstd.reshape(-1)
+        if fwd.call.eval_mode:  # the statistics are constants
+            return np.stack([rstd, np.zeros_like(rstd), np.zeros_like(rstd)], axis=1)
+        count = fwd.count.reshape(-1) if fwd.count is not None else fwd.binding.group_size
+        return np.stack(st.backward_coefficients(self.spec, count, rstd, a, b), axis=1)
 
     # ---- bindings and plans -----------------------------------------------------------
     def binding(self, shape: tuple[int, ...], **sizes: Any) -> Binding:
@@ -309,83 +271,25 @@ class Op:
         """bind(), remembered per (shape, sizes)."""
         return self._bindings.get_or_make(_binding_key(shape, sizes), lambda: bind(self.spec, shape, sizes))
 
-    def _plan(self, call: Call, direction: Direction, fx: dict[str, Any], **arrays) -> Plan:
-        """The backend's plan for a call, remembered per call structure (planning is pure)."""
+    def _plan(self, call: Call, direction: Direction, fx: dict[str, Any] | None = None, **arrays) -> Plan:
+        """The backend's plan for a call, remembered per call structure (planning is pure);
+        `fx`: a fused call's other arrays; `x=`: what the backward walks in x's place (y, for save="y")."""
         be = call.backend
         if direction is Direction.FORWARD:
             strides = {"x": be.strides(call.x), "y": be.strides(call.y)}
         else:
-            strides = {"x": be.strides(arrays["x"]), "dy": be.strides(arrays["dy"]), "dx": be.strides(arrays["dx"])}
-        strides.update(strides_of(be, fx))
+            x = arrays.get("x", call.x)
+            strides = {"x": be.strides(x), "dy": be.strides(arrays["dy"]), "dx": be.strides(arrays["dx"])}
+        strides.update(strides_of(be, fx or {}))
         has_w, has_b = call.weight is not None, call.bias is not None
         key = (be.plan_key(), _binding_key(call.binding.shape, call.sizes), tuple(strides.items()), direction,
                call.dtype, has_w, has_b)
         return self._plans.get_or_make(key, lambda: be.plan(call.binding, strides, direction, call.dtype, has_w,
                                                             has_b, self.options))
 
-    def plan(self, x: np.ndarray | tuple[int, ...], *, direction: str = "forward", params: bool = True,
-             strides: tuple[int, ...] | None = None, dtype: str | None = None, target: str = "cpu",
-             **sizes: Any) -> Plan:
-        """The plan a call would use, for an array `x` or a shape with element `strides`.
-
-        The output (y or dx) and dy are taken dense in x's dimension order, as a call
-        that allocates them would. Used by `normgen plan` and `normgen generate`.
-        """
-        return plan_of(self, x, direction=direction, params=params, strides=strides, dtype=dtype, target=target,
-                       sizes=sizes)
-
-
-def _coefficients(spec: Spec, fwd: Forward, a: np.ndarray, b: np.ndarray, grads: dict[str, Any]) -> np.ndarray:
-    """[groups, 3]: dx = c0·g + c1·(x − μ) + c2 per group (g = dy·weight)."""
-    rstd = fwd.rstd64
-    if fwd.mix is not None:
-        shape = fwd.binding.stats_shape
-        coef, mix_grads = mix_backward(spec, fwd.binding, fwd.mix, fwd.mu64, rstd, a.reshape(shape),
-                                       b.reshape(shape))
-        grads.update(mix_grads)
-        return coef
-    rstd = rstd.reshape(-1)
-    if fwd.call.eval_mode:  # the statistics are constants
-        return np.stack([rstd, np.zeros_like(rstd), np.zeros_like(rstd)], axis=1)
-    count = fwd.count.reshape(-1) if fwd.count is not None else fwd.binding.group_size
-    return np.stack(st.backward_coefficients(spec, count, rstd, a, b), axis=1)
-
-
-def _param_grads(spec: Spec, call: Call, dw, db) -> dict[str, Any]:
-    """Gradients of the given weight and bias, shaped like them, in their dtype (float32 for
-    half types); None sums (no elements) are zeros."""
-    be, binding = call.backend, call.binding
-    pdt = be.stat_dtype(call.dtype) if call.dtype in ("float16", "bfloat16") else np.dtype(call.dtype)
-    a = spec.affine
-    out = {}
-    for pname, p, g in ((a.weight if a else None, call.weight, dw), (a.bias if a else None, call.bias, db)):
-        if p is not None:
-            g = np.zeros(binding.param_shape) if g is None else np.asarray(g).reshape(binding.param_shape)
-            out[pname] = be.from_host(g.astype(pdt))
-    return out
-
-
-def plan_of(op: Op, x: np.ndarray | tuple[int, ...], *, direction: str, params: bool,
-            strides: tuple[int, ...] | None, dtype: str | None, target: str, sizes: dict[str, Any]) -> Plan:
-    """`Op.plan`'s work: the arrays a call would have, planned by the target's backend."""
-    backend = select(None, target)
-    if isinstance(x, np.ndarray):
-        shape, dtype = x.shape, str(x.dtype)
-        strides = backend.strides(x)
-        if strides is None:
-            raise CallError(f"{op.name}: x has strides the kernels cannot walk; it would be copied")
-    else:
-        shape = tuple(x)
-        strides = strides if strides is not None else layout_strides(shape, "contiguous")
-        dtype = dtype or "float32"
-    binding = bind(op.spec, shape, sizes)
-    has_w = params and bool(op.spec.affine and op.spec.affine.weight)
-    has_b = params and bool(op.spec.affine and op.spec.affine.bias)
-    out = like_strides(shape, strides)
-    unit = tuple(0 if n == 1 else s for n, s in zip(shape, strides))
-    arrays = ({"x": unit, "y": out} if direction == "forward" else {"x": unit, "dy": out, "dx": out})
-    arrays.update(plan_arrays(op.spec, direction, unit, out))
-    return backend.plan(binding, arrays, Direction(direction), dtype, has_w, has_b, op.options)
+    def plan(self, x: np.ndarray | tuple[int, ...], **kwargs: Any) -> Plan:
+        """The plan a call would use (op/planning.py `plan_for`): `normgen plan`, `normgen generate`."""
+        return plan_for(self, x, **kwargs)
 
 
 def _binding_key(shape: tuple[int, ...], sizes: dict[str, Any]) -> tuple | None:

@@ -95,3 +95,17 @@ class Grads:
         if name in ("x", "dx"):
             return self.dx
         return self.extras[name] if name in self.extras else self.params[name]
+
+
+def param_grads(spec, call: Call, dw, db) -> dict[str, Any]:
+    """Gradients of the weight and bias a call was given, shaped like them, in their dtype
+    (float32 for half types); None sums (no elements) are zeros."""
+    be, binding = call.backend, call.binding
+    pdt = be.stat_dtype(call.dtype) if call.dtype in ("float16", "bfloat16") else np.dtype(call.dtype)
+    a = spec.affine
+    out = {}
+    for name, p, g in ((a.weight if a else None, call.weight, dw), (a.bias if a else None, call.bias, db)):
+        if p is not None:
+            g = np.zeros(binding.param_shape) if g is None else np.asarray(g).reshape(binding.param_shape)
+            out[name] = be.from_host(g.astype(pdt))
+    return out

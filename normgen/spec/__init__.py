@@ -13,5 +13,6 @@ from .library import bundled_names, bundled_paths, find_spec
 from .loader import build_spec, load_spec, parse_spec
 from .model import RESERVED_ARGS, Affine, Center, Fuse, Running, Scale, Spec
 
-__all__ = ["Spec", "Center", "Scale", "Affine", "Running", "Fuse", "RESERVED_ARGS", "load_spec", "parse_spec", "build_spec",
+__all__ = ["Spec", "Center", "Scale", "Affine", "Running", "Fuse", "RESERVED_ARGS", "load_spec", "parse_spec",
+           "build_spec",
            "find_spec", "bundled_names", "bundled_paths"]

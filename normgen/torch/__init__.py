@@ -31,6 +31,7 @@ memory order; running statistics are updated in place in the modules' buffers.
 """
 
 from .convert import convert, convert_sync
+from .decompose import decompositions, onnx_export
 from .function import normalize
 from .functional import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, switchable_norm
 from .fused_modules import AddLayerNorm, AddRMSNorm, GroupNormSiLU
@@ -45,4 +46,5 @@ __all__ = [
     "LayerNorm", "LazySpecNorm", "RMSNorm", "SpecNorm", "SwitchableNorm1d", "SwitchableNorm2d", "SwitchableNorm3d",
     "SyncBatchNorm", "batch_norm", "convert", "convert_sync", "from_spec", "group_norm", "instance_norm",
     "layer_norm", "normalize", "rms_norm", "switchable_norm", "weight_norm", "weight_standardization",
+    "decompositions", "onnx_export",
 ]

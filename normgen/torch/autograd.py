@@ -39,7 +39,7 @@ def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
     Saving x lets autograd catch an in-place change of it before backward."""
     x, weight, bias, extras, running_mean, running_var, mean_weight, var_weight = inputs[:8]
     _, stats, moments, _ = output
-    ctx.mark_non_differentiable(stats, moments)  # (NormFunction returns moments, not stats)
+    ctx.mark_non_differentiable(stats, moments)
     ctx.save_for_backward(x, weight, bias, running_mean, running_var, mean_weight, var_weight, stats, moments,
                           *extras)
     ctx.call = tuple(inputs[8:])
@@ -58,27 +58,36 @@ def backward(ctx: Any, dy: Tensor, _dstats: Tensor | None, _dmoments: Tensor | N
 
 
 class NormFunction(torch.autograd.Function):
-    """`normgen::forward` with autograd, for eager calls (see the module docstring).
+    """`normgen::forward` with autograd, for eager calls (see the module docstring) and for
+    torch.func's transforms (grad, vmap: the setup_context form, which functorch requires;
+    vmap goes through the op's own batching rule, vmap.py).
 
     apply(call, x, weight, bias, mean_weight, var_weight, *extras) with `call` = (running_mean,
-    running_var, spec, sizes, eps, training, group); returns (y, moments, *extra_out) (the
-    statistics stay in ctx for the backward). The extras are spread out because
-    autograd.Function tracks tensors, not lists of them.
+    running_var, spec, sizes, eps, training, group); returns (y, stats, moments, *extra_out).
+    The extras are spread out because autograd.Function tracks tensors, not lists of them.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, call: tuple, x: Tensor, weight: Tensor | None, bias: Tensor | None,
-                mean_weight: Tensor | None, var_weight: Tensor | None, *extras: Tensor) -> tuple:
+    def forward(call: tuple, x: Tensor, weight: Tensor | None, bias: Tensor | None, mean_weight: Tensor | None,
+                var_weight: Tensor | None, *extras: Tensor) -> tuple:
         running_mean, running_var, *tail = call
-        inputs = (x, weight, bias, list(extras), running_mean, running_var, mean_weight, var_weight, *tail)
         with _below_autograd():
-            output = torch.ops.normgen.forward.default(*inputs)
-        setup_context(ctx, inputs, output)
-        y, _, moments, extra_out = output
-        return (y, moments, *extra_out)
+            y, stats, moments, extra_out = torch.ops.normgen.forward.default(
+                x, weight, bias, list(extras), running_mean, running_var, mean_weight, var_weight, *tail)
+        return (y, stats, moments, *extra_out)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        call, x, weight, bias, mean_weight, var_weight, *extras = inputs
+        running_mean, running_var, *tail = call
+        y, stats, moments, *extra_out = output
+        setup_context(ctx, (x, weight, bias, list(extras), running_mean, running_var, mean_weight, var_weight, *tail),
+                      (y, stats, moments, list(extra_out)))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, dy: Tensor, dmoments: Tensor, *dextra_out: Tensor) -> tuple:
+    def backward(ctx: Any, dy: Tensor, dstats: Tensor, dmoments: Tensor, *dextra_out: Tensor) -> tuple:
         dx, dw, db, dextras, _, _, dmw, dvw, *_ = backward(ctx, dy, None, dmoments, list(dextra_out))
         return (None, dx, dw, db, dmw, dvw, *dextras)

@@ -81,11 +81,10 @@ def normalize(op: Op | Spec | str, input: Tensor, params: Mapping[str, Tensor | 
         extra_out = []
     elif save != "x":
         raise CallError(f"{spec.name}: save={save!r}; expected 'x' (keep x for the backward) or 'y' (keep y)")
-    elif torch.compiler.is_compiling() or not (torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in tensors)):
+    elif _traced() or not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
         y, _, moments, extra_out = library.forward(input, weight, bias, extras, *read, *mix, *tail)
-    else:  # eager, with gradients: the faster autograd wrapper of the same op (autograd.py)
-        y, moments, *extra_out = NormFunction.apply((*read, *tail), input, weight, bias, *mix, *extras)
+    else:  # eager with gradients, or torch.func: the autograd wrapper of the same op (autograd.py)
+        y, _, moments, *extra_out = NormFunction.apply((*read, *tail), input, weight, bias, *mix, *extras)
     if update:
         library.update_running(moments, running_mean, running_var, num_batches_tracked, list(input.shape), key,
                                tail[1], momentum)
@@ -119,6 +118,12 @@ def _quantized(op: Op, input: Tensor, params: Mapping[str, Tensor | None], extra
         fwd = op.forward(_array(input, "input"), **arrays, **kwargs)
     out = (_tensor(fwd.y), _tensor(fwd.scale))
     return out + (_tensor(fwd.prologue),) if fwd.prologue is not None else out
+
+
+def _traced() -> bool:
+    """Under torch.compile and torch.jit.trace the op itself is recorded: its registered
+    autograd formula serves the compiled graph."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def _params(spec: Spec, params: Mapping[str, Tensor | None]) -> tuple[Tensor | None, Tensor | None, tuple]:

@@ -27,6 +27,7 @@ import torch
 from .autograd import backward, setup_context
 from .fake import backward_fake, forward_fake, update_fake
 from .kernels import backward_impl, forward_impl, update_impl
+from .vmap import vmap_loop, vmap_refused
 
 NAMESPACE = "normgen"
 
@@ -62,6 +63,9 @@ for _name, _real, _fake in (("forward", forward_impl, forward_fake), ("backward"
     torch.library.register_fake(f"{NAMESPACE}::{_name}", _fake, lib=_lib)
 
 torch.library.register_autograd(f"{NAMESPACE}::forward", backward, setup_context=setup_context, lib=_lib)
+for _name in ("forward", "backward"):
+    torch.library.register_vmap(f"{NAMESPACE}::{_name}", vmap_loop(_name), lib=_lib)
+torch.library.register_vmap(f"{NAMESPACE}::update_running", vmap_refused, lib=_lib)
 
 forward = torch.ops.normgen.forward.default
 backward_op = torch.ops.normgen.backward.default

@@ -8,7 +8,17 @@ from __future__ import annotations
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..errors import NormgenError
 from .functional import batch_norm, group_norm, instance_norm, layer_norm, rms_norm
+
+
+class Unscriptable:
+    """normgen's modules cannot be TorchScript (their forward calls normgen in Python): say so
+    in one sentence when torch.jit.script reaches one, instead of TorchScript's parse errors."""
+
+    def __prepare_scriptable__(self):  # torch.jit.script calls it on every module first
+        raise NormgenError(f"{type(self).__name__} (normgen) cannot be compiled by torch.jit.script: use "
+                           "torch.compile, or torch.export (normgen.torch.onnx_export for ONNX)")
 
 
 def _momentum_step(m: nn.Module) -> float | None:
@@ -24,7 +34,7 @@ def _momentum_step(m: nn.Module) -> float | None:
 # ---- drop-in torch.nn modules -----------------------------------------------------------------
 
 
-class _BatchNorm:
+class _BatchNorm(Unscriptable):
     """torch.nn's _BatchNorm.forward, calling normgen's kernels instead of F.batch_norm."""
 
     def forward(self, input: Tensor) -> Tensor:
@@ -87,7 +97,7 @@ class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
         return pg if dist.get_world_size(pg) > 1 else None
 
 
-class _InstanceNorm:
+class _InstanceNorm(Unscriptable):
     """torch.nn's _InstanceNorm keeps its forward (input checks, unbatched inputs); only the
     call into F.instance_norm, `_apply_instance_norm`, runs normgen's kernels instead."""
 
@@ -109,21 +119,21 @@ class InstanceNorm3d(_InstanceNorm, nn.InstanceNorm3d):
     """torch.nn.InstanceNorm3d on normgen's kernels. >>> InstanceNorm3d(8)(torch.randn(2, 8, 4, 4, 4))"""
 
 
-class LayerNorm(nn.LayerNorm):
+class LayerNorm(Unscriptable, nn.LayerNorm):
     """torch.nn.LayerNorm on normgen's kernels. >>> LayerNorm(64, bias=False)(torch.randn(8, 10, 64))"""
 
     def forward(self, input: Tensor) -> Tensor:
         return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
-class GroupNorm(nn.GroupNorm):
+class GroupNorm(Unscriptable, nn.GroupNorm):
     """torch.nn.GroupNorm on normgen's kernels. >>> GroupNorm(4, 16)(torch.randn(8, 16, 7, 7))"""
 
     def forward(self, input: Tensor) -> Tensor:
         return group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
 
-class RMSNorm(nn.RMSNorm):
+class RMSNorm(Unscriptable, nn.RMSNorm):
     """torch.nn.RMSNorm on normgen's kernels. >>> RMSNorm(64)(torch.randn(8, 10, 64))"""
 
     def forward(self, input: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from . import library
 from .function import normalize
+from .modules import Unscriptable
 
 
 def _weight_norm(v: Tensor, g: Tensor, dim: int) -> Tensor:
@@ -19,7 +20,7 @@ def _weight_norm(v: Tensor, g: Tensor, dim: int) -> Tensor:
     return normalize("weight_norm", v.movedim(dim, 0), {"g": g.reshape(-1)}).movedim(0, dim)
 
 
-class _WeightNorm(nn.Module):
+class _WeightNorm(Unscriptable, nn.Module):
     """torch.nn.utils.parametrizations' _WeightNorm, on normgen's weight_norm spec."""
 
     def __init__(self, dim: int | None = 0) -> None:
@@ -48,7 +49,7 @@ def _norms(v: Tensor, dim: int) -> Tensor:
         return 1.0 / stats[:, 2].to(v.dtype)
 
 
-class _WeightStandardization(nn.Module):
+class _WeightStandardization(Unscriptable, nn.Module):
     """Standardize each output unit (dim 0) of a weight: zero mean, unit variance."""
 
     def __init__(self, eps: float = 1e-5) -> None:

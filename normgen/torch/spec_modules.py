@@ -17,11 +17,11 @@ from ..op import Op, load
 from ..spec import Spec
 from .function import _SPEC_MOMENTUM, normalize
 from .functional import _shape
-from .modules import _momentum_step
+from .modules import Unscriptable, _momentum_step
 from .registry import spec_key
 
 
-class SpecNorm(nn.Module):
+class SpecNorm(Unscriptable, nn.Module):
     """A normalization layer for any normgen spec (bundled name, .toml path or Spec).
 
     Parameters are the spec's affine parameters (weight-like ones start at 1, bias-like at
