@@ -68,7 +68,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"  center     {spec.center.value}")
     print(f"  scale      {spec.scale.value}, eps {spec.eps}")
     if spec.affine:
-        print(f"  affine     {', '.join(spec.affine.params)} over '{spec.affine.axes}'")
+        offset = f" (effective weight: weight + {spec.affine.weight_offset:g})" if spec.affine.weight_offset else ""
+        print(f"  affine     {', '.join(spec.affine.params)} over '{spec.affine.axes}'{offset}")
     if spec.running:
         print(f"  running    over '{spec.axes_str(spec.running.axes)}', momentum {spec.running.momentum}")
     if spec.sizes:
@@ -76,6 +77,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                                           for k, v in spec.sizes))
     if spec.is_mixture:
         print(f"  mixture    softmax(mean_weight), softmax(var_weight) over {len(spec.kept)} components")
+    _show_fuse(spec)
     return 0
 
 
@@ -94,6 +96,26 @@ def _device(args: argparse.Namespace):
 
     gpu = cupy_device()
     return gpu.profile if gpu is not None else DEFAULT_PROFILE
+
+
+def _show_fuse(spec) -> None:
+    from .spec.derive import derivative
+
+    f = spec.fuse
+    if f is None:
+        return
+    if f.prologue is not None:
+        print(f"  prologue   h = {f.prologue}" + ("   (returned as fwd.prologue)" if f.keep_prologue else ""))
+        for name in ("x",) + f.prologue_inputs:
+            print(f"             dh/d{name} = {derivative(f.prologue, name)}")
+    if f.epilogue is not None:
+        print(f"  epilogue   out = {f.epilogue}")
+        for name in ("y",) + f.epilogue_inputs:
+            print(f"             dout/d{name} = {derivative(f.epilogue, name)}")
+    if f.extras:
+        print(f"  extras     {', '.join(f.extras)} (arrays shaped like x, passed by name)")
+    if f.quantize:
+        print(f"  quantize   {f.quantize}, one float32 scale per kept index (fwd.scale); forward only")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -204,6 +226,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.memory:
         return _bench_memory(args)
+    if args.fused:
+        return _bench_fused(args)
     if args.target == "cuda":
         bench_gpu.require_gpu()
         if args.device:
@@ -253,6 +277,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print()
     print(bench_gpu.table(results) if args.target == "cuda" else bench.table(results))
     save(results)
+    return 0
+
+
+def _bench_fused(args: argparse.Namespace) -> int:
+    """`normgen bench --fused`: fused specs against PyTorch eager and torch.compile (bench/fused.py)."""
+    import datetime
+    import json
+
+    from .bench import fused
+    from .bench.cpu import machine
+    from .paths import repo_root
+    from .runtime import threads as cpu
+
+    if args.target != "cpu":
+        raise NormgenError("bench --fused runs on the CPU (the CUDA templates do not fuse yet)")
+    if args.threads:
+        cpu.set_num_threads(args.threads)
+    directions = ("forward",) if args.forward else ("train",) if args.backward else ("forward", "train")
+    print(f"normgen bench --fused: {args.dtype}, {cpu.threads()} threads, median of {args.repeat} after {args.warmup} "
+          "warm-up runs, providers interleaved (train = forward + backward)", flush=True)
+    results = fused.run(directions, args.dtype, args.repeat, args.warmup,
+                        progress=lambda r: print(f"  {r.case:<36} {r.direction:<7} " + "  ".join(
+                            f"{k} {v:.2f} ms" for k, v in r.ms.items()), flush=True))
+    print()
+    print(fused.table(results))
+    if args.json is not None:
+        root = repo_root() or Path(".")
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(args.json) if args.json else root / "bench" / "results" / f"fused-{stamp}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"machine": machine(), "threads": cpu.threads(), "dtype": args.dtype,
+                                    "repeat": args.repeat, "results": [vars(r) for r in results]}, indent=1))
+        print(f"wrote {path}")
     return 0
 
 
@@ -402,6 +459,8 @@ def parser() -> argparse.ArgumentParser:
                    help="cuda: seconds of torch.compile compiling, after which cases run without it")
     s.add_argument("--json", nargs="?", const="", help="save results (default bench/results/TARGET-DATE.json)")
     s.add_argument("--plot", help="draw GB/s per provider to this PNG")
+    s.add_argument("--fused", action="store_true",
+                   help="fused specs (add_rms_norm, group_norm_silu) against PyTorch eager and torch.compile")
     s.add_argument("--memory", action="store_true",
                    help="resident memory (peak, held after) against PyTorch, each loop in a fresh process")
     s.add_argument("--calls", type=int, help="with --memory: calls per loop (default 50 training, 400 inference)")

@@ -33,8 +33,14 @@ def _assert_ok(results):
                               + (r.error or f"{r.worst[0]}={r.worst[1]:.2e} > {r.tol:.0e}") for r in bad)
 
 
+def _cuda_specs():
+    """Every bundled spec; the fused ones are skipped, with the reason, until the CUDA templates fuse."""
+    return [pytest.param(n, marks=pytest.mark.skip(reason="the CUDA templates do not fuse yet (issue 13)"))
+            if normgen.load(n).spec.fuse is not None else n for n in bundled_names()]
+
+
 # every bundled spec, both strategies (contiguous and channels_last), float32, train and eval
-@pytest.mark.parametrize("name", bundled_names())
+@pytest.mark.parametrize("name", _cuda_specs())
 def test_emulated_kernels_match_the_oracle(name):
     op = normgen.load(name)
     modes = (True, False) if op.spec.running else (True,)

@@ -11,6 +11,7 @@ import pytest
 
 from normgen.layouts import layout_strides, like_strides
 from normgen.op import load
+from normgen.op.fused import plan_arrays
 from normgen.plan import Direction, bind, make_plan
 from normgen.plan.device import profile
 from normgen.verify.reference import REFERENCES
@@ -21,11 +22,14 @@ def decisions(target: str, threads: int = 2, device: str = "h100") -> list[str]:
     rows = []
     for ref in REFERENCES:
         op = load(ref.spec)
+        if target == "cuda" and op.spec.fuse is not None:
+            continue  # the CUDA templates do not fuse yet
         strides = layout_strides(ref.shape, ref.layout)
         out = like_strides(ref.shape, strides)
         b = bind(op.spec, ref.shape, dict(ref.sizes))
         for d in (Direction.FORWARD, Direction.BACKWARD):
             arrays = {"x": strides, "y": out} if d is Direction.FORWARD else {"x": strides, "dy": out, "dx": out}
+            arrays.update(plan_arrays(op.spec, d.value, strides, out))
             has = bool(op.spec.affine)
             p = make_plan(b, arrays, direction=d, dtype="float32", has_weight=has and bool(op.spec.affine.weight),
                           has_bias=has and bool(op.spec.affine.bias), target=target, threads=threads,
@@ -39,6 +43,9 @@ def decisions(target: str, threads: int = 2, device: str = "h100") -> list[str]:
             else:
                 run = f"grid {la.grid} x {la.block}"
             extra = f", params: {p.param_grads.value}" if p.param_grads.value != "none" else ""
+            if p.kernel.fusion is not None:
+                f = p.kernel.fusion
+                extra += f", h {f.h_from.value}" + (f", writes {', '.join(f.grads)}" if f.grads else "")
             rows.append(f"{ref.spec} {list(ref.shape)} {ref.layout} {d.value}: {p.kernel.strategy.value}, {how}, "
                         f"{run}{extra}")
     return rows
@@ -67,6 +74,14 @@ weight_standardization [512, 256, 3, 3] contiguous forward: rows, fused, 8 block
 weight_standardization [512, 256, 3, 3] contiguous backward: rows, fused, 8 blocks/2 threads
 standardize [100000, 64] contiguous forward: columns, phased x4, 4 blocks/2 threads, kb 16 r1w1
 standardize [100000, 64] contiguous backward: columns, phased x4, 4 blocks/2 threads, kb 16 r1w1
+add_rms_norm [8192, 4096] contiguous forward: rows, fused, 8 blocks/2 threads, h stored
+add_rms_norm [8192, 4096] contiguous backward: rows, fused, 8 blocks/2 threads, params: per block, h stored
+gated_rms_norm [8192, 1024] contiguous forward: rows, fused, 8 blocks/2 threads, h held
+gated_rms_norm [8192, 1024] contiguous backward: rows, fused, 8 blocks/2 threads, params: per block, h recompute, writes z
+group_norm_silu [8, 256, 64, 64] contiguous forward: rows, fused, 8 blocks/2 threads, h x
+group_norm_silu [8, 256, 64, 64] contiguous backward: rows, fused, 8 blocks/2 threads, params: per block, h x
+group_norm_silu [8, 256, 64, 64] channels_last forward: columns, fused, 8 blocks/2 threads, kb 4 r0w1, h x
+group_norm_silu [8, 256, 64, 64] channels_last backward: columns, fused, 8 blocks/2 threads, kb 4 r1w1, params: per block, h x
 """
 
 CUDA = """

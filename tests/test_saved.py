@@ -23,6 +23,11 @@ CASES = {
     "weight_norm": ((6, 3, 3, 3), {}, (6,), None),
     "weight_standardization": ((4, 3, 3, 3), {}, None, None),
     "standardize": ((5, 3), {}, None, None),
+    "add_rms_norm": (X4, {"normalized_shape": (5,)}, (5,), None),
+    "add_layer_norm": (X4, {"normalized_shape": (5,)}, (5,), None),
+    "gated_rms_norm": (X4, {"normalized_shape": (5,)}, (5,), None),
+    "gemma_rms_norm": (X4, {"normalized_shape": (5,)}, (5,), None),
+    "group_norm_silu": (X4, {"num_groups": 3}, (6,), None),
 }
 
 
@@ -45,6 +50,7 @@ def test_restored_forward_gives_the_same_gradients(name):
         kw.update((p, rand(pshape, i + 1)) for i, p in enumerate(op.spec.param_names))
     if op.spec.is_mixture:
         kw.update(mean_weight=np.array([0.1, 0.5, -0.2]), var_weight=np.array([0.3, -0.1, 0.2]))
+    kw.update((e, rand(shape, 10 + i)) for i, e in enumerate(op.spec.extras))  # a fused spec's extra inputs
     modes = [{}]
     if rshape is not None:  # evaluation: normalized with (and restored from) the running statistics
         modes.append({"training": False, "running_mean": rand(rshape, 3),
@@ -53,7 +59,13 @@ def test_restored_forward_gives_the_same_gradients(name):
         fwd = op.forward(x, **kw, **mode)
         want = op.backward(dy, fwd)
         got = op.backward(dy, restore(op, x, fwd.kstats, fwd.moments, **kw, **mode))
-        np.testing.assert_array_equal(got.dx, want.dx)
+        # a kept prologue h: the Forward's backward reads it, the restored one evaluates it again
+        # (the reassociating sums may round h - mean differently: the last bit)
+        same = np.testing.assert_array_equal if not (op.spec.fuse and op.spec.fuse.keep_prologue) else \
+            (lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15))
+        same(got.dx, want.dx)
         assert got.params.keys() == want.params.keys()
         for p in want.params:
-            np.testing.assert_array_equal(got.params[p], want.params[p])
+            same(got.params[p], want.params[p])
+        for e in op.spec.extras:
+            same(got[e], want[e])

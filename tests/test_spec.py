@@ -11,11 +11,12 @@ from normgen import SpecError, build_spec, load_spec, parse_spec
 from normgen.spec.library import bundled_names, bundled_paths
 from normgen.spec import Center, Scale
 
-BUNDLED = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm", "standardize",
-           "switchable_norm", "weight_norm", "weight_standardization"]
+BUNDLED = ["add_layer_norm", "add_rms_norm", "batch_norm", "gated_rms_norm", "gemma_rms_norm", "group_norm",
+           "group_norm_silu", "instance_norm", "layer_norm", "rms_norm", "standardize", "switchable_norm",
+           "weight_norm", "weight_standardization"]
 
 
-def test_every_row_of_the_design_table_is_bundled():
+def test_every_row_of_the_design_table_and_the_fused_specs_are_bundled():
     assert bundled_names() == BUNDLED
 
 
@@ -27,7 +28,7 @@ def test_bundled_specs_load(path):
 
 
 def test_group_norm_semantics():
-    spec = load_spec(bundled_paths()[1])
+    spec = load_spec(next(p for p in bundled_paths() if p.stem == "group_norm"))
     assert spec.name == "group_norm"
     assert spec.kept_axes == ("N", "G")
     assert spec.reduced_axes == ("c", "spatial")
@@ -109,7 +110,7 @@ PINNED = {
         '''my_norm.toml:3:1: key 'colour': unknown key 'colour' in a spec
             colour = "red"
             ^^^^^^
-          allowed: name, doc, input, kept, center, scale, eps, sizes, affine, running'''),
+          allowed: name, doc, input, kept, center, scale, eps, sizes, affine, running, fuse'''),
     "affine axis not an input axis": (
         '''
         input = "N C *spatial"
@@ -238,7 +239,7 @@ PINNED = {
         '''my_norm.toml:5:1: key 'affine.colour': unknown key 'colour' in table [affine]
             colour = "red"
             ^^^^^^
-          allowed: axes, weight, bias'''),
+          allowed: axes, weight, bias, weight_offset'''),
     "reserved argument name": (
         '''
         input = "N (G c)"
@@ -248,7 +249,7 @@ PINNED = {
         '''my_norm.toml:3:16: key 'sizes.G': argument name 'eps' is taken by the op
             sizes = { G = "eps" }
                            ^^^
-          allowed: any name except bias, eps, input, mean_weight, momentum, num_batches_tracked, out, running_mean, running_var, training, var_weight, weight, x'''),
+          allowed: any name except bias, comm, dprologue, eps, input, mean_weight, momentum, num_batches_tracked, out, process_group, running_mean, running_var, save, target, training, var_weight, weight, x, y'''),
 }
 
 

@@ -17,6 +17,7 @@ from normgen.spec import build_spec, bundled_names
 torch = pytest.importorskip("torch")
 nt = pytest.importorskip("normgen.torch")
 from normgen.torch import library
+from normgen.torch.fake import extra_inputs, extra_outputs
 from normgen.torch.registry import op_of, sizes_key, spec_key
 from normgen.torch.running import update_running
 
@@ -42,6 +43,12 @@ CASES = {
     "weight_norm": ((6, 3, 3, 3), {}, (6,), None),
     "weight_standardization": ((4, 3, 3, 3), {}, None, None),
     "standardize": ((5, 3), {}, None, None),
+    # fused specs: extra inputs in, a kept prologue out, and their gradients
+    "add_rms_norm": (X4, {"normalized_shape": (5,)}, (5,), None),
+    "add_layer_norm": (X4, {"normalized_shape": (5,)}, (5,), None),
+    "gated_rms_norm": (X4, {"normalized_shape": (5,)}, (5,), None),
+    "gemma_rms_norm": (X4, {"normalized_shape": (5,)}, (5,), None),
+    "group_norm_silu": (X4, {"num_groups": 3}, (6,), None),
 }
 
 
@@ -71,7 +78,8 @@ def forward_args(key: str, x, sizes, param_shape, running_shape, training: bool,
     mw = vw = None
     if spec.is_mixture:
         mw, vw = rand((3,), 5, grad=grad), rand((3,), 6, grad=grad)
-    return (x, w, b, [], rm, rv, mw, vw, key, sizes_key(sizes), None, training, "")
+    extras = [rand(tuple(x.shape), 10 + i, grad=grad) for i, _ in enumerate(extra_inputs(spec))]
+    return (x, w, b, extras, rm, rv, mw, vw, key, sizes_key(sizes), None, training, "")
 
 
 def opcheck(op, args) -> None:
@@ -92,10 +100,12 @@ def test_opcheck_bundled(name, training):
     args = forward_args(name, x, sizes, pshape, rshape, training)
     opcheck(library.forward, args)
     _, stats, moments, extra = library.forward(*args)
-    assert extra == []
+    assert len(extra) == len(extra_outputs(op_of(name).spec))
     dy = rand(shape, 7)
-    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
-    opcheck(library.backward_op, (dy, [], *detached[:8], stats, moments, *detached[8:]))
+    dextra = [rand(shape, 8) for _ in extra]
+    detached = [[e.detach() for e in a] if isinstance(a, list) else a.detach() if isinstance(a, torch.Tensor) else a
+                for a in args]
+    opcheck(library.backward_op, (dy, dextra, *detached[:8], stats, moments, *detached[8:]))
     if training and rshape is not None:
         rm, rv = rand(rshape, 3), rand(rshape, 4).abs() + 0.5
         opcheck(library.update_running, (moments, rm, rv, None, list(shape), name, sizes_key(sizes), 0.1))

@@ -141,8 +141,12 @@ def _copy_runner(src: np.ndarray, nbytes: int) -> Callable[[], None]:
     if _COPY_KERNEL is None:
         @njit(nogil=True, cache=True)
         def copy_range(a, b, lo, hi):
-            for i in range(lo, hi):
-                b[i] = a[i]
+            # views indexed from 0: Numba then knows the index is not negative and drops the
+            # wraparound check that keeps `for i in range(lo, hi): b[i] = a[i]` from
+            # vectorizing (that loop ran at a fifth of memcpy's speed)
+            av, bv = a[lo:hi], b[lo:hi]
+            for i in range(av.shape[0]):
+                bv[i] = av[i]
 
         _COPY_KERNEL = copy_range
     n = nbytes // 2 // src.itemsize

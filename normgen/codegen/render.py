@@ -23,13 +23,14 @@ import jinja2
 
 from .. import __version__
 from ..paths import templates_dir
-from ..plan.geometry import STRIDE_PREFIX, geometry_fields
+from ..plan.geometry import STRIDE_PREFIX, geometry_fields, stride_prefix
 from ..plan.launch_cuda import ITEMSIZE, launch_bounds, stream_batch
 from ..plan.model import Kernel, Reduction, Strategy
 from ..plan.traffic import shared_doubles
 from ..spec import Center, Scale
 from . import PRELUDE_DIR
 from .abi import ENTRY_DOC, arguments, signature
+from .fusion import fused_context
 
 #: CUDA storage type, compute type, load and store of each dtype, and the 16-byte vector type
 CUDA_TYPES = {
@@ -44,9 +45,10 @@ VECTOR_LANES = {"float4": "xyzw", "double2": "xy", "uint4": "xyzw", "uint2": "xy
 HALF_BITS = {"float16": ("__half_as_ushort", "__ushort_as_half"),
              "bfloat16": ("__bfloat16_as_ushort", "__ushort_as_bfloat16")}
 #: what generated CPU modules may import, and from where
-_CPU_IMPORTS = {"np": "import numpy as np", "float64": "from numba import float64", "dt": "from numba import {dtype} as dt"}
-_CPU_PRELUDE = ("add_chunk", "affine_row", "chan", "col_add", "col_add4", "col_dev", "col_dev2", "col_grad", "col_grad2",
-                "dev_sums", "grad_row", "sum_f64")
+_CPU_IMPORTS = {"math": "import math", "np": "import numpy as np", "float64": "from numba import float64",
+                "dt": "from numba import {dtype} as dt"}
+_CPU_PRELUDE = ("add_chunk", "add_squares", "affine_row", "chan", "col_add", "col_add4", "col_dev", "col_dev2",
+                "col_grad", "col_grad2", "dev_sums", "exp_f32", "exp_f64", "grad_row", "sum_f64")
 _FINALIZE_DOC = {Scale.STD: "rstd = 1 / sqrt(M2 / n + eps)", Scale.RMS: "rstd = 1 / sqrt(sum(x^2) / n + eps)",
                  Scale.L2: "rstd = 1 / sqrt(sum(x_c^2) + eps)", Scale.NONE: "rstd = 1"}
 _KEY = "@key"
@@ -80,8 +82,10 @@ def environment() -> jinja2.Environment:
 
 
 def template_name(kernel: Kernel) -> str:
+    """One template per target and strategy; a fused plan's loops have templates of their own."""
     ext = "cu" if kernel.target == "cuda" else "py"
-    return f"{kernel.target}/{kernel.strategy.value}.{ext}.j2"
+    fused = "_fused" if kernel.fusion is not None else ""
+    return f"{kernel.target}/{kernel.strategy.value}{fused}.{ext}.j2"
 
 
 def context(k: Kernel) -> dict[str, Any]:
@@ -96,7 +100,7 @@ def context(k: Kernel) -> dict[str, Any]:
     rows = [dims[i] for i in k.rows]
     inner = dims[k.inner]
     tail = dims[k.tail] if k.tail is not None else None
-    names = ("x", "y", "dy", "dx", "stat", "param")
+    names = tuple(dict.fromkeys(("x", "y", "dy", "dx") + k.arrays + ("stat", "param")))
 
     def classes(dim: int | None) -> dict[str, str]:
         return {a: (k.stride_class(a, dim) if (a in k.arrays or a in ("stat", "param")) else "0") for a in names}
@@ -112,12 +116,14 @@ def context(k: Kernel) -> dict[str, Any]:
         "dims": dims, "groups": groups, "rows": rows, "inner": inner, "col": inner, "tail": tail,
         "groups_label": label(groups), "rows_label": label(rows), "reduced_label": label(reduced),
         "cls": cls, "tcls": classes(k.tail),
-        "pre": {"x": "xs", "y": "ys", "dy": "dys", "dx": "dxs", "s": STRIDE_PREFIX["stat"], "p": STRIDE_PREFIX["param"]},
+        "pre": {**{a: stride_prefix(a) for a in ("x", "y", "dy", "dx") + k.arrays},
+                "s": STRIDE_PREFIX["stat"], "p": STRIDE_PREFIX["param"]},
         "has_weight": k.has_weight, "has_bias": k.has_bias, "affine": k.affine,
         "affine_inner": cls["param"] != "0",
         "centered": k.center is Center.MEAN, "split": k.dtype == "float32" and k.center is Center.MEAN,
         "per_count": k.scale in (Scale.STD, Scale.RMS), "reduce_by": k.reduction.value,
         "sig": {entry: _wrap(signature(k, entry), k.target) for entry in ENTRY_DOC},
+        "fx": fused_context(k),
     }
     if k.target == "cuda":
         ctype, compute, load, store, vtype = CUDA_TYPES[k.dtype]
@@ -220,7 +226,7 @@ def _function_body(lines: list[str], start: int, cuda: bool) -> str:
 def _imports(text: str, dtype: str) -> str:
     """The import block of a CPU module: exactly what it uses."""
     used = set(re.findall(r"\b\w+\b", text))
-    lines = [_CPU_IMPORTS["np"]] if "np" in used else []
+    lines = [_CPU_IMPORTS[n] for n in ("math", "np") if n in used]
     lines.append("from numba import " + ", ".join(n for n in ("float64", "njit") if n in used))
     if "dt" in used:
         lines.append(_CPU_IMPORTS["dt"].format(dtype=dtype))

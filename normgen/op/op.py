@@ -13,6 +13,7 @@ only after every kernel succeeded, so a failing call leaves them as they were.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -25,9 +26,10 @@ from ..plan.bind import Binding, bind
 from ..plan.model import Direction, Options, Plan
 from ..spec import Center, Spec, find_spec, load_spec
 from . import stats as st
-from .args import CALL_ARGS, Call, backend_of, check_array, check_forward, check_out
+from .args import CALL_ARGS, Call, backend_of, check_array, check_forward, check_out, with_outputs
 from .distributed import merge_moments, sum_ranks
 from .fast import recipe_for, remember
+from .fused import backward_arrays, check_weight_nonzero, forward_arrays, strides_of
 from .mixture import mix_backward, mix_forward
 from .planning import plan_for
 from .results import Forward, Grads, param_grads
@@ -105,14 +107,17 @@ class Op:
     def _forward(self, x, params: tuple, kwargs: dict[str, Any]) -> Forward:
         """The general path: every argument checked, then plan, statistics, running update."""
         call_args = {k: kwargs.pop(k) for k in CALL_ARGS if k in kwargs}
-        call = check_forward(self.spec, self._bind, x, params, kwargs, **call_args)
+        call = with_outputs(self.spec, check_forward(self.spec, self._bind, x, params, kwargs, **call_args))
         self._check_counts(call)
         if call.binding.n_groups == 0 or (call.x.size == 0 and call.group is None):
             return self._empty_forward(call)
-        plan = self._plan(call, Direction.FORWARD) if call.x.size else None
-        kstats, moments, norm, mix, count = self._statistics(call, plan)
+        fx = forward_arrays(call)  # a fused spec's other arrays (op/fused.py)
+        plan = self._plan(call, Direction.FORWARD, fx) if call.x.size else None
+        kstats, moments, norm, mix, count = self._statistics(call, plan, fx)
         if call.running is not None and call.running.factor is not None:
             commit(self._new_running(call, moments, norm, mix, count), call.running, call.backend)
+        if call.save == "y":  # the backward reads y: the Forward does not keep x alive
+            call = dataclasses.replace(call, x=None)
         return Forward(y=call.y, kstats=kstats, call=call, centered=self.spec.center is Center.MEAN, mix=mix,
                        count=count if call.group is not None else None, moments=moments)
 
@@ -124,23 +129,24 @@ class Op:
             raise CallError(f"{self.name}: expected more than 1 value per statistic when training "
                             f"(input {tuple(call.x.shape)} has 1); running variance needs n - 1 > 0")
 
-    def _statistics(self, call: Call, plan: Plan | None):
+    def _statistics(self, call: Call, plan: Plan | None, fx: dict[str, Any]):
         """Statistics, and y normalized with them: (kstats, moments, Normalizer, Mix, count)."""
         spec, be = self.spec, call.backend
         n = call.binding.group_size
+        kw = {"fx": fx} if fx else {}  # only fused calls pass their other arrays
         if call.eval_mode and not spec.is_mixture:  # the running statistics
             norm = running_normalizer(call.binding, be.to_host(call.running.mean), be.to_host(call.running.var),
                                       call.eps)
             kstats = be.from_host(st.kstats(norm, call.stat_dtype))
-            be.apply(plan, call.x, call.y, call.weight, call.bias, kstats)
+            be.apply(plan, call.x, call.y, call.weight, call.bias, kstats, **kw)
             return kstats, None, norm, None, n
         if call.group is None and not spec.is_mixture:  # this batch: fused, or parts merged
             moments, kstats = be.train_forward(plan, call.x, call.y, call.weight, call.bias, call.eps,
-                                               lambda m: self._kstats(call, m))
+                                               lambda m: self._kstats(call, m), **kw)
             st.check_norms(self.spec, kstats, call)
             return kstats, moments, None, None, n
         # moments first (merged over the ranks), then the statistics they give, then normalize
-        moments = be.moments(plan, call.x) if plan is not None else np.zeros((call.binding.n_groups, 3))
+        moments = be.moments(plan, call.x, **kw) if plan is not None else np.zeros((call.binding.n_groups, 3))
         count = n
         if call.group is not None:
             shift = broadcast_running(call.binding, be.to_host(call.running.mean)) if call.running else None
@@ -157,7 +163,7 @@ class Op:
         st.check_norms(self.spec, kstats, call)
         kstats = be.from_host(kstats)
         if plan is not None:
-            be.apply(plan, call.x, call.y, call.weight, call.bias, kstats)
+            be.apply(plan, call.x, call.y, call.weight, call.bias, kstats, **kw)
         return kstats, moments, norm, mix, count
 
     def _kstats(self, call: Call, moments: np.ndarray) -> np.ndarray:
@@ -194,32 +200,42 @@ class Op:
         return Forward(y=call.y, kstats=kstats, call=call, centered=self.spec.center is Center.MEAN)
 
     # ---- backward ---------------------------------------------------------------------
-    def backward(self, dy, fwd: Forward, *, out=None) -> Grads:
-        """Gradients of sum(dy * y) for x and every parameter the forward call was given.
+    def backward(self, dy, fwd: Forward, *, dprologue=None, out=None, alias_grads: bool = True) -> Grads:
+        """Gradients of sum(dy * y) (+ sum(dprologue * h) for a kept prologue h) for x, every
+        parameter the forward call was given, and a fused spec's extra inputs (`grads[name]`).
 
         After a forward across ranks, the statistics' sums are added over the ranks too;
         parameter gradients are this rank's share (add them over the ranks when the
         parameters are replicated; they are exact when the parameters are sharded too).
+        After a forward with save="y", x is not read: x_hat is rebuilt from y. An extra input
+        whose gradient equals dx (x + residual) is given dx itself, unless `alias_grads=False`.
         """
         call = fwd.call
-        be, x = call.backend, call.x
+        be = call.backend
+        x = fwd.y if call.save == "y" else call.x  # the kernels walk y in x's place then
         check_array(self.name, dy, be, "dy")
         if tuple(dy.shape) != tuple(x.shape) or be.dtype(dy) != call.dtype:
             raise CallError(f"{self.name}: dy has shape {tuple(dy.shape)} and dtype {be.dtype(dy)}, expected "
                             f"{tuple(x.shape)} and {call.dtype} (those of x)")
         dy = dy if be.strides(dy) is not None else be.contiguous(dy)
-        dx = check_out(self.name, out, x, be, x, dy)
+        fx, extra_grads = backward_arrays(self.spec, fwd, dprologue, alias_grads)
+        dx = check_out(self.name, out, x, be, x, dy, *fx.values())
         grads: dict[str, Any] = {}
+        extras = {e: extra_grads.get(e, dx) for e in self.spec.extras}
         if x.size == 0 and call.group is None:
-            dx[...] = 0
-            return Grads(dx, param_grads(self.spec, call, None, None))
-        plan = self._plan(call, Direction.BACKWARD, dy=dy, dx=dx) if x.size else None
+            for a in (dx, *extra_grads.values()):
+                a[...] = 0
+            return Grads(dx, param_grads(self.spec, call, None, None), extras)
+        if call.save == "y" and x.size:
+            check_weight_nonzero(self.name, call)
+        plan = self._plan(call, Direction.BACKWARD, fx, dy=dy, dx=dx, x=x) if x.size else None
+        kw = {"fx": fx} if fx else {}
         if call.group is None and fwd.mix is None and not call.eval_mode:  # training on this batch
             dw, db = be.train_backward(plan, x, dy, dx, call.weight, fwd.kstats,
-                                       lambda a, b: self._coefficients(fwd, a, b, grads))
+                                       lambda a, b: self._coefficients(fwd, a, b, grads), **kw)
         else:
             if plan is not None:
-                a, b, dw, db = be.grad_sums(plan, x, dy, call.weight, fwd.kstats)
+                a, b, dw, db = be.grad_sums(plan, x, dy, call.weight, fwd.kstats, **kw)
             else:
                 a = b = np.zeros(call.binding.n_groups)
                 dw = db = None
@@ -228,9 +244,9 @@ class Op:
                 a, b = total[:, 0], total[:, 1]
             coef = self._coefficients(fwd, a, b, grads)
             if plan is not None:
-                be.grad_apply(plan, x, dy, dx, call.weight, fwd.kstats, coef)
+                be.grad_apply(plan, x, dy, dx, call.weight, fwd.kstats, coef, **kw)
         grads.update(param_grads(self.spec, call, dw, db))
-        return Grads(dx, grads)
+        return Grads(dx, grads, extras)
 
     def _coefficients(self, fwd: Forward, a: np.ndarray, b: np.ndarray, grads: dict[str, Any]) -> np.ndarray:
         """[groups, 3]: dx = c0·g + c1·(x − μ) + c2 per group (g = dy·weight)."""
@@ -255,13 +271,16 @@ class Op:
         """bind(), remembered per (shape, sizes)."""
         return self._bindings.get_or_make(_binding_key(shape, sizes), lambda: bind(self.spec, shape, sizes))
 
-    def _plan(self, call: Call, direction: Direction, **arrays) -> Plan:
-        """The backend's plan for a call, remembered per call structure (planning is pure)."""
+    def _plan(self, call: Call, direction: Direction, fx: dict[str, Any] | None = None, **arrays) -> Plan:
+        """The backend's plan for a call, remembered per call structure (planning is pure);
+        `fx`: a fused call's other arrays; `x=`: what the backward walks in x's place (y, for save="y")."""
         be = call.backend
         if direction is Direction.FORWARD:
             strides = {"x": be.strides(call.x), "y": be.strides(call.y)}
         else:
-            strides = {"x": be.strides(call.x), "dy": be.strides(arrays["dy"]), "dx": be.strides(arrays["dx"])}
+            x = arrays.get("x", call.x)
+            strides = {"x": be.strides(x), "dy": be.strides(arrays["dy"]), "dx": be.strides(arrays["dx"])}
+        strides.update(strides_of(be, fx or {}))
         has_w, has_b = call.weight is not None, call.bias is not None
         key = (be.plan_key(), _binding_key(call.binding.shape, call.sizes), tuple(strides.items()), direction,
                call.dtype, has_w, has_b)

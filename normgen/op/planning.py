@@ -12,6 +12,7 @@ from ..plan.bind import bind
 from ..plan.device import Device, profile
 from ..plan.model import Direction, Plan
 from ..runtime import select
+from .fused import plan_arrays
 
 
 def plan_for(op, x: np.ndarray | tuple[int, ...], *, direction: str = "forward", params: bool = True,
@@ -42,6 +43,7 @@ def plan_for(op, x: np.ndarray | tuple[int, ...], *, direction: str = "forward",
     out = like_strides(shape, strides)
     unit = tuple(0 if n == 1 else s for n, s in zip(shape, strides))
     arrays = ({"x": unit, "y": out} if direction == "forward" else {"x": unit, "dy": out, "dx": out})
+    arrays.update(plan_arrays(spec, direction, unit, out))  # a fused spec's other arrays
     if device is not None and target == "cuda":
         dev = profile(device) if isinstance(device, str) else device
         return backend.plan(binding, arrays, Direction(direction), dtype, has_w, has_b, op.options, device=dev)

@@ -47,6 +47,16 @@ class Forward:
         return self.call.x
 
     @property
+    def prologue(self):
+        """h, the value a fused spec normalized (its kept prologue, e.g. x + residual); None unless kept."""
+        return self.call.prologue
+
+    @property
+    def scale(self):
+        """A quantized output's scale per kept index (kept order): y ≈ fwd.y * fwd.scale; None otherwise."""
+        return self.call.qscale
+
+    @property
     def mean(self):
         """The mean per kept index (kept order); None without centering."""
         return self.kstats[:, 0].reshape(self.binding.stats_shape) if self.centered else None
@@ -74,13 +84,17 @@ class Forward:
 
 @dataclass(frozen=True)
 class Grads:
-    """Gradients of a backward call: dx and one entry per parameter that was passed."""
+    """Gradients of a backward call: dx, one entry per parameter that was passed, and one per
+    extra input of a fused spec (by its name)."""
 
     dx: Any
     params: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Any:
-        return self.dx if name in ("x", "dx") else self.params[name]
+        if name in ("x", "dx"):
+            return self.dx
+        return self.extras[name] if name in self.extras else self.params[name]
 
 
 def param_grads(spec, call: Call, dw, db) -> dict[str, Any]:

@@ -44,8 +44,10 @@ def sizes_strides(dims: tuple[PDim, ...]) -> dict:
             "strides": tuple((a, tuple(d.s(a) for d in dims)) for a in arrays)}
 
 
-def cpu_launch(dims: tuple[PDim, ...], lay: Layout, direction: Direction, threads: int, options: Options) -> Launch:
-    """(parts, blocks, chunk sizes, row blocking) for the Numba kernels on `threads` threads."""
+def cpu_launch(dims: tuple[PDim, ...], lay: Layout, direction: Direction, threads: int, options: Options,
+               whole_groups: bool = False) -> Launch:
+    """(parts, blocks, chunk sizes, row blocking) for the Numba kernels on `threads` threads;
+    `whole_groups`: one unit per group (a quantized output needs the group's absmax before writing)."""
     parts = options.parts
     n_groups = math.prod(dims[i].size for i in lay.groups)
     n_rows = math.prod(dims[i].size for i in lay.rows)
@@ -70,9 +72,11 @@ def cpu_launch(dims: tuple[PDim, ...], lay: Layout, direction: Direction, thread
         def back_to_back(arrays: tuple[str, ...]) -> bool:
             return whole and all(dims[lay.rows[0]].s(a) == tile for a in arrays)
 
+        # a fused spec's passes touch every x-like array (extras, h, gradients)
+        fused_arrays = tuple(a for a, _ in dims[0].strides if a not in ("stat", "param") + _WRITES[direction])
         read_ok = direction is Direction.BACKWARD or tile <= COL_READ_MAX_TILE
-        kb_read = read_ok and back_to_back(_READS[direction])
-        kb_write = back_to_back(_WRITES[direction])
+        kb_read = read_ok and back_to_back(_READS[direction] + fused_arrays)
+        kb_write = back_to_back(_WRITES[direction] + fused_arrays)
     want = 2 * threads
     if parts is not None:
         n_parts = max(1, min(units_per_group, parts))
@@ -80,6 +84,8 @@ def cpu_launch(dims: tuple[PDim, ...], lay: Layout, direction: Direction, thread
         n_parts = 1
     else:
         n_parts = max(1, min(units_per_group, -(-want // n_groups)))
+    if whole_groups:
+        n_parts = 1
     n_blocks = max(1, min(n_groups * n_parts, 4 * threads))
     return Launch(**sizes_strides(dims), n_parts=n_parts, fused=n_parts == 1, n_blocks=n_blocks,
                   threads=1 if total < PARALLEL_MIN else min(threads, n_blocks), seg=seg, row_chunk=row_chunk,

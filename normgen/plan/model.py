@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass, field
 
 from ..spec import Center, Scale
+from ..spec.expr import Expr
 from .bind import Binding
 from .device import Device
 
@@ -45,8 +46,51 @@ class ParamGrads(enum.Enum):
     REDUCTION = "second reduction"  # cuda rows, parameters vary inside a group: `Plan.params`, its own plan
 
 
-#: the x-like arrays (shaped like x) each direction touches, besides statistics and parameters
+#: the x-like arrays (shaped like x) each direction touches, besides statistics and parameters; a
+#: fused spec adds its extra inputs "e_<name>", the prologue "h" (forward: written when kept;
+#: backward: read), the prologue's incoming gradient "dh" and the extras' gradients "d_<name>"
 ARRAYS = {Direction.FORWARD: ("x", "y"), Direction.BACKWARD: ("x", "dy", "dx")}
+
+
+def extra_array(name: str) -> str:
+    """The array name of a fused spec's extra input in plans and generated code."""
+    return f"e_{name}"
+
+
+def extra_grad(name: str) -> str:
+    """The array name of an extra input's gradient."""
+    return f"d_{name}"
+
+
+class HSource(enum.Enum):
+    """Where a pass finds h, the value that is normalized (x itself without a prologue)."""
+
+    X = "x"  # no prologue: h is x
+    RECOMPUTE = "recompute"  # evaluate the prologue again from x and the extra inputs
+    STORED = "stored"  # read the h array (a kept prologue, written by the forward)
+    HELD = "held"  # forward, rows, one unit per group: the moments pass held the group's h in scratch
+    FROM_Y = "from y"  # backward of save="y": x_hat = (y - bias) / weight, no x at all
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """What a fused spec adds to a kernel, and where the plan takes h from (plan/fusion.py decides)."""
+
+    prologue: Expr | None
+    epilogue: Expr | None
+    pro_inputs: tuple[str, ...]  # extra inputs the prologue reads
+    epi_inputs: tuple[str, ...]  # extra inputs the epilogue reads
+    keep: bool  # forward: h is written
+    h_from: HSource  # forward: the normalizing pass; backward: every pass
+    quantize: str | None = None  # forward: the output is quantized per group
+    dh: bool = False  # backward: a gradient for h is added before the prologue's chain rule
+    grads: tuple[str, ...] = ()  # backward: extras whose gradients are written (the others equal dx)
+    reads_x: bool = True  # backward: the kernels read x (for h or for the prologue's derivatives)
+    reads_pro: bool = True  # backward: ... and the prologue's extra inputs
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.pro_inputs + self.epi_inputs))
 
 
 @dataclass(frozen=True)
@@ -101,16 +145,14 @@ class Kernel:
     copies: int = 1  # rows: units per group of the fused kernels (Launch.n_copies)
     span: int = 1  # columns: columns among a thread's `vec` elements of a row (1: they are in one column)
     wide: bool = False  # a group has 2**31 elements or more: 64-bit indices inside groups
+    arrays: tuple[str, ...] = ()  # the x-like arrays of the call (ARRAYS[direction] unless fused)
+    fusion: Fusion | None = None
 
     def stride_class(self, array: str, dim: int | None) -> str:
         """'1' contiguous, '0' constant, 's' strided: how `array` moves along `dim`."""
         if dim is None:
             return "0"
         return dict(self.unit_stride)[f"{array}@{self.dims[dim].name}"]
-
-    @property
-    def arrays(self) -> tuple[str, ...]:
-        return ARRAYS[self.direction]
 
     @property
     def affine(self) -> bool:

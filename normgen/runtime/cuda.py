@@ -21,6 +21,7 @@ import numpy as np
 
 from ..codegen.abi import order
 from ..codegen.render import render
+from ..errors import CallError
 from ..plan.device import Device, from_cupy
 from ..plan.geometry import geometry_values
 from ..plan.model import Direction, Options, ParamGrads, Plan, Reduction, Strategy
@@ -141,6 +142,9 @@ class CudaBackend:
     def plan(self, binding, arrays, direction: Direction, dtype: str, has_weight: bool, has_bias: bool,
              options: Options, device: Device | None = None) -> Plan:
         """The plan for this backend's device, or for `device` (a profile: to print, not to run)."""
+        if binding.spec.fuse is not None or (direction is Direction.BACKWARD and "y" in arrays):
+            raise CallError(f"{binding.spec.name}: fused specs (prologue, epilogue, quantize) and save='y' run on "
+                            "the CPU backend; the CUDA templates for them are not built yet")
         return make_plan(binding, arrays, direction=direction, dtype=dtype, has_weight=has_weight,
                          has_bias=has_bias, target="cuda", device=device or self.device.profile, options=options)
 

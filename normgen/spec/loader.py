@@ -14,6 +14,13 @@
     axes   = "(G c)"                # weight and bias span C = G·c
     weight = true
     bias   = true
+    weight_offset = 0.0             # the effective weight is weight + weight_offset
+
+    [fuse]                          # elementwise neighbours, fused into the kernels (expr.py)
+    prologue = "x + residual"       # what is normalized: an expression of x and extra inputs
+    keep_prologue = true            # return it too
+    epilogue = "silu(y)"            # what is written: an expression of y and extra inputs
+    quantize = "int8"               # out as int8 with a scale per kept index (forward only)
 
 `load_spec(path)` and `parse_spec(text)` read a file; `build_spec(...)` builds the same
 thing from Python. The loader checks what is about the file: its keys, the TOML types of
@@ -32,12 +39,14 @@ from typing import Any
 
 from ..errors import Location, SpecError
 from .axes import AxisExpr, AxisSyntaxError, parse_axes
-from .model import Affine, Center, Running, Scale, Spec, SpecRuleError
+from .expr import Expr, ExprSyntaxError, parse_expr
+from .model import Affine, Center, Fuse, Running, Scale, Spec, SpecRuleError
 from .tomlpos import TomlPositions
 
 MAX_SPEC_CHARS = 1_000_000
-TOP_KEYS = ("name", "doc", "input", "kept", "center", "scale", "eps", "sizes", "affine", "running")
-TABLE_KEYS = {"affine": ("axes", "weight", "bias"), "running": ("axes", "momentum")}
+TOP_KEYS = ("name", "doc", "input", "kept", "center", "scale", "eps", "sizes", "affine", "running", "fuse")
+TABLE_KEYS = {"affine": ("axes", "weight", "bias", "weight_offset"), "running": ("axes", "momentum"),
+              "fuse": ("prologue", "keep_prologue", "epilogue", "quantize")}
 
 
 # ---- loading --------------------------------------------------------------------------
@@ -85,7 +94,7 @@ def parse_spec(text: str, file: str = "<string>", *, default_name: str | None = 
 def build_spec(name: str, input: str, kept: str | list[str] | tuple[str, ...], *, center: str = "mean",
                scale: str = "std", eps: float | str | None = None, sizes: dict[str, int | str] | None = None,
                affine: dict[str, Any] | None = None, running: dict[str, Any] | None = None,
-               doc: str = "") -> Spec:
+               fuse: dict[str, Any] | None = None, doc: str = "") -> Spec:
     """Build a Spec in Python, with the same rules (and messages) as a spec file.
 
     >>> build_spec("my_norm", "N C *spatial", kept="N", affine={"axes": "C"}).reduced_axes
@@ -97,7 +106,7 @@ def build_spec(name: str, input: str, kept: str | list[str] | tuple[str, ...], *
         data["eps"] = eps
     if doc:
         data["doc"] = doc
-    for key, value in (("sizes", sizes), ("affine", affine), ("running", running)):
+    for key, value in (("sizes", sizes), ("affine", affine), ("running", running), ("fuse", fuse)):
         if value is not None:
             data[key] = dict(value) if isinstance(value, Mapping) else value  # else: "expected a table"
     return _Checker("<python>", None, None).spec(data, None)
@@ -230,6 +239,7 @@ class _Checker:
                         sizes=self.sizes(data.get("sizes", {})),
                         affine=self.affine(inp, data["affine"]) if "affine" in data else None,
                         running=self.running(data["running"]) if "running" in data else None,
+                        fuse=self.fuse(data["fuse"]) if "fuse" in data else None,
                         doc=doc, source=self.file, text=self.text or "")
         except SpecRuleError as e:
             raise self.located(e) from None
@@ -285,7 +295,31 @@ class _Checker:
             else:
                 raise self.fail(f"affine.{role}", f"expected true, false or a parameter name, got {value!r}",
                                 "true (named '" + role + "'), false (no " + role + "), or a name such as 'g'")
-        return Affine(expr, names["weight"], names["bias"])
+        offset = table.get("weight_offset", 0.0)
+        if not _real(offset):
+            raise self.fail("affine.weight_offset", f"expected a number, got {_tname(offset)}",
+                            "e.g. 1.0 (Gemma: the effective weight is weight + 1)")
+        return Affine(expr, names["weight"], names["bias"], float(offset) if math.isfinite(offset) else offset)
+
+    def fuse(self, table: dict[str, Any]) -> Fuse:
+        exprs = {key: self.expression(f"fuse.{key}", table[key]) for key in ("prologue", "epilogue") if key in table}
+        keep = table.get("keep_prologue", False)
+        if not isinstance(keep, bool):
+            raise self.fail("fuse.keep_prologue", f"expected true or false, got {_tname(keep)}",
+                            "true (return the prologue's value too) or false")
+        quantize = table.get("quantize")
+        if quantize is not None and not isinstance(quantize, str):
+            raise self.fail("fuse.quantize", f"expected a string, got {_tname(quantize)}", '"int8" or "float8_e4m3"')
+        return Fuse(exprs.get("prologue"), exprs.get("epilogue"), keep, quantize)
+
+    def expression(self, key: str, text: Any) -> Expr:
+        if not isinstance(text, str):
+            raise self.fail(key, f"expected an expression in a string, got {_tname(text)}",
+                            '"x + residual" (prologue) or "silu(y)" (epilogue)')
+        try:
+            return parse_expr(text)
+        except ExprSyntaxError as e:
+            raise self.fail(key, e.message, e.allowed, offset=e.offset, width=e.width) from None
 
     def running(self, table: dict[str, Any]) -> Running:
         if "axes" not in table:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Location, SpecError
 from .axes import AxisExpr
+from .expr import FUNCTIONS, Expr
 
 
 class Center(enum.Enum):
@@ -30,11 +31,14 @@ class Scale(enum.Enum):
     NONE = "none"  # no division; needs center = mean
 
 
-#: Call arguments every op already has; a call-time size cannot take one of these names.
+#: Call arguments every op already has; a call-time size or an extra input cannot take one of these names.
 RESERVED_ARGS = frozenset(
-    {"x", "input", "out", "eps", "momentum", "training", "running_mean", "running_var",
-     "num_batches_tracked", "mean_weight", "var_weight", "weight", "bias"}
+    {"x", "y", "input", "out", "eps", "momentum", "training", "running_mean", "running_var",
+     "num_batches_tracked", "mean_weight", "var_weight", "weight", "bias", "target", "process_group", "comm",
+     "save", "dprologue"}
 )
+#: what `[fuse] quantize` may ask for (float8_e4m3 on CUDA only)
+QUANTIZE = ("int8", "float8_e4m3")
 
 
 class SpecRuleError(SpecError):
@@ -57,6 +61,7 @@ class Affine:
     axes: AxisExpr  # one parameter dimension per item; "(G c)" is one dimension of size G*c
     weight: str | None  # parameter name, or None when there is no multiplicative parameter
     bias: str | None  # parameter name, or None
+    weight_offset: float = 0.0  # the effective weight is weight + weight_offset (Gemma: 1)
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -65,6 +70,35 @@ class Affine:
     @property
     def params(self) -> tuple[str, ...]:
         return tuple(p for p in (self.weight, self.bias) if p)
+
+
+@dataclass(frozen=True)
+class Fuse:
+    """Elementwise neighbours fused into the kernels (DESIGN.md, "Fusion: prologue and epilogue").
+
+    h = prologue(x, extras) is what is normalized (x when absent); out = epilogue(y, extras)
+    is what is written (y when absent). Extra inputs are arrays shaped like x, named by the
+    identifiers of the expressions other than x and y.
+    """
+
+    prologue: Expr | None = None
+    epilogue: Expr | None = None
+    keep_prologue: bool = False  # also return h (the new residual stream)
+    quantize: str | None = None  # "int8" | "float8_e4m3": out quantized per kept index (forward only)
+
+    @property
+    def prologue_inputs(self) -> tuple[str, ...]:
+        """The extra inputs the prologue reads (not x), in order of first use."""
+        return tuple(n for n in self.prologue.names() if n != "x") if self.prologue else ()
+
+    @property
+    def epilogue_inputs(self) -> tuple[str, ...]:
+        return tuple(n for n in self.epilogue.names() if n != "y") if self.epilogue else ()
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """Every extra input, prologue's first, each once."""
+        return tuple(dict.fromkeys(self.prologue_inputs + self.epilogue_inputs))
 
 
 @dataclass(frozen=True)
@@ -88,6 +122,7 @@ class Spec:
     sizes: tuple[tuple[str, int | str], ...] = ()  # axis -> constant or call argument name
     affine: Affine | None = None
     running: Running | None = None
+    fuse: Fuse | None = None
     doc: str = ""
     source: str = "<python>"
     text: str = field(default="", compare=False, repr=False)  # the spec file, for `show`
@@ -130,6 +165,15 @@ class Spec:
     def param_names(self) -> tuple[str, ...]:
         return self.affine.params if self.affine else ()
 
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """Extra inputs of a fused spec (arrays shaped like x), by name."""
+        return self.fuse.extras if self.fuse else ()
+
+    @property
+    def weight_offset(self) -> float:
+        return self.affine.weight_offset if self.affine else 0.0
+
     def axes_str(self, names: tuple[str, ...]) -> str:
         """Axis names as written in the notation: variadic groups with their '*'."""
         return " ".join(("*" + n if n in self.variadic_names else n) for n in names)
@@ -140,9 +184,12 @@ class Spec:
                  f"center {self.center.value}, scale {self.scale.value}, eps {self.eps}"]
         if self.affine:
             names = ", ".join(self.affine.params) or "none"
-            parts.append(f"affine {names} over '{self.affine.axes}'")
+            offset = f" (weight + {self.affine.weight_offset:g})" if self.affine.weight_offset else ""
+            parts.append(f"affine {names}{offset} over '{self.affine.axes}'")
         if self.running:
             parts.append(f"running stats over '{self.axes_str(self.running.axes)}', momentum {self.running.momentum}")
+        if self.fuse:
+            parts.append(describe_fuse(self.fuse))
         if self.sizes:
             parts.append("sizes " + ", ".join(f"{k}={v}" for k, v in self.sizes))
         return "; ".join(parts)
@@ -175,6 +222,8 @@ def validate(spec: Spec) -> None:
         if isinstance(value, str) and value in params:
             raise SpecRuleError(f"sizes.{axis}", f"argument '{value}' is also a parameter name", "distinct names",
                                 whole=True)
+    if spec.fuse is not None:
+        _fuse(spec)
 
 
 def _center_scale(center: Center, scale: Scale) -> None:
@@ -295,6 +344,7 @@ def _affine(spec: Spec) -> None:
         raise SpecRuleError("affine", "[affine] with neither weight nor bias", "remove [affine], or enable one")
     if a.weight == a.bias:
         raise SpecRuleError("affine.bias", f"weight and bias are both named '{a.bias}'", "two distinct names")
+    _weight_offset(spec)
 
 
 def _running(spec: Spec) -> None:
@@ -314,3 +364,64 @@ def _running(spec: Spec) -> None:
     if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 1:
         raise SpecRuleError("running.momentum", f"momentum must be a number in [0, 1], got {m!r}",
                             "e.g. 0.1 (the call may pass momentum=None for a cumulative average)")
+
+
+def describe_fuse(f: Fuse) -> str:
+    parts = []
+    if f.prologue is not None:
+        parts.append(f"prologue h = {f.prologue}" + (" (returned)" if f.keep_prologue else ""))
+    if f.epilogue is not None:
+        parts.append(f"epilogue out = {f.epilogue}")
+    if f.quantize:
+        parts.append(f"quantized to {f.quantize} per kept index")
+    return ", ".join(parts)
+
+
+def _fuse(spec: Spec) -> None:
+    f = spec.fuse
+    if f.keep_prologue is True and f.prologue is None:
+        raise SpecRuleError("fuse.keep_prologue", "keep_prologue = true without a prologue",
+                            'a prologue such as prologue = "x + residual", or remove keep_prologue')
+    if f.prologue is None and f.epilogue is None and f.quantize is None:
+        raise SpecRuleError("fuse", "[fuse] with neither prologue, epilogue nor quantize",
+                            "remove [fuse], or give prologue = \"x + residual\", epilogue = \"silu(y)\" or "
+                            "quantize = \"int8\"")
+    for key, e, own, other in (("fuse.prologue", f.prologue, "x", "y"), ("fuse.epilogue", f.epilogue, "y", "x")):
+        if e is None:
+            continue
+        if not isinstance(e, Expr):
+            raise SpecRuleError(key, f"expected an expression, got {type(e).__name__}", 'e.g. "x + residual"')
+        if e.find(other) is not None:
+            what = "the prologue runs before normalization, so y does not exist yet" if own == "x" else \
+                "the epilogue sees y, the normalized output; x is the prologue's input"
+            raise SpecRuleError(key, f"'{other}' in the {key.split('.')[1]}: {what}",
+                                f"'{own}', extra inputs, numbers, + - * /, and " + ", ".join(FUNCTIONS),
+                                token=other)
+        if e.find(own) is None:
+            raise SpecRuleError(key, f"the {key.split('.')[1]} does not use '{own}'",
+                                f"an expression of '{own}' and extra inputs, e.g. "
+                                + ('"x + residual"' if own == "x" else '"silu(y)"'), whole=True)
+        taken = set(RESERVED_ARGS) | set(spec.param_names) | set(spec.size_args) | {own}
+        for name in e.names():
+            if name in taken and name != own:
+                raise SpecRuleError(key, f"'{name}' names an argument the op already has, not an extra input",
+                                    "any other identifier, e.g. residual, gate, z", token=name)
+            if keyword.iskeyword(name):
+                raise SpecRuleError(key, f"'{name}' is a Python keyword, so it cannot be passed as {name}=",
+                                    "any other identifier, e.g. residual, gate, z", token=name)
+    if f.keep_prologue is not True and f.keep_prologue is not False:
+        raise SpecRuleError("fuse.keep_prologue", f"expected true or false, got {f.keep_prologue!r}",
+                            "true (return h too) or false")
+    if f.quantize is not None and f.quantize not in QUANTIZE:
+        raise SpecRuleError("fuse.quantize", f"unknown quantization {f.quantize!r}",
+                            ", ".join(repr(q) for q in QUANTIZE) + " (float8_e4m3 on CUDA only)", whole=True)
+
+
+def _weight_offset(spec: Spec) -> None:
+    off = spec.affine.weight_offset
+    if isinstance(off, bool) or not isinstance(off, (int, float)) or not math.isfinite(off):
+        raise SpecRuleError("affine.weight_offset", f"weight_offset must be a finite number, got {off!r}",
+                            "e.g. 1.0 (Gemma: the effective weight is weight + 1)")
+    if off != 0 and spec.affine.weight is None:
+        raise SpecRuleError("affine.weight_offset", "weight_offset without a weight",
+                            "weight = true (or a name), or remove weight_offset")

@@ -88,8 +88,12 @@ if st is not None:
 
 
     axis_text = st.lists(st.sampled_from(TOKENS), max_size=8).map(" ".join) | st.text(max_size=40)
+    # expressions of fused specs: well formed, broken, and with names the op already uses
+    expr_text = st.lists(st.sampled_from(["x", "y", "r", "+", "-", "*", "/", "(", ")", "silu(", "gelu_tanh(", "2",
+                                          "1e999", "weight", "exp(", " ", "foo("]), max_size=8).map("".join)
     scalar = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                       st.sampled_from(["mean", "none", "std", "rms", "l2", "dtype", "num_groups", "x"]), axis_text)
+                       st.sampled_from(["mean", "none", "std", "rms", "l2", "dtype", "num_groups", "x", "int8",
+                                        "x + residual", "silu(y)"]), axis_text, expr_text)
 
 
     def toml_value(v) -> str:
@@ -111,9 +115,10 @@ if st is not None:
         lines = []
         tables = []
         for k in keys:
-            if k in ("sizes", "affine", "running") and draw(st.booleans()):
-                sub = draw(st.lists(st.sampled_from(["axes", "weight", "bias", "momentum", "G", "c", "normalized", "zz"]),
-                                    max_size=4))
+            if k in ("sizes", "affine", "running", "fuse") and draw(st.booleans()):
+                sub = draw(st.lists(st.sampled_from(["axes", "weight", "bias", "momentum", "G", "c", "normalized", "zz",
+                                                     "weight_offset", "prologue", "epilogue", "keep_prologue",
+                                                     "quantize"]), max_size=4))
                 body = [f"{s} = {toml_value(draw(scalar | st.lists(scalar, max_size=3)))}" for s in sub if s is not None]
                 tables.append(f"[{k}]\n" + "\n".join(body))
             else:

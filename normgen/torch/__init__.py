@@ -19,6 +19,7 @@
     modules.py           drop-in torch.nn modules (BatchNorm*, SyncBatchNorm, InstanceNorm*, LayerNorm,
                          GroupNorm, RMSNorm) that subclass their twins
     spec_modules.py      SpecNorm / LazySpecNorm / from_spec for any spec; SwitchableNorm*
+    fused_modules.py     AddRMSNorm, AddLayerNorm, GroupNormSiLU (specs that fuse their neighbours)
     parametrizations.py  weight_norm, weight_standardization
     convert.py           convert(model), convert_sync(model)
 
@@ -33,13 +34,15 @@ from .convert import convert, convert_sync
 from .decompose import decompositions, onnx_export
 from .function import normalize
 from .functional import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, switchable_norm
+from .fused_modules import AddLayerNorm, AddRMSNorm, GroupNormSiLU
 from .modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d,
                       InstanceNorm3d, LayerNorm, RMSNorm, SyncBatchNorm)
 from .parametrizations import weight_norm, weight_standardization
 from .spec_modules import LazySpecNorm, SpecNorm, SwitchableNorm1d, SwitchableNorm2d, SwitchableNorm3d, from_spec
 
 __all__ = [
-    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+    "AddLayerNorm", "AddRMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "GroupNormSiLU",
+    "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
     "LayerNorm", "LazySpecNorm", "RMSNorm", "SpecNorm", "SwitchableNorm1d", "SwitchableNorm2d", "SwitchableNorm3d",
     "SyncBatchNorm", "batch_norm", "convert", "convert_sync", "from_spec", "group_norm", "instance_norm",
     "layer_norm", "normalize", "rms_norm", "switchable_norm", "weight_norm", "weight_standardization",

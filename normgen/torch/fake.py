@@ -74,16 +74,15 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
 def extra_inputs(spec: Spec) -> tuple[str, ...]:
     """The names of a spec's inputs shaped like x besides x (a fused spec's `residual`, `z`),
     in the order of the ops' `extras` list: passed to `Op.forward` by name, their gradients
-    read from `Grads` by name. No spec has any yet; the fusion work fills this in from the
-    spec, and the schemas stay as they are."""
-    return ()
+    read from `Grads` by name."""
+    return spec.extras
 
 
 def extra_outputs(spec: Spec) -> tuple[str, ...]:
     """The names of the Forward attributes a spec returns besides y (a fused spec's kept
     `prologue`, h = x + residual), in the order of the forward op's extra outputs; each is
-    shaped and laid out like x. None yet (see extra_inputs)."""
-    return ()
+    shaped and laid out like x."""
+    return ("prologue",) if spec.fuse is not None and spec.fuse.keep_prologue else ()
 
 
 # ---- fake implementations ----------------------------------------------------------------------

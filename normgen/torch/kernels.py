@@ -61,7 +61,8 @@ def backward_impl(dy: Tensor, dextra_out: list[Tensor | None], x: Tensor, weight
                       else None, training=training, eps=eps, **kwargs, **sizes_of(sizes))
         # the fusion hook: the gradient of a kept prologue output joins dh (DESIGN.md, Fusion)
         more = {"dprologue": _array(dextra_out[0], "dprologue")} if dextra_out and dextra_out[0] is not None else {}
-        grads = op.backward(_array(dy, "grad_output"), fwd, out=_out(dx), **more)
+        # the ops' outputs may not alias each other: an extra whose gradient is dx gets its own array
+        grads = op.backward(_array(dy, "grad_output"), fwd, out=_out(dx), alias_grads=False, **more)
     a = op.spec.affine
     given = ((a.weight if a else None, weight), (a.bias if a else None, bias), ("mean_weight", mean_weight),
              ("var_weight", var_weight))

@@ -15,8 +15,9 @@ opaque: it neither traces into Numba nor guards on data.
 
 Fused specs (DESIGN.md, Fusion) fit the same schemas: `extras` carries the inputs shaped
 like x besides x (residual, z) in the spec's order, the forward returns its extra outputs
-(a kept prologue) in a list, and the backward takes their gradients and returns the
-extras'. Today no spec has extras and the lists are empty.
+(a kept prologue h) in a list, and the backward takes their gradients and returns the
+extras' (fake.py `extra_inputs`, `extra_outputs`). The backward recomputes h from x and the
+extras (it is not among the backward's inputs).
 """
 
 from __future__ import annotations

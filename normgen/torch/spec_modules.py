@@ -37,9 +37,11 @@ class SpecNorm(Unscriptable, nn.Module):
     def __init__(self, spec: str | Spec | Op, param_shape: tuple[int, ...] | None = None, *,
                  running_shape: tuple[int, ...] | None = None, sizes: Mapping[str, Any] | None = None,
                  eps: float | None = None, momentum: float | None = _SPEC_MOMENTUM, affine: bool = True,
-                 track_running_stats: bool = True, device: Any = None, dtype: torch.dtype | None = None) -> None:
+                 track_running_stats: bool = True, device: Any = None, dtype: torch.dtype | None = None,
+                 save: str = "x") -> None:
         super().__init__()
         self.op = load(spec)
+        self.save = save  # "y": the backward rebuilds x_hat from y, and x is not kept (see normalize)
         self._key = spec_key(self.op)  # what the custom ops name the spec by (registry.py)
         s = self.op.spec
         unknown = sorted(set(sizes or {}) - set(s.size_args))
@@ -94,13 +96,15 @@ class SpecNorm(Unscriptable, nn.Module):
         self.reset_running_stats()
         s = self.spec
         with torch.no_grad():
-            for name in s.param_names if self.affine else ():
-                getattr(self, name).fill_(1.0 if name == s.affine.weight else 0.0)
+            for name in s.param_names if self.affine else ():  # the identity: effective weight 1, bias 0
+                getattr(self, name).fill_(1.0 - s.weight_offset if name == s.affine.weight else 0.0)
             if s.is_mixture:
                 self.mean_weight.fill_(1.0)
                 self.var_weight.fill_(1.0)
 
-    def forward(self, input: Tensor) -> Tensor:
+    def forward(self, input: Tensor, **extras: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """y, or (y, h) for a spec that keeps its prologue; a fused spec's extra inputs by name
+        (`m(x, residual=r)`)."""
         momentum = _momentum_step(self) if self.track_running_stats else _SPEC_MOMENTUM
         s = self.spec
         params = {n: getattr(self, n) for n in s.param_names} if self.affine else {}
@@ -109,8 +113,9 @@ class SpecNorm(Unscriptable, nn.Module):
         use_batch = self.training or self.running_mean is None
         keep = not self.training or self.track_running_stats
         run = {"running_mean": self.running_mean, "running_var": self.running_var} if keep else {}
-        return normalize(self._key, input, params, training=use_batch, momentum=momentum, eps=self.eps,
-                         num_batches_tracked=self.num_batches_tracked, **run, **self.sizes)
+        return normalize(self._key, input, params, extras=extras, training=use_batch, momentum=momentum,
+                         eps=self.eps, num_batches_tracked=self.num_batches_tracked, save=self.save, **run,
+                         **self.sizes)
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -134,7 +139,7 @@ class LazySpecNorm(LazyModuleMixin, SpecNorm):
 
     cls_to_become = SpecNorm
 
-    def initialize_parameters(self, input: Tensor) -> None:
+    def initialize_parameters(self, input: Tensor, **extras: Tensor) -> None:
         if not self.has_uninitialized:
             return
         binding = self.op.binding(tuple(input.shape), **self.sizes)
@@ -163,7 +168,7 @@ def from_spec(spec: str | Spec | Op, num_features: int | None = None, *, num_cha
               param_shape: tuple[int, ...] | None = None, running_shape: tuple[int, ...] | None = None,
               sizes: Mapping[str, Any] | None = None, eps: float | None = None,
               momentum: float | None = _SPEC_MOMENTUM, affine: bool = True, track_running_stats: bool = True,
-              device: Any = None, dtype: torch.dtype | None = None, **size_args: Any) -> SpecNorm:
+              device: Any = None, dtype: torch.dtype | None = None, save: str = "x", **size_args: Any) -> SpecNorm:
     """A module for any spec: a bundled name, a path to a .toml file, or a Spec.
 
     Call-time sizes are keyword arguments (`num_groups=4`, `normalized_shape=(3, 5)`) or
@@ -172,6 +177,9 @@ def from_spec(spec: str | Spec | Op, num_features: int | None = None, *, num_cha
     sizes (`*normalized` = normalized_shape); the running statistics' shape is
     `running_shape`, or follows from the sizes or the parameters when both span the same
     axes. Whatever is still unknown is taken from the first input: you get a LazySpecNorm.
+    A fused spec's module takes its extra inputs as keywords and returns (y, h) when it keeps
+    its prologue: `from_spec("gated_rms_norm", normalized_shape=(64,))(x, z=z)`. `save="y"`:
+    the backward rebuilds x_hat from y, so x is not kept (a plain spec with a weight).
 
     >>> gn = from_spec("group_norm", num_groups=4, num_channels=16)
     >>> ln = from_spec("layer_norm", normalized_shape=(64,))
@@ -197,7 +205,7 @@ def from_spec(spec: str | Spec | Op, num_features: int | None = None, *, num_cha
     need_running = track_running_stats and s.running is not None and running_shape is None
     cls = LazySpecNorm if (need_params or need_running) else SpecNorm
     return cls(op, param_shape, running_shape=running_shape, sizes=sizes, eps=eps, momentum=momentum,
-               affine=affine, track_running_stats=track_running_stats, device=device, dtype=dtype)
+               affine=affine, track_running_stats=track_running_stats, device=device, dtype=dtype, save=save)
 
 
 def _static_shape(spec: Spec, items: list[tuple[str, ...]], sizes: Mapping[str, Any]) -> tuple[int, ...] | None:
