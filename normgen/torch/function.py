@@ -82,10 +82,11 @@ def normalize(op: Op | Spec | str, input: Tensor, params: Mapping[str, Tensor | 
         extra_out = []
     elif save != "x":
         raise CallError(f"{spec.name}: save={save!r}; expected 'x' (keep x for the backward) or 'y' (keep y)")
-    elif _traced() or not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+    elif (traced := _traced()) or not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                                          for t in tensors)):
         # plain CPU/CUDA tensors outside any mode: the op's implementation, without the dispatcher's
         # Python round trip (the same function the dispatcher would run for these tensors)
-        run = forward_impl if _plain(input) else library.forward
+        run = library.forward if traced or not _plain(input) else forward_impl
         y, _, moments, extra_out = run(input, weight, bias, extras, *read, *mix, *tail)
     else:  # eager with gradients, or torch.func: the autograd wrapper of the same op (autograd.py)
         y, _, moments, *extra_out = NormFunction.apply((*read, *tail), input, weight, bias, *mix, *extras)
@@ -97,9 +98,9 @@ def normalize(op: Op | Spec | str, input: Tensor, params: Mapping[str, Tensor | 
 
 def _plain(t: Tensor) -> bool:
     """A tensor the dispatcher would hand straight to the op's CPU or CUDA implementation: not a
-    subclass or functorch wrapper, not meta, no torch dispatch mode or tracer in effect."""
+    subclass or functorch wrapper, not meta, no torch dispatch mode (the caller rules out tracers)."""
     return (type(t) is torch.Tensor and t.device.type in _DEVICES and not torch._C._len_torch_dispatch_stack()
-            and not _traced() and not torch._C._functorch.is_functorch_wrapped_tensor(t))
+            and not torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
 _DEVICES = ("cpu", "cuda")
