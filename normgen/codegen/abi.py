@@ -30,6 +30,7 @@ CUDA_TYPES = {
     "stat_in": "const CT* __restrict__", "stat_out": "CT* __restrict__",
     "f64_in": "const double* __restrict__", "f64_out": "double* __restrict__",
     "geometry": "const long long* __restrict__", "f64": "const double", "i64": "const long long",
+    "q_out": "QT* __restrict__", "f32_out": "float* __restrict__",
 }
 
 _X, _DY = Arg("x", "in"), Arg("dy", "in")
@@ -38,7 +39,9 @@ _W, _B = Arg("weight", "in"), Arg("bias", "in")
 # and written ("@out": forward h; backward the extras' gradients); the backward also needs the bias
 _FIN, _FOUT, _FB = Arg("@in", "in", fused_only=True), Arg("@out", "out", fused_only=True), \
     Arg("bias", "in", fused_only=True)
-_QSCALE = Arg("qscale", "stat_out", fused_only=True)  # a quantized output's scale per group
+_QSCALE = Arg("qscale", "f32_out", fused_only=True)  # a quantized output's scale per group (float32)
+# the GPU's parameter-gradient reduction of a fused backward evaluates y for the epilogue: weight and bias
+_FW = Arg("weight", "in", fused_only=True)
 _G = Arg("g", "geometry")
 _CPU_BLOCKS = (Arg("blk_lo", "i64", "cpu"), Arg("blk_hi", "i64", "cpu"))
 _SCRATCH = Arg("scratch", "f64_out", "cpu", True)  # float64 accumulators per block
@@ -60,7 +63,7 @@ ENTRIES: dict[str, tuple[Arg, ...]] = {
     "backward_apply": (_X, _FIN, _DY, Arg("dx", "out"), _FOUT, _W, _FB, Arg("kstats", "stat_in"),
                        Arg("coef", "stat_in"), _SCRATCH, _SCRATCH_DT, _G, *_CPU_BLOCKS),
     # the GPU's parameter-gradient reduction and its merge kernels (a warp per group)
-    "param_partial": (_X, _DY, Arg("kstats", "stat_in"), Arg("partial", "f64_out"), _G),
+    "param_partial": (_X, _FIN, _DY, _FW, _FB, Arg("kstats", "stat_in"), Arg("partial", "f64_out"), _G),
     "forward_merge": (Arg("parts", "f64_in"), Arg("moments", "f64_out"), Arg("kstats", "stat_out"),
                       Arg("n_groups", "i64"), Arg("n_parts", "i64"), Arg("eps", "f64")),
     "backward_merge": (Arg("sums", "f64_in"), Arg("kstats", "stat_in"), Arg("totals", "f64_out"),
@@ -107,6 +110,8 @@ def arguments(kernel: Kernel, entry: str) -> tuple[Arg, ...]:
             continue
         if a.name in ("@in", "@out"):
             out.extend(Arg(n, a.kind) for n in (reads if a.name == "@in" else writes))
+        elif a.name == "y" and fused and kernel.fusion.quantize:  # int8 / float8 codes (QT), not T
+            out.append(Arg("y", "q_out"))
         else:
             out.append(a)
     return tuple(out)

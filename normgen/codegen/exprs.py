@@ -39,15 +39,15 @@ FUNCTIONS = {
         "npdf": "{exp}(-{half} * {0} * {0}) * {inv_sqrt_2pi}",
     },
     "cuda": {
-        "sigmoid": "{one} / ({one} + exp(-{0}))",
-        "tanh": "tanh({0})",
-        "exp": "exp({0})",
-        "abs": "fabs({0})",
+        "sigmoid": "{one} / ({one} + {exp}(-{0}))",
+        "tanh": "{tanh}({0})",
+        "exp": "{exp}({0})",
+        "abs": "{fabs}({0})",
         "relu": "({0} <= {zero} ? {zero} : {0})",
         "step": "({0} > {zero} ? {one} : {zero})",
         "sign": "(CT)(({0} > {zero}) - ({0} < {zero}))",
-        "ncdf": "{half} * ({one} + erf({0} * {sqrt_half}))",
-        "npdf": "exp(-{half} * {0} * {0}) * {inv_sqrt_2pi}",
+        "ncdf": "{half} * ({one} + {erf}({0} * {sqrt_half}))",
+        "npdf": "{exp}(-{half} * {0} * {0}) * {inv_sqrt_2pi}",
     },
 }
 
@@ -85,6 +85,13 @@ _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 EXP = {("cpu", "float32"): "exp_f32", ("cpu", "float64"): "exp_f64"}
 
 
+def _cuda_math(dtype: str) -> dict[str, str]:
+    """CUDA's math functions in the compute type: expf, tanhf, erff, fabsf for float (the half
+    types compute in float), exp, tanh, erf, fabs for double."""
+    suffix = "" if dtype == "float64" else "f"
+    return {f: f + suffix for f in ("exp", "tanh", "erf", "fabs")}
+
+
 def emit(outputs: list[tuple[str, Expr]], env: dict[str, str], target: str, prefix: str,
          dtype: str = "float32") -> list[str]:
     """Statements that set each output variable to its expression, sharing common subtrees."""
@@ -96,7 +103,9 @@ def emit(outputs: list[tuple[str, Expr]], env: dict[str, str], target: str, pref
     temps: dict[Expr, str] = {}
     consts = {"one": literal(1.0, target), "zero": literal(0.0, target), "half": literal(0.5, target),
               "sqrt_half": literal(_SQRT_HALF, target), "inv_sqrt_2pi": literal(_INV_SQRT_2PI, target),
-              "exp": EXP.get((target, dtype), "exp")}
+              "exp": EXP.get((target, dtype), "exp"), "tanh": "tanh", "erf": "erf", "fabs": "fabs"}
+    if target == "cuda":
+        consts.update(_cuda_math(dtype))
 
     def code(e: Expr) -> tuple[str, int]:
         """(text, precedence) of a node: 4 atoms, 3 unary minus, 2 * /, 1 + -."""

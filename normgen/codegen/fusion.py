@@ -1,8 +1,9 @@
 """What the fused templates print: per-element statements and the arrays each pass walks.
 
 The plan's `Fusion` (plan/fusion.py) says where each pass finds h; this module spells it
-out for a template, in the template's names: element i of array `a` is `a_v[i]`; the
-prologue's value is `hv`, the normalized affine value `yv`, the epilogue's value `o`, the
+out for a template, in the template's names: element i of array `a` is `a_v[i]` (Numba), or
+`a_e`, loaded by the CUDA template before the statements (which store with `st(a, a_o, v)`);
+the prologue's value is `hv`, the normalized affine value `yv`, the epilogue's value `o`, the
 gradient of y (after the epilogue's chain rule) `gy`, the gradient of h `dhv`.
 
     forward   moments pass   `pro`: hv from x_v[i] and the extras (stored into `hb_v[i]`)
@@ -25,8 +26,14 @@ from .exprs import emit, literal
 QMAX = {"int8": 127.0, "float8_e4m3": 448.0}
 
 
-def _elem(a: str) -> str:
-    return f"{a}_v[i]"
+def _elem(a: str, target: str = "cpu") -> str:
+    """Element i of array `a` as the statements read it."""
+    return f"{a}_v[i]" if target == "cpu" else f"{a}_e"
+
+
+def _set(name: str, value: str, target: str) -> str:
+    """A local variable of the compute type."""
+    return f"{name} = {value}" if target == "cpu" else f"const CT {name} = {value};"
 
 
 def _times(factor: str | Expr, var: str, target: str) -> str:
@@ -46,24 +53,25 @@ def fused_context(k: Kernel) -> dict[str, Any] | None:
     t, dt = k.target, k.dtype
     pro_arrays = tuple(extra_array(e) for e in f.pro_inputs)
     epi_arrays = tuple(extra_array(e) for e in f.epi_inputs)
-    pro_env = {"x": _elem("x"), **{e: _elem(extra_array(e)) for e in f.pro_inputs}}
-    epi_env = {"y": "yv", **{e: _elem(extra_array(e)) for e in f.epi_inputs}}
-    pro = emit([("hv", f.prologue)], pro_env, t, "p", dt) if f.prologue is not None else ["hv = x_v[i]"]
+    pro_env = {"x": _elem("x", t), **{e: _elem(extra_array(e), t) for e in f.pro_inputs}}
+    epi_env = {"y": "yv", **{e: _elem(extra_array(e), t) for e in f.epi_inputs}}
+    pro = emit([("hv", f.prologue)], pro_env, t, "p", dt) if f.prologue is not None else [_set("hv", _elem("x", t), t)]
     out: dict[str, Any] = {"h_from": f.h_from.value, "keep": f.keep, "prologue": f.prologue is not None,
                            "epilogue": f.epilogue is not None, "pro": pro, "pro_arrays": pro_arrays,
                            "epi_arrays": epi_arrays, "quantize": f.quantize, "dh": f.dh,
                            "doc": _doc(f)}
     if f.quantize:
         out["qmax"] = literal(QMAX[f.quantize], t)
+        out["qmax_f"] = f"{QMAX[f.quantize]}f"  # CUDA: the scale and the codes are computed in float
     if k.direction is Direction.FORWARD:
-        out["epi"] = emit([("o", f.epilogue)], epi_env, t, "q", dt) if f.epilogue is not None else ["o = yv"]
+        out["epi"] = emit([("o", f.epilogue)], epi_env, t, "q", dt) if f.epilogue is not None else [_set("o", "yv", t)]
         out["moments_arrays"] = ("x",) + pro_arrays + (("h",) if f.keep else ())
         source = {HSource.X: ("x",), HSource.STORED: ("h",), HSource.HELD: (),
                   HSource.RECOMPUTE: ("x",) + pro_arrays}[f.h_from]
         out["normalize_arrays"] = _unique(source + epi_arrays + ("y",))
         out["apply_arrays"] = _unique(("x",) + pro_arrays + epi_arrays + ("y",) + (("h",) if f.keep else ()))
-        out["h_load"] = {HSource.X: ["hv = x_v[i]"], HSource.STORED: ["hv = h_v[i]"], HSource.HELD: ["hv = hb_v[i]"],
-                         HSource.RECOMPUTE: pro}[f.h_from]
+        out["h_load"] = {HSource.X: [_set("hv", _elem("x", t), t)], HSource.STORED: [_set("hv", _elem("h", t), t)],
+                         HSource.HELD: ["hv = hb_v[i]"], HSource.RECOMPUTE: pro}[f.h_from]
     else:
         out.update(_backward(f, t, dt, pro_arrays, epi_arrays, pro_env, epi_env))
     # templates join these lists with their own
@@ -75,7 +83,8 @@ def _backward(f: Fusion, t: str, dt: str, pro_arrays: tuple[str, ...], epi_array
     source = {HSource.X: ("x",), HSource.STORED: ("h",), HSource.FROM_Y: ("y",),
               HSource.RECOMPUTE: ("x",) + pro_arrays}[f.h_from]
     recompute = f.h_from is HSource.RECOMPUTE
-    h_lines = {HSource.X: ["hv = x_v[i]"], HSource.STORED: ["hv = h_v[i]"], HSource.FROM_Y: [],
+    h_lines = {HSource.X: [_set("hv", _elem("x", t), t)], HSource.STORED: [_set("hv", _elem("h", t), t)],
+               HSource.FROM_Y: [],
                HSource.RECOMPUTE: emit([("hv", f.prologue)], pro_env, t, "p", dt) if recompute else []}[f.h_from]
     # the prologue's derivative factors: numbers are folded into `grads`, expressions get a variable
     factors: dict[str, Expr | str] = {}
@@ -94,22 +103,22 @@ def _backward(f: Fusion, t: str, dt: str, pro_arrays: tuple[str, ...], epi_array
     efactors: dict[str, str] = {}
     if f.epilogue is not None:
         gy = ("gy_e", derivative(f.epilogue, "y"))
-        epi_gy = emit([gy], epi_env, t, "q", dt) + ["gy = dy_v[i] * gy_e"]
+        epi_gy = emit([gy], epi_env, t, "q", dt) + [_set("gy", f"{_elem('dy', t)} * gy_e", t)]
         extra = [(f"f_{e}", derivative(f.epilogue, e)) for e in f.epi_inputs if e in f.grads]
-        epi_apply = emit([gy] + extra, epi_env, t, "q", dt) + ["gy = dy_v[i] * gy_e"]
+        epi_apply = emit([gy] + extra, epi_env, t, "q", dt) + [_set("gy", f"{_elem('dy', t)} * gy_e", t)]
         efactors = {e: f"f_{e}" for e in f.epi_inputs if e in f.grads}
     grads = []
     if f.prologue is None:
-        grads.append(_assign(_elem("dx"), "dhv", t))
+        grads.append(_assign("dx", "dhv", t))
     else:
-        grads.append(_assign(_elem("dx"), _times(factors["x"], "dhv", t), t))
+        grads.append(_assign("dx", _times(factors["x"], "dhv", t), t))
     for e in f.grads:
         terms = []
         if e in f.pro_inputs:
             terms.append(_times(factors[e], "dhv", t))
         if e in efactors:
-            terms.append(f"dy_v[i] * {efactors[e]}")
-        grads.append(_assign(_elem(extra_grad(e)), " + ".join(terms), t))
+            terms.append(f"{_elem('dy', t)} * {efactors[e]}")
+        grads.append(_assign(extra_grad(e), " + ".join(terms), t))
     return {"h_sums": h_lines, "h_apply": h_apply, "epi_gy": epi_gy, "epi_apply": epi_apply, "grads": grads,
             "from_y": f.h_from is HSource.FROM_Y,
             "sums_arrays": _unique(source + epi_arrays + ("dy",)),
@@ -117,8 +126,9 @@ def _backward(f: Fusion, t: str, dt: str, pro_arrays: tuple[str, ...], epi_array
                                     + ("dx",) + tuple(extra_grad(e) for e in f.grads))}
 
 
-def _assign(target_elem: str, value: str, target: str) -> str:
-    return f"{target_elem} = {value}" if target == "cpu" else f"{target_elem} = {value};"
+def _assign(array: str, value: str, target: str) -> str:
+    """Element i of an output array set to `value`."""
+    return f"{array}_v[i] = {value}" if target == "cpu" else f"st({array}, {array}_o, {value});"
 
 
 def _unique(names: tuple[str, ...]) -> tuple[str, ...]:

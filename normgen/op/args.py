@@ -142,15 +142,21 @@ def _check_save(spec: Spec, save: str, params: dict[str, Any]) -> None:
             raise CallError(f"{spec.name}: save='y' needs the weight (x_hat = (y - bias) / weight)")
 
 
+#: the array type of a quantized output's codes: float8 e4m3 as its bits (NumPy and CuPy have no float8)
+CODES = {"int8": np.int8, "float8_e4m3": np.uint8}
+
+
 def _quantized_out(name: str, kind: str, out: Any, x: Any, backend):
-    """The int8 output of a quantized spec: out= (checked), or a new array in x's layout."""
-    if backend.name != "cpu" or kind != "int8":
-        raise CallError(f"{name}: quantize = '{kind}' runs on the CPU backend for 'int8' only (float8_e4m3 "
-                        "and quantization on CUDA are not built yet)")
+    """The codes of a quantized spec's output (int8, or the uint8 bits of float8 e4m3): out=
+    (checked), or a new array in x's layout."""
+    if backend.name == "cpu" and kind != "int8":
+        raise CallError(f"{name}: quantize = '{kind}' runs on CUDA only (the CPU backend quantizes to 'int8')")
+    codes = np.dtype(CODES[kind])
     if out is None:
-        return np.empty_like(x, dtype=np.int8)
-    if not backend.owns(out) or out.dtype != np.int8 or tuple(out.shape) != tuple(x.shape):
-        raise CallError(f"{name}: out must be an int8 array shaped like x {tuple(x.shape)} (the quantized output)")
+        return np.empty_like(x, dtype=codes) if backend.name == "cpu" else backend.empty_codes(x, codes)
+    if not backend.owns(out) or out.dtype != codes or tuple(out.shape) != tuple(x.shape):
+        raise CallError(f"{name}: out must be a {codes.name} array shaped like x {tuple(x.shape)} (the quantized "
+                        f"output{', float8 e4m3 bits' if kind != 'int8' else ''})")
     if not backend.writeable(out) or backend.strides(out) is None:
         raise CallError(f"{name}: out cannot be written by the kernels (read-only, or strides they cannot walk)")
     return out

@@ -7,9 +7,10 @@ statistics: it always evaluates the prologue again, and writes h when it is kept
 
 forward   STORED     the prologue is kept: the moments pass writes h, the normalizing pass
                      reads it back (from cache when the group is small)
-          HELD       rows, one unit per group of at most HOLD elements: the moments pass holds
-                     the group's h in the unit's scratch (cache), so the normalizing pass
-                     re-reads neither x nor the extras and evaluates nothing twice
+          HELD       CPU rows, one unit per group of at most HOLD elements: the moments pass
+                     holds the group's h in the unit's scratch (cache), so the normalizing pass
+                     re-reads neither x nor the extras and evaluates nothing twice (the GPU
+                     has no such scratch: it evaluates again, from L2 when the group is small)
           RECOMPUTE  otherwise: evaluate the prologue again from x and the extras
 backward  FROM_Y     save="y": x_hat = (y - bias) / weight (no prologue, no epilogue)
           STORED     the forward's h is given: read it instead of x and the extras
@@ -63,7 +64,7 @@ def whole_groups(spec: Spec, direction: Direction) -> bool:
 
 
 def plan_fusion(spec: Spec, direction: Direction, arrays: tuple[str, ...], strategy: Strategy, fused: bool,
-                group_size: int) -> Fusion | None:
+                group_size: int, target: str = "cpu") -> Fusion | None:
     """The fusion of a plan, or None for a plain spec called plainly."""
     f = spec.fuse
     save_y = direction is Direction.BACKWARD and "y" in arrays
@@ -77,7 +78,7 @@ def plan_fusion(spec: Spec, direction: Direction, arrays: tuple[str, ...], strat
             h_from = HSource.X
         elif "h" in arrays:
             h_from = HSource.STORED
-        elif strategy is Strategy.ROWS and fused and group_size <= HOLD:
+        elif strategy is Strategy.ROWS and fused and group_size <= HOLD and target == "cpu":
             h_from = HSource.HELD
         else:
             h_from = HSource.RECOMPUTE

@@ -18,6 +18,10 @@ The rules keep a memory-bound kernel's bytes in flight (DESIGN.md, "GPU device m
 * columns: a block of `tile` = (x, y) threads takes a tile of whole columns (x threads of
   `vec` elements along the row) over a part of the rows; rows are split into parts until
   the device is filled; the parts are merged by a warp per group.
+* fused specs (prologue, epilogue, quantize; and save="y") run the element-by-element
+  templates (`rows_fused.cu.j2`, `columns_fused.cu.j2`): no 16-byte vectors, nothing kept
+  in registers, one unit per group (`copies` 1); a quantized output takes whole groups
+  (one part), since a group's absmax comes before its first write.
 """
 
 from __future__ import annotations
@@ -111,20 +115,26 @@ def _merge(n_groups: int) -> dict:
 
 
 def cuda_launch(dims: tuple[PDim, ...], lay: Layout, device: Device, direction: Direction, dtype: str,
-                reduction: Reduction, phased: bool, options: Options) -> CudaChoice:
+                reduction: Reduction, phased: bool, options: Options, fusing: bool = False,
+                whole: bool = False) -> CudaChoice:
     """The launch of a plan on `device`. `phased`: statistics are merged on the host between
-    the moments and the normalization (mixtures), so nothing is fused."""
+    the moments and the normalization (mixtures), so nothing is fused. `fusing`: a fused spec's
+    element-by-element kernels (scalar loads, nothing kept in registers); `whole`: one unit
+    per group (a quantized output)."""
     n_arrays = len(_arrays(dims)) if reduction is Reduction.STATS else 2  # the parameter reduction reads x, dy
     moved = n_arrays * math.prod(d.size for d in dims) * ITEMSIZE[dtype]
+    if fusing:
+        options = Options(parts=1 if whole else options.parts, copies=None, registers=False)
     if lay.strategy is Strategy.ROWS:
-        return _rows(dims, lay, device, direction, dtype, moved, phased or reduction is Reduction.PARAMS, options)
-    return _columns(dims, lay, device, dtype, moved, options)
+        return _rows(dims, lay, device, direction, dtype, moved, phased or reduction is Reduction.PARAMS, options,
+                     scalar=fusing)
+    return _columns(dims, lay, device, dtype, moved, options, scalar=fusing)
 
 
-def _rows(dims, lay, device, direction, dtype, moved, phased, options) -> CudaChoice:
+def _rows(dims, lay, device, direction, dtype, moved, phased, options, scalar=False) -> CudaChoice:
     arrays = _arrays(dims)
     inner = dims[lay.inner]
-    vec = 16 // ITEMSIZE[dtype] if all(inner.s(a) == 1 for a in arrays) else 1
+    vec = 16 // ITEMSIZE[dtype] if all(inner.s(a) == 1 for a in arrays) and not scalar else 1
     n_groups = math.prod(dims[i].size for i in lay.groups)
     elems = math.prod(dims[i].size for i in lay.rows) * inner.size
     want = target_threads(device, moved)
@@ -195,7 +205,7 @@ def _rows_vec_ok(dims: tuple[PDim, ...], lay: Layout, vec: int) -> bool:
     return all(d.s(a) % vec == 0 for i, d in enumerate(dims) if i != lay.inner for a in moving)
 
 
-def _columns(dims, lay, device, dtype, moved, options) -> CudaChoice:
+def _columns(dims, lay, device, dtype, moved, options, scalar=False) -> CudaChoice:
     arrays = _arrays(dims)
     n_col = dims[lay.inner].size
     tail = dims[lay.tail].size if lay.tail is not None else 1
@@ -203,8 +213,10 @@ def _columns(dims, lay, device, dtype, moved, options) -> CudaChoice:
     # a tile holds whole columns (the block folds each column's tail), in threads of `vec` elements;
     # a thread keeps the statistics of each column among them: 8 bytes of the half types
     # (4 elements) keep that within MAX_REGS registers, 16 bytes of the others
-    vec = 16 // ITEMSIZE[dtype] if ITEMSIZE[dtype] >= 4 else 4
-    if tail % vec == 0:  # a column is tail / vec threads: 32 x vec elements of whole columns
+    vec = 1 if scalar else 16 // ITEMSIZE[dtype] if ITEMSIZE[dtype] >= 4 else 4
+    if scalar:  # the fused kernels: a thread per column of a part of the rows
+        bx = min(32, _pow2(width))
+    elif tail % vec == 0:  # a column is tail / vec threads: 32 x vec elements of whole columns
         bx = min(n_col, max(1, 32 * vec // tail)) * tail // vec
     elif vec % tail == 0:  # a thread takes vec / tail whole columns
         bx = min(32, _pow2(-(-width // vec)))

@@ -40,6 +40,8 @@ def make_plan(binding: Binding, arrays: dict[str, tuple[int, ...]], *, direction
     """Plan one call. `arrays` maps each x-like array to its element strides; `device` is the
     GPU a cuda plan is for (default: the h100 profile)."""
     whole = whole_groups(binding.spec, direction)
+    # a fused spec, or the backward of save="y": the fused templates (and, on the GPU, their launch)
+    fusing = binding.spec.fuse is not None or (direction is Direction.BACKWARD and "y" in arrays)
     dims = logical_dims(binding, arrays, reduction)
     dims = drop_unit_dims(dims)
     dims = memory_order(dims)
@@ -49,12 +51,14 @@ def make_plan(binding: Binding, arrays: dict[str, tuple[int, ...]], *, direction
         launch, compiled = cpu_launch(dims, lay, direction, threads, options, whole), {}
     else:
         device = device or profile(DEFAULT_PROFILE)
-        choice = cuda_launch(dims, lay, device, direction, dtype, reduction, binding.spec.is_mixture, options)
+        choice = cuda_launch(dims, lay, device, direction, dtype, reduction, binding.spec.is_mixture, options,
+                             fusing=fusing, whole=whole)
         launch = choice.launch
         compiled = {"vec": choice.vec, "cache": choice.cache, "tile": choice.tile, "copies": choice.copies,
                     "span": choice.span, "wide": choice.wide}
-    fusion = None if reduction is Reduction.PARAMS else \
-        plan_fusion(binding.spec, direction, tuple(arrays), lay.strategy, launch.fused, binding.group_size)
+    # the GPU's parameter-gradient reduction of a fused backward walks h and the epilogue too
+    fusion = None if reduction is Reduction.PARAMS and target == "cpu" else \
+        plan_fusion(binding.spec, direction, tuple(arrays), lay.strategy, launch.fused, binding.group_size, target)
     grads = param_grads(target, lay, dims, direction, has_weight or has_bias, reduction)
     params = None
     if grads is ParamGrads.REDUCTION:

@@ -21,7 +21,6 @@ import numpy as np
 
 from ..codegen.abi import order
 from ..codegen.render import render
-from ..errors import CallError
 from ..plan.device import Device, from_cupy
 from ..plan.geometry import geometry_values
 from ..plan.model import Direction, Options, ParamGrads, Plan, Reduction, Strategy
@@ -61,8 +60,8 @@ class CupyDevice:
     def empty(self, shape, dtype):
         return self.cp.empty(shape, dtype)
 
-    def empty_like(self, a):
-        return self.cp.empty_like(a)
+    def empty_like(self, a, dtype=None):
+        return self.cp.empty_like(a, dtype=dtype)
 
     def asarray(self, a: np.ndarray):
         return self.cp.asarray(a)
@@ -127,6 +126,10 @@ class CudaBackend:
             return BF16(self.device.empty_like(a.bits))
         return self.device.empty_like(a)
 
+    def empty_codes(self, a, dtype):
+        """A quantized output's codes (int8, or uint8 holding float8 e4m3 bits) in a's layout."""
+        return self.device.empty_like(bits(a), dtype=np.dtype(dtype))
+
     def overlaps(self, a, b) -> bool:
         return self.device.overlaps(bits(a), bits(b))
 
@@ -142,9 +145,6 @@ class CudaBackend:
     def plan(self, binding, arrays, direction: Direction, dtype: str, has_weight: bool, has_bias: bool,
              options: Options, device: Device | None = None) -> Plan:
         """The plan for this backend's device, or for `device` (a profile: to print, not to run)."""
-        if binding.spec.fuse is not None or (direction is Direction.BACKWARD and "y" in arrays):
-            raise CallError(f"{binding.spec.name}: fused specs (prologue, epilogue, quantize) and save='y' run on "
-                            "the CPU backend; the CUDA templates for them are not built yet")
         return make_plan(binding, arrays, direction=direction, dtype=dtype, has_weight=has_weight,
                          has_bias=has_bias, target="cuda", device=device or self.device.profile, options=options)
 
@@ -171,6 +171,10 @@ class CudaBackend:
             g = plan.__dict__["_gpu_geometry"] = self.device.asarray(np.asarray(geometry_values(plan), np.int64))
         return g
 
+    def _fused(self, fx: dict | None, dtype: str) -> dict:
+        """A fused call's other arrays as the kernels take them (the bias of a backward as a parameter)."""
+        return {name: self._param(a, dtype) if name == "bias" else bits(a) for name, a in (fx or {}).items()}
+
     def run(self, plan: Plan, entry: str, **values) -> None:
         """Launch `entry` with the plan's grid; arguments by name (the ABI table orders them)."""
         la = plan.launch
@@ -196,7 +200,9 @@ class CudaBackend:
         return self.device.empty((n, 3), self.stat_dtype(dtype))
 
     # ---- forward ----
-    def train_forward(self, plan: Plan, x, y, w, b, eps: float, finalize=None):
+    # A fused spec's other arrays come in `fx` by their names in the plan (op/fused.py): extra
+    # inputs, h, dh, the extras' gradients, y (save="y"), the bias (backward), qscale.
+    def train_forward(self, plan: Plan, x, y, w, b, eps: float, finalize=None, fx: dict | None = None):
         """Statistics and normalization: (merged moments [g, 3] on the device, kstats)."""
         dtype = plan.kernel.dtype
         ng = self._n_groups(plan)
@@ -204,35 +210,35 @@ class CudaBackend:
         if plan.launch.fused:
             moments = self.device.empty((ng, 3), np.float64)
             self.run(plan, "forward_fused", x=x, y=y, weight=self._param(w, dtype), bias=self._param(b, dtype),
-                     moments=moments, kstats=kstats, eps=np.float64(eps))
+                     moments=moments, kstats=kstats, eps=np.float64(eps), **self._fused(fx, dtype))
             return moments, kstats
-        moments = self._merged_moments(plan, x, kstats, eps)
-        self.apply(plan, x, y, w, b, kstats)
+        moments = self._merged_moments(plan, x, kstats, eps, fx)
+        self.apply(plan, x, y, w, b, kstats, fx)
         return moments, kstats
 
-    def _merged_moments(self, plan: Plan, x, kstats, eps: float):
+    def _merged_moments(self, plan: Plan, x, kstats, eps: float, fx: dict | None = None):
         ng = self._n_groups(plan)
         parts = self.device.empty((ng * plan.launch.pieces, 3), np.float64)
-        self.run(plan, "forward_partial", x=x, moments=parts)
+        self.run(plan, "forward_partial", x=x, moments=parts, **self._fused(fx, plan.kernel.dtype))
         moments = self.device.empty((ng, 3), np.float64)
         self.run_merge(plan, "forward_merge", parts=parts, moments=moments, kstats=kstats, n_groups=np.int64(ng),
                        n_parts=np.int64(plan.launch.pieces), eps=np.float64(eps))
         return moments
 
-    def moments(self, plan: Plan, x) -> np.ndarray:
+    def moments(self, plan: Plan, x, fx: dict | None = None) -> np.ndarray:
         """(count, mean, M2) per group [g, 3], on the host."""
         kstats = self._stats(self._n_groups(plan), plan.kernel.dtype)
-        return self.to_host(self._merged_moments(plan, x, kstats, 0.0))
+        return self.to_host(self._merged_moments(plan, x, kstats, 0.0, fx))
 
-    def apply(self, plan: Plan, x, y, w, b, kstats) -> None:
+    def apply(self, plan: Plan, x, y, w, b, kstats, fx: dict | None = None) -> None:
         dtype = plan.kernel.dtype
         if isinstance(kstats, np.ndarray) and not self.device.owns(kstats):
             kstats = self.from_host(kstats.astype(self.stat_dtype(dtype)))
         self.run(plan, "forward_apply", x=x, y=y, weight=self._param(w, dtype), bias=self._param(b, dtype),
-                 kstats=kstats)
+                 kstats=kstats, **self._fused(fx, dtype))
 
     # ---- backward ----
-    def train_backward(self, plan: Plan, x, dy, dx, w, kstats, coefficients=None):
+    def train_backward(self, plan: Plan, x, dy, dx, w, kstats, coefficients=None, fx: dict | None = None):
         """dx (coefficients computed on the device) and the parameter gradients (host)."""
         dtype = plan.kernel.dtype
         ng = self._n_groups(plan)
@@ -240,43 +246,43 @@ class CudaBackend:
         pgrad = None
         if plan.launch.fused:
             self.run(plan, "backward_fused", x=x, dy=dy, dx=dx, weight=self._param(w, dtype), kstats=kstats,
-                     sums=totals)
+                     sums=totals, **self._fused(fx, dtype))
         else:
-            sums, pgrad = self._partial_sums(plan, x, dy, w, kstats)
+            sums, pgrad = self._partial_sums(plan, x, dy, w, kstats, fx)
             coef = self._stats(ng, dtype)
             self.run_merge(plan, "backward_merge", sums=sums, kstats=kstats, totals=totals, coef=coef,
                            n_groups=np.int64(ng), n_parts=np.int64(plan.launch.pieces),
                            count=np.float64(plan.binding.group_size))
             self.run(plan, "backward_apply", x=x, dy=dy, dx=dx, weight=self._param(w, dtype), kstats=kstats,
-                     coef=coef)
-        return self._param_grads(plan, x, dy, kstats, totals, pgrad)
+                     coef=coef, **self._fused(fx, dtype))
+        return self._param_grads(plan, x, dy, kstats, totals, pgrad, w, fx)
 
-    def _partial_sums(self, plan: Plan, x, dy, w, kstats):
+    def _partial_sums(self, plan: Plan, x, dy, w, kstats, fx: dict | None = None):
         ng = self._n_groups(plan)
         sums = self.device.empty((ng * plan.launch.pieces, 4), np.float64)
         pgrad = None  # the columns kernels always write per-element partials of dy·x̂ and dy
         if plan.kernel.strategy is Strategy.COLUMNS:
             pgrad = self.device.empty((pgrad_entries(plan.kernel, plan.launch), 2), np.float64)
         self.run(plan, "backward_partial", x=x, dy=dy, weight=self._param(w, plan.kernel.dtype), kstats=kstats,
-                 sums=sums, pgrad=pgrad)
+                 sums=sums, pgrad=pgrad, **self._fused(fx, plan.kernel.dtype))
         return sums, pgrad
 
-    def grad_sums(self, plan: Plan, x, dy, w, kstats):
+    def grad_sums(self, plan: Plan, x, dy, w, kstats, fx: dict | None = None):
         """(sum g, sum g x_hat) per group on the host, and (dweight, dbias)."""
         ng = self._n_groups(plan)
-        sums, pgrad = self._partial_sums(plan, x, dy, w, kstats)
+        sums, pgrad = self._partial_sums(plan, x, dy, w, kstats, fx)
         host = self.to_host(sums).reshape(ng, plan.launch.pieces, 4).sum(axis=1)
-        dw, db = self._param_grads(plan, x, dy, kstats, self.from_host(host), pgrad)
+        dw, db = self._param_grads(plan, x, dy, kstats, self.from_host(host), pgrad, w, fx)
         return host[:, 0], host[:, 1], dw, db
 
-    def grad_apply(self, plan: Plan, x, dy, dx, w, kstats, coef: np.ndarray) -> None:
+    def grad_apply(self, plan: Plan, x, dy, dx, w, kstats, coef: np.ndarray, fx: dict | None = None) -> None:
         dtype = plan.kernel.dtype
         coef_d = self.from_host(np.ascontiguousarray(coef, self.stat_dtype(dtype)))
         self.run(plan, "backward_apply", x=x, dy=dy, dx=dx, weight=self._param(w, dtype), kstats=kstats,
-                 coef=coef_d)
+                 coef=coef_d, **self._fused(fx, dtype))
 
     # ---- parameter gradients, as the plan reduces them ----
-    def _param_grads(self, plan: Plan, x, dy, kstats, totals, pgrad):
+    def _param_grads(self, plan: Plan, x, dy, kstats, totals, pgrad, w=None, fx: dict | None = None):
         grads = plan.param_grads
         if grads is ParamGrads.NONE:
             return None, None
@@ -292,7 +298,10 @@ class CudaBackend:
             else:
                 index = np.repeat(_group_param_index(pplan), pplan.launch.n_parts)
             partial = self.device.empty((param_partial_entries(pplan), 2), np.float64)
-            self.run(pplan, "param_partial", x=x, dy=dy, kstats=kstats, partial=partial)
+            # a fused backward's reduction evaluates h and the epilogue's derivative: it reads what dx's does
+            fused = {"weight": self._param(w, plan.kernel.dtype), **self._fused(fx, plan.kernel.dtype)} \
+                if pplan.kernel.fusion is not None else {}
+            self.run(pplan, "param_partial", x=x, dy=dy, kstats=kstats, partial=partial, **fused)
             part = self.to_host(partial)
         dw = np.bincount(index, weights=part[:, 0], minlength=n_param)
         db = np.bincount(index, weights=part[:, 1], minlength=n_param)

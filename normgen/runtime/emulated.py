@@ -40,8 +40,8 @@ class EmuDevice:
     def empty(self, shape, dtype):
         return np.empty(shape, dtype)
 
-    def empty_like(self, a):
-        return np.empty_like(a)
+    def empty_like(self, a, dtype=None):
+        return np.empty_like(a, dtype=dtype)
 
     def asarray(self, a: np.ndarray):
         return np.ascontiguousarray(a)
