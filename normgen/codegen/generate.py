@@ -41,8 +41,6 @@ def reference_sources(target: str = "cpu", dtypes: tuple[str, ...] = ("float32",
     planned for the `device` profile)."""
     out = {}
     for ref in REFERENCES:
-        if target == "cuda" and load(ref.spec).spec.fuse is not None:
-            continue  # the CUDA templates do not fuse yet
         for dtype in dtypes:
             for name, src in sources(load(ref.spec), ref.shape, layout=ref.layout, sizes=dict(ref.sizes),
                                      dtype=dtype, target=target, device=device).items():
