@@ -1,0 +1,147 @@
+"""Fused specs through the CUDA kernels (templates/cuda/*_fused.cu.j2) on the CPU emulator,
+against the oracle: the half types and float64, a user-written spec whose extra inputs reach
+both the prologue and the epilogue, groups split into parts, save="y", and quantized output
+(int8, and float8 e4m3, which only the CUDA backend writes). The bundled fused specs in
+float32 are in test_cuda.py. Shapes are tiny: each new kernel structure costs a g++ compile."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+import normgen
+from normgen.layouts import make_array
+from normgen.plan.model import Options
+from normgen.verify import oracle
+from normgen.verify.check import Case, cases, run_case
+
+#: a user-written spec: extras in the prologue (a, b) and the epilogue (b, f), a kept prologue,
+#: a weight offset, and most of the expression language's functions
+USER = normgen.parse_spec(textwrap.dedent("""
+    name = "gated_act_norm"
+    input = "N C *spatial"
+    kept = "N"
+    [affine]
+    axes = "C"
+    weight_offset = 0.5
+    [fuse]
+    prologue = "tanh(x) * a - b / 2 + gelu(x) * 0.1"
+    keep_prologue = true
+    epilogue = "gelu_tanh(y) * sigmoid(b) + abs(y) * 0.25 + square(f) * y - relu(-y) * exp(f * 0.1)"
+    """), "gated_act_norm.toml")
+
+QUANT = textwrap.dedent("""
+    name = "add_rms_norm_q"
+    input = "*batch *normalized"
+    kept = "*batch"
+    center = "none"
+    scale = "rms"
+    [sizes]
+    normalized = "normalized_shape"
+    [affine]
+    axes = "*normalized"
+    bias = false
+    [fuse]
+    prologue = "x + residual"
+    keep_prologue = true
+    epilogue = "silu(y)"
+    quantize = "{kind}"
+    """)
+
+
+def _assert_ok(results):
+    bad = [r for r in results if not r.ok]
+    assert not bad, "\n".join(f"{r.spec} {r.case} {r.layout} {r.dtype} {r.plan}: "
+                              + (r.error or f"{r.worst[0]}={r.worst[1]:.2e} > {r.tol:.0e}") for r in bad)
+
+
+@pytest.mark.parametrize("name,dtype,layout", [("gated_rms_norm", "bfloat16", "contiguous"),
+                                               ("add_layer_norm", "float16", "sliced"),
+                                               ("group_norm_silu", "float64", "channels_last")])
+def test_fused_specs_in_half_types_and_float64(name, dtype, layout):
+    op = normgen.load(name)
+    _assert_ok([run_case(op, cases(op.spec)[0], layout, dtype, True, seed=21, target="cuda")])
+
+
+def test_a_user_spec_with_extras_in_prologue_and_epilogue():
+    """Each extra's gradient gathers both chains (prologue, epilogue); dprologue adds to dh."""
+    op = normgen.load(USER)
+    case = Case("user", (3, 4, 5, 6))
+    r = run_case(op, case, "channels_last", "float32", True, seed=22, target="cuda")
+    _assert_ok([r])
+    assert {"prologue", "dx", "da", "db", "df", "dweight", "dbias"} <= set(r.errors)
+
+
+def test_fused_groups_split_into_parts():
+    """Few groups: partial moments merged by forward_merge, then apply (h written there);
+    partial sums, backward_merge, apply; the parameter gradients' own reduction."""
+    op = normgen.load("add_layer_norm", options=Options(parts=3))
+    case = Case("split", (2, 3, 40), (("normalized_shape", (3, 40)),))
+    plan = op.plan(case.shape, target="cuda", normalized_shape=(3, 40))
+    assert not plan.launch.fused and plan.launch.n_parts == 3
+    r = run_case(op, case, "contiguous", "float32", True, seed=23, target="cuda")
+    _assert_ok([r])
+    assert "parts" in r.plan
+
+
+def test_save_y_on_cuda():
+    """The backward rebuilds x_hat from y (the plan's fused kernels read y, never x)."""
+    op = normgen.load("layer_norm")
+    rng = np.random.default_rng(24)
+    x = rng.standard_normal((6, 40)).astype(np.float32) * 2 + 1
+    w = (rng.standard_normal(40) * 0.5 + 1).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    dy = rng.standard_normal((6, 40)).astype(np.float32)
+    fwd = op.forward(x, w, b, normalized_shape=(40,), save="y", target="cuda")
+    grads = op.backward(dy, fwd)
+    used = [p for p in op._plans.values() if p.kernel.direction.value == "backward"][-1]
+    assert used.kernel.target == "cuda" and used.kernel.fusion.h_from.value == "from y"
+    ref = oracle.backward(op.spec, dy.astype(np.float64), x.astype(np.float64),
+                          {"weight": w.astype(np.float64), "bias": b.astype(np.float64)}, sizes={"normalized_shape": (40,)})
+    np.testing.assert_allclose(grads.dx, ref["x"], atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(grads["weight"], ref["weight"], atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(grads["bias"], ref["bias"], atol=2e-4, rtol=1e-4)
+
+
+def test_int8_output_on_cuda():
+    op = normgen.load(normgen.parse_spec(QUANT.format(kind="int8"), "q8.toml"))
+    case = Case("q", (4, 3, 48), (("normalized_shape", (48,)),))
+    r = run_case(op, case, "sliced", "float32", True, seed=25, target="cuda")
+    _assert_ok([r])
+    assert {"scale", "q", "prologue"} <= set(r.errors)
+
+
+def _e4m3_value(codes: np.ndarray) -> np.ndarray:
+    """The value of float8 e4m3 codes (sign, 4 exponent bits of bias 7, 3 mantissa bits), from the format."""
+    c = codes.astype(np.int64)
+    sign = np.where(c & 0x80, -1.0, 1.0)
+    exp, man = (c >> 3) & 0xF, c & 0x7
+    mag = np.where(exp == 0, man / 8.0 * 2.0 ** -6, (1 + man / 8.0) * 2.0 ** (exp - 7.0))
+    return np.where((c & 0x7F) == 0x7F, np.nan, sign * mag)
+
+
+def test_float8_e4m3_output_on_cuda():
+    """Codes within one e4m3 step of the oracle's rounding (float32 vs float64 near a tie),
+    the scale per row, a row of zeros gives scale 0 and codes 0, the largest code is ±448."""
+    op = normgen.load(normgen.parse_spec(QUANT.format(kind="float8_e4m3"), "q8.toml"))
+    rng = np.random.default_rng(26)
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    r = rng.standard_normal((5, 64)).astype(np.float32)
+    x[2] = -r[2]  # h = 0: a row of zeros
+    w = (rng.standard_normal(64) * 0.3 + 1).astype(np.float32)
+    fwd = op.forward(x, w, residual=r, normalized_shape=(64,), target="cuda")
+    assert fwd.y.dtype == np.uint8 and fwd.scale.dtype == np.float32 and fwd.scale.shape == (5,)
+    ref = oracle.forward(op.spec, x.astype(np.float64), {"weight": w.astype(np.float64)},
+                         sizes={"normalized_shape": (64,)}, extras={"residual": r.astype(np.float64)})
+    np.testing.assert_allclose(fwd.scale, ref.scale, rtol=1e-5)
+    got = _e4m3_value(fwd.y)
+    assert not np.isnan(got).any()
+    step = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(ref.q), 2.0 ** -6))) - 3)
+    assert np.all(np.abs(got - ref.q) <= step * 1.0001), np.abs(got - ref.q).max()
+    assert np.mean(got == ref.q) > 0.95  # most codes are exactly the oracle's
+    assert fwd.scale[2] == 0 and not fwd.y[2].any()
+    assert np.abs(got).max() == 448.0
+    with pytest.raises(normgen.CallError, match="quantized .* has no gradient"):
+        op.backward(np.ones((5, 64), np.float32), fwd)
