@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import normgen
-from normgen.layouts import make_array
+from normgen.codegen.generate import sources
 from normgen.plan.model import Options
+from normgen.testing.cuda_emu import nvcc_check, nvcc_path
 from normgen.verify import oracle
 from normgen.verify.check import Case, cases, run_case
 
@@ -145,3 +146,15 @@ def test_float8_e4m3_output_on_cuda():
     assert np.abs(got).max() == 448.0
     with pytest.raises(normgen.CallError, match="quantized .* has no gradient"):
         op.backward(np.ones((5, 64), np.float32), fwd)
+
+
+@pytest.mark.skipif(nvcc_path() is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("kind,dtype", [("int8", "float32"), ("float8_e4m3", "bfloat16")])
+def test_quantized_sources_compile_with_nvcc(kind, dtype):
+    """The quantized specs are not bundled (generated/ has no reference for them): sm_80 and sm_90,
+    warnings as errors (the forward source holds the fused kernel and the split path's)."""
+    op = normgen.load(normgen.parse_spec(QUANT.format(kind=kind), f"q_{kind}.toml"))
+    for name, src in sources(op, (8, 256), dtype=dtype, sizes={"normalized_shape": (256,)}, directions=("forward",),
+                             target="cuda").items():
+        assert "forward_apply(" in src and "qscale" in src
+        nvcc_check(src, archs=("sm_80", "sm_90"), name=name)

@@ -54,7 +54,7 @@ ENTRIES: dict[str, tuple[Arg, ...]] = {
                       Arg("kstats", "stat_out"), _QSCALE, _SCRATCH, _SCRATCH_DT, _G, Arg("eps", "f64"), *_CPU_BLOCKS),
     "forward_partial": (_X, _FIN, _FOUT, Arg("moments", "f64_out"), _SCRATCH,
                         Arg("scratch_dt", "out", "cpu", fused_only=True), _G, *_CPU_BLOCKS),
-    "forward_apply": (_X, _FIN, Arg("y", "out"), _FOUT, _W, _B, Arg("kstats", "stat_in"), _SCRATCH_DT, _G,
+    "forward_apply": (_X, _FIN, Arg("y", "out"), _FOUT, _W, _B, Arg("kstats", "stat_in"), _QSCALE, _SCRATCH_DT, _G,
                       *_CPU_BLOCKS),
     "backward_fused": (_X, _FIN, _DY, Arg("dx", "out"), _FOUT, _W, _FB, Arg("kstats", "stat_in"),
                        Arg("sums", "f64_out", "cuda"), _DPARAMS, _SCRATCH, _SCRATCH_DT, _G, *_CPU_BLOCKS),
