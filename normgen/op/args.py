@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import CallError
 from ..plan.bind import Binding
 from ..runtime import select
+from ..runtime.arrays import BF16, from_bits, to_bits
 from ..spec import Spec
 from .distributed import Group, check_sync, group_of
 
@@ -100,11 +101,20 @@ def check_forward(spec: Spec, bind: Callable[..., Binding], x: Any, params: tupl
     a = spec.affine
     weight = checked.get(a.weight) if a and a.weight else None
     if weight is not None and spec.weight_offset:  # the kernels see the effective weight
-        weight = weight + backend.from_host(np.asarray(spec.weight_offset, dtype=weight.dtype))
+        weight = _offset_weight(weight, spec.weight_offset, backend)
     return Call(backend=backend, x=xk, y=y, params=checked, sizes=sizes, binding=binding, dtype=dtype, eps=e,
                 weight=weight, bias=checked.get(a.bias) if a and a.bias else None,
                 running=None if running is None else Running(*running, num_batches_tracked, factor),
                 eval_mode=eval_mode, mix=mix, group=group, sync=sync, extras=extras, save=save)
+
+
+def _offset_weight(weight: Any, offset: float, backend) -> Any:
+    """weight + offset in the weight's dtype (bfloat16, which has no array type, through float32:
+    rounded once, like the other half type)."""
+    if isinstance(weight, BF16):
+        values = from_bits(backend.to_host(weight)) + np.float32(offset)
+        return BF16(backend.from_host(to_bits(values)))
+    return weight + backend.from_host(np.asarray(offset, dtype=weight.dtype))
 
 
 def with_outputs(spec: Spec, call: Call) -> Call:
