@@ -8,7 +8,7 @@
 # hypothesis and torch are installed (pytest-xdist is used when present). Each phase has a
 # time limit, so the whole script stays under 8 minutes on an H100 and what finished is kept:
 #   warm-up compile 90 s | tests 180 s (GPU checks first) | float32 benchmark 150 s (torch.compile:
-#   70 s of it): 7 minutes and some seconds of start-up.
+#   70 s of it) | fused specs' benchmark 90 s: 8 minutes and some seconds of start-up.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -27,11 +27,14 @@ timeout 90 python bench/gpu_warm.py || echo "gpu_warm: stopped (the rest compile
 par=""
 python -c "import xdist" 2>/dev/null && par="-n 8"
 timeout 180 python -m pytest -q -p no:cacheprovider $par tests/test_cuda_gpu.py tests/test_cuda_plans.py \
-    tests/test_cuda_ptx.py tests/test_cuda.py 2>&1 | tee "$out/gpu-tests-$stamp.txt"
+    tests/test_cuda_ptx.py tests/test_cuda.py tests/test_cuda_fused.py 2>&1 | tee "$out/gpu-tests-$stamp.txt"
 echo "tests: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$out/gpu-tests-$stamp.txt"
 
 # 3. benchmarks, float32: the reference shapes and the >= 64 MiB ones
 python bench/cuda_plans.py --json "$out/gpu-plans-$stamp.json" > /dev/null || true
 timeout 150 python -m normgen bench --target cuda --repeat 20 --warmup 3 --compile-budget 70 \
     --json "$out/gpu-$stamp.json" --plot "$out/gpu-$stamp.svg" || echo "benchmark: stopped (see above)"
+# 4. the fused specs (add_rms_norm, group_norm_silu NCHW and NHWC; issue 13) against eager and torch.compile
+timeout 90 python -m normgen bench --target cuda --fused --repeat 10 --warmup 2 --json "$out/gpu-fused-$stamp.json" \
+    || echo "fused benchmark: stopped (see above)"
 echo "done in $((SECONDS - start)) s; results in $out/gpu-*-$stamp.* and $out/gpu-$stamp.*"

@@ -280,6 +280,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_fused_cuda(args: argparse.Namespace) -> int:
+    """`normgen bench --target cuda --fused`: the fused CUDA kernels on a GPU (bench/fused_cuda.py)."""
+    import datetime
+    import json
+
+    from .bench import fused_cuda
+    from .paths import repo_root
+    from .runtime.cuda import device_name
+
+    directions = ("forward",) if args.forward else ("train",) if args.backward else ("forward", "train")
+    results = fused_cuda.run(directions, args.dtype, args.repeat, args.warmup,
+                             progress=lambda r: print(f"  {r.case:<36} {r.direction:<7} " + "  ".join(
+                                 f"{k} {v:.3f} ms" for k, v in r.ms.items()), flush=True))
+    print(f"\nnormgen bench --target cuda --fused on {device_name()}: {args.dtype}, median of {args.repeat} after "
+          f"{args.warmup} warm-up runs, L2 flushed before every timed call (train = forward + backward)")
+    print(fused_cuda.table(results))
+    if args.json is not None:
+        root = repo_root() or Path(".")
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(args.json) if args.json else root / "bench" / "results" / f"fused-cuda-{stamp}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"gpu": device_name(), "dtype": args.dtype, "repeat": args.repeat,
+                                    "results": [vars(r) for r in results]}, indent=1))
+        print(f"wrote {path}")
+    return 0
+
+
 def _bench_fused(args: argparse.Namespace) -> int:
     """`normgen bench --fused`: fused specs against PyTorch eager and torch.compile (bench/fused.py)."""
     import datetime
@@ -290,8 +317,8 @@ def _bench_fused(args: argparse.Namespace) -> int:
     from .paths import repo_root
     from .runtime import threads as cpu
 
-    if args.target != "cpu":
-        raise NormgenError("bench --fused runs on the CPU (the CUDA templates do not fuse yet)")
+    if args.target == "cuda":
+        return _bench_fused_cuda(args)
     if args.threads:
         cpu.set_num_threads(args.threads)
     directions = ("forward",) if args.forward else ("train",) if args.backward else ("forward", "train")

@@ -155,3 +155,15 @@ def test_quantized_sources_compile_with_nvcc(kind, dtype):
                              target="cuda").items():
         assert "forward_apply(" in src and "qscale" in src
         nvcc_check(src, archs=("sm_90",), name=name)
+
+
+def test_the_fused_gpu_benchmark_stops_cleanly_without_a_gpu(capsys):
+    """`normgen bench --target cuda --fused` (bench/gpu.sh runs it on a GPU machine): here, where
+    CuPy sees no GPU, exit status 2 and one line saying why, before anything is allocated."""
+    from normgen.cli import main
+    from normgen.runtime.cuda import cupy_device
+
+    if cupy_device() is not None:
+        pytest.skip("a GPU is visible: the benchmark would run")
+    assert main(["bench", "--target", "cuda", "--fused", "--forward"]) == 2
+    assert "needs a CUDA GPU visible to CuPy" in capsys.readouterr().err
