@@ -14,17 +14,56 @@ block, static shared memory, and the bytes it reads from and writes to DRAM. The
 `min_bytes` is what any implementation moves: the x-like inputs read once (x; x and dy
 backward) and every output written once (y or dx; mean and rstd per group forward; the
 parameter gradients backward).
+
+A fused spec's kernels (`Kernel.fusion`) move more arrays of x's size: each pass reads the
+arrays it evaluates h from (x and the prologue's extra inputs, or the kept h), the
+epilogue's extra inputs, dy, dh; it writes y (one byte per element when quantized, after
+a pass that finds the group's absmax), h, dx and the extras' gradients (`FusedPasses`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from .bind import Binding
 from .launch_cuda import ITEMSIZE
-from .model import Direction, Kernel, Launch, ParamGrads, Plan, Step, Strategy
+from .model import Direction, Fusion, HSource, Kernel, Launch, ParamGrads, Plan, Step, Strategy
 
 _M, _S = 3 * 8, 4 * 8  # float64 (count, mean, M2) per part; float64 sums per part (g, g x_hat, dy x_hat, dy)
+
+
+@dataclass(frozen=True)
+class FusedPasses:
+    """Arrays of x's shape (and bytes per element of y) each pass of a fused plan moves."""
+
+    moments: int  # forward partial / first pass of forward_fused: reads (x, prologue extras)
+    normalize: int  # the normalizing pass of forward_fused: reads
+    apply: int  # forward_apply: reads
+    writes: int  # forward: arrays of x's dtype written (h), besides y
+    y_bytes: int  # forward: bytes per element of y (1 when quantized)
+    absmax: bool  # forward, quantized: the writing pass runs twice (absmax, then codes)
+    sums: int  # backward: reads of the sums pass
+    dx_reads: int  # backward: reads of the pass that writes dx
+    dx_writes: int  # backward: dx and the extras' gradients
+    inputs: int  # arrays of x's shape the call reads (min_bytes)
+
+
+def fused_passes(f: Fusion, direction: Direction, itemsize: int) -> FusedPasses:
+    """What each pass of a fused plan reads and writes (the templates' loads, in arrays)."""
+    pro, epi = len(f.pro_inputs), len([e for e in f.epi_inputs if e not in f.pro_inputs])
+    source = {HSource.STORED: 1, HSource.RECOMPUTE: 1 + pro, HSource.FROM_Y: 1, HSource.X: 1,
+              HSource.HELD: 0}[f.h_from]
+    if direction is Direction.FORWARD:
+        return FusedPasses(moments=1 + pro, normalize=source + epi, apply=1 + pro + epi, writes=int(f.keep),
+                           y_bytes=1 if f.quantize else itemsize, absmax=f.quantize is not None, sums=0, dx_reads=0,
+                           dx_writes=0, inputs=1 + len(f.extras))
+    derivs = (int(f.reads_x) if f.h_from is not HSource.RECOMPUTE and f.h_from is not HSource.X else 0) + \
+        (pro if f.reads_pro and f.h_from is not HSource.RECOMPUTE else 0)
+    sums = source + epi + 1
+    dx_reads = sums + derivs + int(f.dh)
+    return FusedPasses(moments=0, normalize=0, apply=0, writes=0, y_bytes=itemsize, absmax=False, sums=sums,
+                       dx_reads=dx_reads, dx_writes=1 + len(f.grads), inputs=dx_reads)
 
 
 def shared_doubles(kernel: Kernel, entry: str) -> dict[str, int]:
@@ -84,6 +123,8 @@ def cuda_steps(plan: Plan, mixture: bool) -> tuple[tuple[Step, ...], tuple[Step,
     """(steps of a training call, steps of an evaluation call, min_bytes) of a CUDA plan."""
     k, la = plan.kernel, plan.launch
     m = _Model(k, la, plan.binding)
+    if k.fusion is not None:
+        return _fused_steps(plan, m)
     X, P, ng, kst = m.X, m.P, m.ng, m.kstats
     pieces = la.pieces
     parts = f"{la.n_parts} parts per group" if la.n_copies == 1 else f"{la.pieces} shares per group"
@@ -126,6 +167,52 @@ def cuda_steps(plan: Plan, mixture: bool) -> tuple[tuple[Step, ...], tuple[Step,
                                     "order"))
     grads = m.grads if plan.param_grads is not ParamGrads.NONE else 0
     return tuple(out), (), 3 * X + grads
+
+
+def _fused_steps(plan: Plan, m: _Model) -> tuple[tuple[Step, ...], tuple[Step, ...], int]:
+    """cuda_steps of a fused plan: the same kernels, moving the arrays `fused_passes` counts."""
+    k, la = plan.kernel, plan.launch
+    X, P, ng, kst = m.X, m.P, m.ng, m.kstats
+    it = ITEMSIZE[k.dtype]
+    fp = fused_passes(k.fusion, k.direction, it)
+    pieces = la.pieces
+    parts = f"{la.n_parts} parts per group"
+    if k.direction is Direction.FORWARD:
+        Y = X // it * fp.y_bytes + (ng * 4 if fp.absmax else 0)  # the output (codes and scales when quantized)
+        passes = 2 if fp.absmax else 1
+        partial = m.step("forward_partial", f"moments of h over {parts}", X * fp.moments, ng * pieces * _M)
+        merge = m.step("forward_merge", "a warp per group: merge the parts (Chan), finalize",
+                       ng * pieces * _M, ng * _M + kst, merge=True)
+        apply = m.step("forward_apply", "normalize (h evaluated again)", X * fp.apply * passes + P + kst,
+                       Y + X * fp.writes)
+        if la.fused:
+            train = (m.step("forward_fused", "moments of h per group, then normalize it (h "
+                            + ("read back" if k.fusion.keep else "evaluated again") + ")",
+                            X * (fp.moments + fp.normalize * passes) + P, Y + X * fp.writes + ng * _M + kst),)
+        else:
+            train = (partial, merge, apply)
+        evaluate = (Step("host", "", "statistics from the running ones"), apply)
+        return train, evaluate, X * fp.inputs + Y + X * fp.writes + ng * 2 * m.st
+    partial = m.step("backward_partial", f"sums of g and g·x̂ over {parts}", X * fp.sums + P + kst,
+                     ng * pieces * _S + (pgrad_entries(k, la) * 16 if k.strategy is Strategy.COLUMNS else 0))
+    apply = m.step("backward_apply", "dx and the extras' gradients", X * fp.dx_reads + P + 2 * kst,
+                   X * fp.dx_writes)
+    if la.fused:
+        out = [m.step("backward_fused", "sums of g and g·x̂ per group, then dx and the extras' gradients",
+                      X * (fp.sums + fp.dx_reads) + P + kst, X * fp.dx_writes + ng * _S)]
+    else:
+        out = [partial, m.step("backward_merge", "a warp per group: add the parts, coefficients of dx",
+                               ng * pieces * _S + kst, ng * _S + kst, merge=True), apply]
+    if plan.param_grads is ParamGrads.REDUCTION and plan.params is not None:
+        pp = plan.params
+        pm = _Model(pp.kernel, pp.launch, pp.binding)
+        out.append(pm.step("param_partial", "sums of gy·x̂ and gy per parameter index (the parameter-gradient "
+                           "reduction)", X * fp.sums + kst + P, param_partial_entries(pp) * 16))
+    if plan.param_grads is not ParamGrads.NONE:
+        out.append(Step("host", "", f"parameter gradients: {plan.param_grads.value} partials, summed in a fixed "
+                                    "order"))
+    grads = m.grads if plan.param_grads is not ParamGrads.NONE else 0
+    return tuple(out), (), X * (fp.inputs + fp.dx_writes) + grads
 
 
 def plan_json(plan: Plan, evaluation: bool = False) -> dict:
