@@ -167,3 +167,22 @@ def test_the_fused_gpu_benchmark_stops_cleanly_without_a_gpu(capsys):
         pytest.skip("a GPU is visible: the benchmark would run")
     assert main(["bench", "--target", "cuda", "--fused", "--forward"]) == 2
     assert "needs a CUDA GPU visible to CuPy" in capsys.readouterr().err
+
+
+def test_the_traffic_model_counts_the_fused_arrays():
+    """add_rms_norm [8192, 4096] float32 on the H100: the forward reads x and the residual, then h
+    back, and writes y and h; the backward reads h and dy (sums), then h, dy and dh again and writes
+    dx (the residual's gradient is dx itself); the parameter reduction reads h and dy."""
+    op = normgen.load("add_rms_norm")
+    X = 8192 * 4096 * 4
+    fwd = op.plan((8192, 4096), target="cuda", normalized_shape=(4096,))
+    (step,) = fwd.steps
+    assert step.entry == "forward_fused"
+    assert step.bytes_read == 3 * X + 4096 * 4  # + the weight
+    assert step.bytes_written == 2 * X + 8192 * (3 * 8 + 3 * 4)  # + moments (float64) and kstats
+    bwd = op.plan((8192, 4096), target="cuda", direction="backward", normalized_shape=(4096,))
+    kernels = {s.entry: s for s in bwd.steps if s.entry != "host"}
+    assert set(kernels) == {"backward_fused", "param_partial"}
+    assert kernels["backward_fused"].bytes_read == 5 * X + 4096 * 4 + 8192 * 3 * 4
+    assert kernels["backward_fused"].bytes_written == X + 8192 * 4 * 8
+    assert kernels["param_partial"].bytes_read == 2 * X + 8192 * 3 * 4 + 4096 * 4
