@@ -22,8 +22,6 @@ def decisions(target: str, threads: int = 2, device: str = "h100") -> list[str]:
     rows = []
     for ref in REFERENCES:
         op = load(ref.spec)
-        if target == "cuda" and op.spec.fuse is not None:
-            continue  # the CUDA templates do not fuse yet
         strides = layout_strides(ref.shape, ref.layout)
         out = like_strides(ref.shape, strides)
         b = bind(op.spec, ref.shape, dict(ref.sizes))
@@ -107,6 +105,14 @@ weight_standardization [512, 256, 3, 3] contiguous forward: rows, fused, grid 51
 weight_standardization [512, 256, 3, 3] contiguous backward: rows, fused, grid 512 x (1024, 1)
 standardize [100000, 64] contiguous forward: columns, phased x528, grid 528 x (16, 32)
 standardize [100000, 64] contiguous backward: columns, phased x528, grid 528 x (16, 32)
+add_rms_norm [8192, 4096] contiguous forward: rows, fused, grid 2048 x (256, 1), h stored
+add_rms_norm [8192, 4096] contiguous backward: rows, fused, grid 2048 x (256, 1), params: second reduction, h stored
+gated_rms_norm [8192, 1024] contiguous forward: rows, fused, grid 8192 x (256, 1), h recompute
+gated_rms_norm [8192, 1024] contiguous backward: rows, fused, grid 8192 x (256, 1), params: second reduction, h recompute, writes z
+group_norm_silu [8, 256, 64, 64] contiguous forward: rows, phased x5, grid 1280 x (256, 1), h x
+group_norm_silu [8, 256, 64, 64] contiguous backward: rows, phased x5, grid 1280 x (256, 1), params: second reduction, h x
+group_norm_silu [8, 256, 64, 64] channels_last forward: columns, phased x9, grid 576 x (32, 16), h x
+group_norm_silu [8, 256, 64, 64] channels_last backward: columns, phased x9, grid 576 x (32, 16), params: per element, h x
 """
 
 
