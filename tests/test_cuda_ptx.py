@@ -60,3 +60,22 @@ def test_no_spills_and_at_most_64_registers(path, source):
         assert u.registers <= MAX_REGS, (kernel, u)
         assert u.spill_stores == 0 and u.spill_loads == 0, (kernel, u)
         assert u.stack == 0, (kernel, u)  # nothing in local memory either
+
+
+#: the fused specs the benchmarks time (float32, forward and backward: ptxas takes seconds a source)
+FUSED = ("add_rms_norm", "group_norm_silu")
+FUSED_SOURCES = sorted((path, src) for path, src in reference_sources("cuda").items()
+                       if path.split("/")[1].split(".")[0] in FUSED and path.rsplit(".", 2)[-2] != "params")
+
+
+@pytest.mark.parametrize("path,source", FUSED_SOURCES, ids=[p for p, _ in FUSED_SOURCES])
+def test_fused_kernels_fit_64_registers(path, source):
+    """The fused specs' kernels (templates/cuda/*_fused.cu.j2): at most 64 registers; no spills
+    in the forward kernels, nor in add_rms_norm's backward (group_norm_silu's backward spills a
+    few bytes: docs/CUDA_PLANS.md)."""
+    _, usage = compile_report(source, ARCH, name=path.rsplit("/", 1)[1])
+    assert usage
+    for kernel, u in usage.items():
+        assert u.registers <= MAX_REGS, (kernel, u)
+        if "group_norm_silu" not in path or ".backward." not in path:
+            assert u.spill_stores == 0 and u.spill_loads == 0 and u.stack == 0, (kernel, u)
