@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from normgen import load
-from normgen.verify import check
 from normgen.runtime.cuda import cupy_device
 from normgen.spec.library import bundled_names
+from normgen.verify import check
 
 pytestmark = pytest.mark.skipif(cupy_device() is None, reason="no CUDA GPU visible to CuPy")
 
