@@ -111,8 +111,8 @@ gated_rms_norm [8192, 1024] contiguous forward: rows, fused, grid 8192 x (256, 1
 gated_rms_norm [8192, 1024] contiguous backward: rows, fused, grid 8192 x (256, 1), params: second reduction, h recompute, writes z
 group_norm_silu [8, 256, 64, 64] contiguous forward: rows, phased x5, grid 1280 x (256, 1), h x
 group_norm_silu [8, 256, 64, 64] contiguous backward: rows, phased x5, grid 1280 x (256, 1), params: second reduction, h x
-group_norm_silu [8, 256, 64, 64] channels_last forward: columns, phased x9, grid 576 x (32, 16), h x
-group_norm_silu [8, 256, 64, 64] channels_last backward: columns, phased x9, grid 576 x (32, 16), params: per element, h x
+group_norm_silu [8, 256, 64, 64] channels_last forward: columns, phased x128, grid 1024 x (32, 8), h x
+group_norm_silu [8, 256, 64, 64] channels_last backward: columns, phased x128, grid 1024 x (32, 8), params: per element, h x
 """
 
 

@@ -4,7 +4,7 @@
 // plan:      backward · float32 · columns · parameter-gradient reduction · groups () · rows (batch) · columns normalized
 // loop dims: batch(R) normalized(K)
 // kernels:   param_partial  the backward's parameter-gradient reduction: sums of dy·x̂ and dy per parameter index
-// key:       7996dc6de505d5c433314b6b3308bc3d
+// key:       079b1fc9f1684440893a76b4ed7e30d8
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Each thread accumulates
@@ -97,12 +97,12 @@ __device__ __forceinline__ void finalize(double n, double inv_n, double mean, do
 }
 
 
-extern "C" __global__ void __launch_bounds__(512, 2) param_partial(
+extern "C" __global__ void __launch_bounds__(256, 4) param_partial(
     const T* __restrict__ x, const T* __restrict__ h, const T* __restrict__ e_residual, const T* __restrict__ dh,
     const T* __restrict__ dy, const T* __restrict__ weight, const T* __restrict__ bias,
     const CT* __restrict__ kstats, double* __restrict__ partial, const long long* __restrict__ g) {
-    // Per parameter index (column element) and part of the rows: sums of gy * x_hat and of gy
-    // (gy: dy through the epilogue's derivative); the statistics vary along the rows. h = x + residual
+    // Per parameter index (element of a row's tile) and part of the rows: sums of gy * x_hat and
+    // of gy (gy: dy through the epilogue's derivative); the statistics vary along the rows. h = x + residual
     const long long n_batch = g[0];  // size of batch
     const long long n_normalized = g[1];  // size of normalized
     const long long dys_batch = g[4];  // dy stride along batch
@@ -112,12 +112,15 @@ extern "C" __global__ void __launch_bounds__(512, 2) param_partial(
     const long long ss_batch = g[14];  // statistics stride along batch
     const long long ps_normalized = g[17];  // parameter stride along normalized
     const long long n_parts = g[18];  // parts per group (1: a unit reduces a whole group)
-    const long long n_tasks = n_normalized * n_parts;
+    const long long width = n_normalized;  // elements of a row's tile
+    const long long n_tasks = width * n_parts;
     const long long stride = (long long)gridDim.x * blockDim.x * blockDim.y;
     for (long long task = (long long)blockIdx.x * blockDim.x * blockDim.y + threadIdx.y * blockDim.x + threadIdx.x;
          task < n_tasks; task += stride) {
-        const long long i_normalized = task % n_normalized;  // kept normalized
-        const long long part = task / n_normalized % n_parts, grp = task / n_normalized / n_parts;
+        const long long el = task % width, part = task / width % n_parts, grp = task / width / n_parts;
+        const long long i_normalized = el;  // kept normalized
+        [[maybe_unused]] const long long piece = part;  // of the column's statistics
+        [[maybe_unused]] const long long pieces = n_parts;
         [[maybe_unused]] const long long h_u = i_normalized * hs_normalized;
         [[maybe_unused]] const long long dy_u = i_normalized * dys_normalized;
         [[maybe_unused]] const long long s_u = 0LL;
@@ -125,29 +128,26 @@ extern "C" __global__ void __launch_bounds__(512, 2) param_partial(
         const long long n_rows = n_batch;
         const long long r_lo = part * (n_rows / n_parts) + min(part, n_rows % n_parts);
         const long long r_hi = r_lo + n_rows / n_parts + (part < n_rows % n_parts ? 1 : 0);
-        {
-            double a = 0.0, b = 0.0;
-            for (long long r = r_lo; r < r_hi; ++r) {  // reduced batch
-                const long long i_batch = r;  // reduced batch
-                [[maybe_unused]] const long long h_o = h_u + i_batch * hs_batch;
-                [[maybe_unused]] const long long dy_o = dy_u + i_batch * dys_batch;
-                [[maybe_unused]] const long long s_o = s_u + i_batch * ss_batch;
-                [[maybe_unused]] const long long p_o = p_u;
-                [[maybe_unused]] const CT hi = kstats[3 * s_o], lo = kstats[3 * s_o + 1];
-                const CT rs = kstats[3 * s_o + 2];
-                [[maybe_unused]] const CT h_e = ld(h, h_o);
-                [[maybe_unused]] const CT dy_e = ld(dy, dy_o);
-                [[maybe_unused]] const CT w_e = ld(weight, p_o);
-                const CT hv = h_e;
-                const CT hc = hv;
-                [[maybe_unused]] const CT xh = hc * rs;
-                const CT gy = dy_e;
-                a += (double)(gy * xh);
-                b += (double)gy;
-            }
-            const long long o = 2 * (((grp * n_parts + part) * n_normalized + i_normalized));
-            partial[o] = a;
-            partial[o + 1] = b;
+        double a = 0.0, b = 0.0;
+        for (long long r = r_lo; r < r_hi; ++r) {  // reduced batch
+            const long long i_batch = r;  // reduced batch
+            [[maybe_unused]] const long long h_o = h_u + i_batch * hs_batch;
+            [[maybe_unused]] const long long dy_o = dy_u + i_batch * dys_batch;
+            [[maybe_unused]] const long long s_o = s_u + i_batch * ss_batch;
+            [[maybe_unused]] const long long p_o = p_u;
+            [[maybe_unused]] const CT hi = kstats[3 * s_o], lo = kstats[3 * s_o + 1];
+            const CT rs = kstats[3 * s_o + 2];
+            [[maybe_unused]] const CT h_e = ld(h, h_o);
+            [[maybe_unused]] const CT dy_e = ld(dy, dy_o);
+            [[maybe_unused]] const CT w_e = ld(weight, p_o);
+            const CT hv = h_e;
+            const CT hc = hv;
+            [[maybe_unused]] const CT xh = hc * rs;
+            const CT gy = dy_e;
+            a += (double)(gy * xh);
+            b += (double)gy;
         }
+        partial[2 * ((grp * n_parts + part) * width + el)] = a;
+        partial[2 * ((grp * n_parts + part) * width + el) + 1] = b;
     }
 }

@@ -7,7 +7,7 @@
 //            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
 //            forward_merge     a warp per group: merge the parts' moments (Chan), finalize
 //            backward_merge    a warp per group: add the parts' sums, coefficients of dx
-// key:       3c18b39f708bf2f57316d809a70acc3b
+// key:       9734f287690bb39bf0e1e12c1ca782f8
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Each thread accumulates
@@ -100,13 +100,13 @@ __device__ __forceinline__ void finalize(double n, double inv_n, double mean, do
 }
 
 
-extern "C" __global__ void __launch_bounds__(512, 2) backward_partial(
+extern "C" __global__ void __launch_bounds__(256, 4) backward_partial(
     const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ weight, const T* __restrict__ bias,
     const CT* __restrict__ kstats, double* __restrict__ sums, double* __restrict__ pgrad,
     const long long* __restrict__ g) {
-    // Per column and part of the rows: sums of g, g x_hat, gy x_hat, gy (g = gy * weight; gy: dy
-    // through the epilogue's derivative), and per element the parameter gradients' partials.
-    // out = silu(y)
+    // Per element of the tile and part of the rows: sums of g, g x_hat, gy x_hat, gy (g = gy *
+    // weight; gy: dy through the epilogue's derivative), pieces of the columns' sums; the last two
+    // are the parameter gradients' partials too. out = silu(y)
     const long long n_N = g[0];  // size of N
     const long long n_spatial = g[1];  // size of spatial0·spatial1
     const long long n_G = g[2];  // size of G
@@ -124,12 +124,15 @@ extern "C" __global__ void __launch_bounds__(512, 2) backward_partial(
     const long long ps_G = g[22];  // parameter stride along G
     const long long ps_c = g[23];  // parameter stride along c
     const long long n_parts = g[24];  // parts per group (1: a unit reduces a whole group)
-    const long long n_tasks = n_N * n_G * n_parts;
+    const long long width = n_G * n_c;  // elements of a row's tile
+    const long long n_tasks = n_N * width * n_parts;
     const long long stride = (long long)gridDim.x * blockDim.x * blockDim.y;
     for (long long task = (long long)blockIdx.x * blockDim.x * blockDim.y + threadIdx.y * blockDim.x + threadIdx.x;
          task < n_tasks; task += stride) {
-        const long long i_G = task % n_G;  // kept G
-        const long long part = task / n_G % n_parts, grp = task / n_G / n_parts;
+        const long long el = task % width, part = task / width % n_parts, grp = task / width / n_parts;
+        const long long i_G = el / n_c, t = el % n_c;  // kept G, reduced c
+        [[maybe_unused]] const long long piece = part * n_c + t;  // of the column's statistics
+        [[maybe_unused]] const long long pieces = n_parts * n_c;
         const long long i_N = grp;  // kept N
         [[maybe_unused]] const long long x_u = i_N * xs_N + i_G * xs_G;
         [[maybe_unused]] const long long dy_u = i_N * dys_N + i_G * dys_G;
@@ -141,46 +144,40 @@ extern "C" __global__ void __launch_bounds__(512, 2) backward_partial(
         [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1];
         const CT rs = kstats[3 * s_u + 2];
         double acc[4] = {0.0, 0.0, 0.0, 0.0};
-        for (long long t = 0; t < n_c; ++t) {  // reduced c
-            double e = 0.0, fs = 0.0;  // this element's sums of gy x_hat, gy over the part's rows
-            for (long long r = r_lo; r < r_hi; ++r) {  // reduced spatial0·spatial1
-                const long long i_spatial = r;  // reduced spatial0·spatial1
-                [[maybe_unused]] const long long x_o = x_u + i_spatial * xs_spatial + t * xs_c;
-                [[maybe_unused]] const long long dy_o = dy_u + i_spatial * dys_spatial + t * dys_c;
-                [[maybe_unused]] const long long p_o = p_u + t * ps_c;
-                [[maybe_unused]] const CT x_e = ld(x, x_o);
-                [[maybe_unused]] const CT dy_e = ld(dy, dy_o);
-                [[maybe_unused]] const CT w_e = ld(weight, p_o);
-                [[maybe_unused]] const CT b_e = ld(bias, p_o);
-                const CT hv = x_e;
-                const CT hc = (hv - hi) - lo;
-                [[maybe_unused]] const CT xh = hc * rs;
-                [[maybe_unused]] const CT yv = xh * w_e + b_e;
-                const CT q0 = CT(1.0) / (CT(1.0) + expf(-yv));
-                const CT gy_e = q0 * (CT(1.0) + yv * (CT(1.0) - q0));
-                const CT gy = dy_e * gy_e;
-                const CT g = gy * w_e;
-                acc[0] += (double)g;
-                acc[1] += (double)(g * xh);
-                e += (double)(gy * xh);
-                fs += (double)gy;
-            }
-            acc[2] += e;
-            acc[3] += fs;
-            const long long po = 2 * (((grp * n_parts + part) * n_G + i_G) * n_c + t);
-            pgrad[po] = e;
-            pgrad[po + 1] = fs;
+        for (long long r = r_lo; r < r_hi; ++r) {  // reduced spatial0·spatial1
+            const long long i_spatial = r;  // reduced spatial0·spatial1
+            [[maybe_unused]] const long long x_o = x_u + i_spatial * xs_spatial + t * xs_c;
+            [[maybe_unused]] const long long dy_o = dy_u + i_spatial * dys_spatial + t * dys_c;
+            [[maybe_unused]] const long long p_o = p_u + t * ps_c;
+            [[maybe_unused]] const CT x_e = ld(x, x_o);
+            [[maybe_unused]] const CT dy_e = ld(dy, dy_o);
+            [[maybe_unused]] const CT w_e = ld(weight, p_o);
+            [[maybe_unused]] const CT b_e = ld(bias, p_o);
+            const CT hv = x_e;
+            const CT hc = (hv - hi) - lo;
+            [[maybe_unused]] const CT xh = hc * rs;
+            [[maybe_unused]] const CT yv = xh * w_e + b_e;
+            const CT q0 = CT(1.0) / (CT(1.0) + expf(-yv));
+            const CT gy_e = q0 * (CT(1.0) + yv * (CT(1.0) - q0));
+            const CT gy = dy_e * gy_e;
+            const CT g = gy * w_e;
+            acc[0] += (double)g;
+            acc[1] += (double)(g * xh);
+            acc[2] += (double)(gy * xh);
+            acc[3] += (double)gy;
         }
-        const long long o = 4 * (s_u * n_parts + part);
+        const long long o = 4 * (s_u * pieces + piece);
         sums[o] = acc[0];
         sums[o + 1] = acc[1];
         sums[o + 2] = acc[2];
         sums[o + 3] = acc[3];
+        pgrad[2 * ((grp * n_parts + part) * width + el)] = acc[2];
+        pgrad[2 * ((grp * n_parts + part) * width + el) + 1] = acc[3];
     }
 }
 
 
-extern "C" __global__ void __launch_bounds__(512, 2) backward_apply(
+extern "C" __global__ void __launch_bounds__(256, 4) backward_apply(
     const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, const T* __restrict__ weight,
     const T* __restrict__ bias, const CT* __restrict__ kstats, const CT* __restrict__ coef,
     const long long* __restrict__ g) {
@@ -207,12 +204,15 @@ extern "C" __global__ void __launch_bounds__(512, 2) backward_apply(
     const long long ps_G = g[22];  // parameter stride along G
     const long long ps_c = g[23];  // parameter stride along c
     const long long n_parts = g[24];  // parts per group (1: a unit reduces a whole group)
-    const long long n_tasks = n_N * n_G * n_parts;
+    const long long width = n_G * n_c;  // elements of a row's tile
+    const long long n_tasks = n_N * width * n_parts;
     const long long stride = (long long)gridDim.x * blockDim.x * blockDim.y;
     for (long long task = (long long)blockIdx.x * blockDim.x * blockDim.y + threadIdx.y * blockDim.x + threadIdx.x;
          task < n_tasks; task += stride) {
-        const long long i_G = task % n_G;  // kept G
-        const long long part = task / n_G % n_parts, grp = task / n_G / n_parts;
+        const long long el = task % width, part = task / width % n_parts, grp = task / width / n_parts;
+        const long long i_G = el / n_c, t = el % n_c;  // kept G, reduced c
+        [[maybe_unused]] const long long piece = part * n_c + t;  // of the column's statistics
+        [[maybe_unused]] const long long pieces = n_parts * n_c;
         const long long i_N = grp;  // kept N
         [[maybe_unused]] const long long x_u = i_N * xs_N + i_G * xs_G;
         [[maybe_unused]] const long long dy_u = i_N * dys_N + i_G * dys_G;
@@ -225,27 +225,25 @@ extern "C" __global__ void __launch_bounds__(512, 2) backward_apply(
         [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1];
         const CT rs = kstats[3 * s_u + 2];
         const CT c0 = coef[3 * s_u], c1 = coef[3 * s_u + 1], c2 = coef[3 * s_u + 2];
-        for (long long t = 0; t < n_c; ++t) {  // reduced c
-            for (long long r = r_lo; r < r_hi; ++r) {  // reduced spatial0·spatial1
-                const long long i_spatial = r;  // reduced spatial0·spatial1
-                [[maybe_unused]] const long long x_o = x_u + i_spatial * xs_spatial + t * xs_c;
-                [[maybe_unused]] const long long dy_o = dy_u + i_spatial * dys_spatial + t * dys_c;
-                [[maybe_unused]] const long long dx_o = dx_u + i_spatial * dxs_spatial + t * dxs_c;
-                [[maybe_unused]] const long long p_o = p_u + t * ps_c;
-                [[maybe_unused]] const CT x_e = ld(x, x_o);
-                [[maybe_unused]] const CT dy_e = ld(dy, dy_o);
-                [[maybe_unused]] const CT w_e = ld(weight, p_o);
-                [[maybe_unused]] const CT b_e = ld(bias, p_o);
-                const CT hv = x_e;
-                const CT hc = (hv - hi) - lo;
-                [[maybe_unused]] const CT xh = hc * rs;
-                [[maybe_unused]] const CT yv = xh * w_e + b_e;
-                const CT q0 = CT(1.0) / (CT(1.0) + expf(-yv));
-                const CT gy_e = q0 * (CT(1.0) + yv * (CT(1.0) - q0));
-                const CT gy = dy_e * gy_e;
-                const CT dhv = c0 * gy * w_e + c1 * hc + c2;
-                st(dx, dx_o, dhv);
-            }
+        for (long long r = r_lo; r < r_hi; ++r) {  // reduced spatial0·spatial1
+            const long long i_spatial = r;  // reduced spatial0·spatial1
+            [[maybe_unused]] const long long x_o = x_u + i_spatial * xs_spatial + t * xs_c;
+            [[maybe_unused]] const long long dy_o = dy_u + i_spatial * dys_spatial + t * dys_c;
+            [[maybe_unused]] const long long dx_o = dx_u + i_spatial * dxs_spatial + t * dxs_c;
+            [[maybe_unused]] const long long p_o = p_u + t * ps_c;
+            [[maybe_unused]] const CT x_e = ld(x, x_o);
+            [[maybe_unused]] const CT dy_e = ld(dy, dy_o);
+            [[maybe_unused]] const CT w_e = ld(weight, p_o);
+            [[maybe_unused]] const CT b_e = ld(bias, p_o);
+            const CT hv = x_e;
+            const CT hc = (hv - hi) - lo;
+            [[maybe_unused]] const CT xh = hc * rs;
+            [[maybe_unused]] const CT yv = xh * w_e + b_e;
+            const CT q0 = CT(1.0) / (CT(1.0) + expf(-yv));
+            const CT gy_e = q0 * (CT(1.0) + yv * (CT(1.0) - q0));
+            const CT gy = dy_e * gy_e;
+            const CT dhv = c0 * gy * w_e + c1 * hc + c2;
+            st(dx, dx_o, dhv);
         }
     }
 }

@@ -7,7 +7,7 @@
 //            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
 //            forward_merge    a warp per group: merge the parts' moments (Chan), finalize
 //            backward_merge   a warp per group: add the parts' sums, coefficients of dx
-// key:       554712092b527217179b36be00f0eb82
+// key:       8860c1216957034a46e69dbd4e196597
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Each thread accumulates
@@ -100,10 +100,10 @@ __device__ __forceinline__ void finalize(double n, double inv_n, double mean, do
 }
 
 
-extern "C" __global__ void __launch_bounds__(512, 2) forward_partial(
+extern "C" __global__ void __launch_bounds__(256, 4) forward_partial(
     const T* __restrict__ x, double* __restrict__ moments, const long long* __restrict__ g) {
-    // Moments of h over each part of the rows of each column, merged afterwards by forward_merge (Chan).
-    // out = silu(y)
+    // Moments of h over each part of the rows of each element of the tile: pieces of the columns'
+    // statistics, merged afterwards by forward_merge (Chan). out = silu(y)
     const long long n_N = g[0];  // size of N
     const long long n_spatial = g[1];  // size of spatial0·spatial1
     const long long n_G = g[2];  // size of G
@@ -115,38 +115,35 @@ extern "C" __global__ void __launch_bounds__(512, 2) forward_partial(
     const long long ss_N = g[12];  // statistics stride along N
     const long long ss_G = g[14];  // statistics stride along G
     const long long n_parts = g[20];  // parts per group (1: a unit reduces a whole group)
-    const long long n_tasks = n_N * n_G * n_parts;
+    const long long width = n_G * n_c;  // elements of a row's tile
+    const long long n_tasks = n_N * width * n_parts;
     const long long stride = (long long)gridDim.x * blockDim.x * blockDim.y;
     for (long long task = (long long)blockIdx.x * blockDim.x * blockDim.y + threadIdx.y * blockDim.x + threadIdx.x;
          task < n_tasks; task += stride) {
-        const long long i_G = task % n_G;  // kept G
-        const long long part = task / n_G % n_parts, grp = task / n_G / n_parts;
+        const long long el = task % width, part = task / width % n_parts, grp = task / width / n_parts;
+        const long long i_G = el / n_c, t = el % n_c;  // kept G, reduced c
+        [[maybe_unused]] const long long piece = part * n_c + t;  // of the column's statistics
+        [[maybe_unused]] const long long pieces = n_parts * n_c;
         const long long i_N = grp;  // kept N
         [[maybe_unused]] const long long x_u = i_N * xs_N + i_G * xs_G;
         [[maybe_unused]] const long long s_u = i_N * ss_N + i_G * ss_G;
         const long long n_rows = n_spatial;
         const long long r_lo = part * (n_rows / n_parts) + min(part, n_rows % n_parts);
         const long long r_hi = r_lo + n_rows / n_parts + (part < n_rows % n_parts ? 1 : 0);
-        CT shift = (CT)0;  // the shift K: h of the task's first element, so that h - K is small
-        bool have = false;
+        CT shift = (CT)0;  // the shift K: h of the task's first row, so that h - K is small
         double a1 = 0.0, a2 = 0.0;  // sums of h - K and (h - K)^2
-        for (long long t = 0; t < n_c; ++t) {  // reduced c
-            for (long long r = r_lo; r < r_hi; ++r) {  // reduced spatial0·spatial1
-                const long long i_spatial = r;  // reduced spatial0·spatial1
-                [[maybe_unused]] const long long x_o = x_u + i_spatial * xs_spatial + t * xs_c;
-                [[maybe_unused]] const CT x_e = ld(x, x_o);
-                const CT hv = x_e;
-                if (!have) {
-                    shift = hv;
-                    have = true;
-                }
-                const double d = (double)(hv - shift);
-                a1 += d;
-                a2 += d * d;
-            }
+        for (long long r = r_lo; r < r_hi; ++r) {  // reduced spatial0·spatial1
+            const long long i_spatial = r;  // reduced spatial0·spatial1
+            [[maybe_unused]] const long long x_o = x_u + i_spatial * xs_spatial + t * xs_c;
+            [[maybe_unused]] const CT x_e = ld(x, x_o);
+            const CT hv = x_e;
+            if (r == r_lo) shift = hv;
+            const double d = (double)(hv - shift);
+            a1 += d;
+            a2 += d * d;
         }
-        const double n = (double)(r_hi - r_lo) * (double)n_c, inv_n = n > 0.0 ? 1.0 / n : 0.0;
-        const long long o = 3 * (s_u * n_parts + part);
+        const double n = (double)(r_hi - r_lo), inv_n = n > 0.0 ? 1.0 / n : 0.0;
+        const long long o = 3 * (s_u * pieces + piece);
         moments[o] = n;
         moments[o + 1] = (double)shift + a1 * inv_n;
         moments[o + 2] = fmax(a2 - a1 * a1 * inv_n, 0.0);
@@ -154,7 +151,7 @@ extern "C" __global__ void __launch_bounds__(512, 2) forward_partial(
 }
 
 
-extern "C" __global__ void __launch_bounds__(512, 2) forward_apply(
+extern "C" __global__ void __launch_bounds__(256, 4) forward_apply(
     const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
     const CT* __restrict__ kstats, const long long* __restrict__ g) {
     // Normalize h with given statistics; h is evaluated from x.
@@ -175,12 +172,15 @@ extern "C" __global__ void __launch_bounds__(512, 2) forward_apply(
     const long long ps_G = g[18];  // parameter stride along G
     const long long ps_c = g[19];  // parameter stride along c
     const long long n_parts = g[20];  // parts per group (1: a unit reduces a whole group)
-    const long long n_tasks = n_N * n_G * n_parts;
+    const long long width = n_G * n_c;  // elements of a row's tile
+    const long long n_tasks = n_N * width * n_parts;
     const long long stride = (long long)gridDim.x * blockDim.x * blockDim.y;
     for (long long task = (long long)blockIdx.x * blockDim.x * blockDim.y + threadIdx.y * blockDim.x + threadIdx.x;
          task < n_tasks; task += stride) {
-        const long long i_G = task % n_G;  // kept G
-        const long long part = task / n_G % n_parts, grp = task / n_G / n_parts;
+        const long long el = task % width, part = task / width % n_parts, grp = task / width / n_parts;
+        const long long i_G = el / n_c, t = el % n_c;  // kept G, reduced c
+        [[maybe_unused]] const long long piece = part * n_c + t;  // of the column's statistics
+        [[maybe_unused]] const long long pieces = n_parts * n_c;
         const long long i_N = grp;  // kept N
         [[maybe_unused]] const long long x_u = i_N * xs_N + i_G * xs_G;
         [[maybe_unused]] const long long y_u = i_N * ys_N + i_G * ys_G;
@@ -191,21 +191,19 @@ extern "C" __global__ void __launch_bounds__(512, 2) forward_apply(
         const long long r_hi = r_lo + n_rows / n_parts + (part < n_rows % n_parts ? 1 : 0);
         [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1];
         const CT rs = kstats[3 * s_u + 2];
-        for (long long t = 0; t < n_c; ++t) {  // reduced c
-            for (long long r = r_lo; r < r_hi; ++r) {  // reduced spatial0·spatial1
-                const long long i_spatial = r;  // reduced spatial0·spatial1
-                [[maybe_unused]] const long long x_o = x_u + i_spatial * xs_spatial + t * xs_c;
-                [[maybe_unused]] const long long y_o = y_u + i_spatial * ys_spatial + t * ys_c;
-                [[maybe_unused]] const long long p_o = p_u + t * ps_c;
-                [[maybe_unused]] const CT x_e = ld(x, x_o);
-                [[maybe_unused]] const CT w_e = ld(weight, p_o);
-                [[maybe_unused]] const CT b_e = ld(bias, p_o);
-                const CT hv = x_e;
-                const CT yv = ((hv - hi) - lo) * rs * w_e + b_e;
-                const CT q0 = CT(1.0) / (CT(1.0) + expf(-yv));
-                const CT o = yv * q0;
-                st(y, y_o, o);
-            }
+        for (long long r = r_lo; r < r_hi; ++r) {  // reduced spatial0·spatial1
+            const long long i_spatial = r;  // reduced spatial0·spatial1
+            [[maybe_unused]] const long long x_o = x_u + i_spatial * xs_spatial + t * xs_c;
+            [[maybe_unused]] const long long y_o = y_u + i_spatial * ys_spatial + t * ys_c;
+            [[maybe_unused]] const long long p_o = p_u + t * ps_c;
+            [[maybe_unused]] const CT x_e = ld(x, x_o);
+            [[maybe_unused]] const CT w_e = ld(weight, p_o);
+            [[maybe_unused]] const CT b_e = ld(bias, p_o);
+            const CT hv = x_e;
+            const CT yv = ((hv - hi) - lo) * rs * w_e + b_e;
+            const CT q0 = CT(1.0) / (CT(1.0) + expf(-yv));
+            const CT o = yv * q0;
+            st(y, y_o, o);
         }
     }
 }

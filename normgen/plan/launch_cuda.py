@@ -21,7 +21,8 @@ The rules keep a memory-bound kernel's bytes in flight (DESIGN.md, "GPU device m
 * fused specs (prologue, epilogue, quantize; and save="y") run the element-by-element
   templates (`rows_fused.cu.j2`, `columns_fused.cu.j2`): no 16-byte vectors, nothing kept
   in registers, one unit per group (`copies` 1); a quantized output takes whole groups
-  (one part), since a group's absmax comes before its first write.
+  (one part), since a group's absmax comes before its first write. Their columns kernels
+  give a thread each element of a row's tile over a part of the rows (`_columns_scalar`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ MAX_REGS = 64
 REGS_PER_SM = 65536
 #: threads of the merge kernels' blocks (a warp per group)
 MERGE_BLOCK = 256
+#: fused columns kernels: threads per block, and rows a thread sums at least (each thread writes
+#: its partial moments: 24 bytes per FUSED_COL_ROWS elements read)
+FUSED_COL_BLOCK = 256
+FUSED_COL_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -205,6 +210,25 @@ def _rows_vec_ok(dims: tuple[PDim, ...], lay: Layout, vec: int) -> bool:
     return all(d.s(a) % vec == 0 for i, d in enumerate(dims) if i != lay.inner for a in moving)
 
 
+def _columns_scalar(dims, lay, device, moved, options) -> CudaChoice:
+    """The fused columns kernels: a thread per element of a row's tile (column and tail index) and
+    part of the rows, `FUSED_COL_ROWS` rows a thread at least; each (part, tail index) is a piece
+    of its column's statistics (`n_copies` = the tail), merged by a warp per column."""
+    n_col = dims[lay.inner].size
+    tail = dims[lay.tail].size if lay.tail is not None else 1
+    n_groups = math.prod(dims[i].size for i in lay.groups)
+    n_rows = math.prod(dims[i].size for i in lay.rows)
+    elems = n_groups * n_col * tail
+    if options.parts is not None:
+        n_parts = max(1, min(options.parts, n_rows))
+    else:
+        n_parts = max(1, min(-(-target_threads(device, moved) // elems), n_rows // FUSED_COL_ROWS))
+    bx, by = 32, FUSED_COL_BLOCK // 32
+    la = Launch(**sizes_strides(dims), n_parts=n_parts, fused=False, grid=-(-elems * n_parts // FUSED_COL_BLOCK),
+                block=(bx, by), threads_per_unit=bx * by, n_copies=tail, **_merge(n_groups * n_col))
+    return CudaChoice(la, 1, tile=(bx, by), wide=max(n_rows, n_col * tail) >= 2**31)
+
+
 def _columns(dims, lay, device, dtype, moved, options, scalar=False) -> CudaChoice:
     arrays = _arrays(dims)
     n_col = dims[lay.inner].size
@@ -213,10 +237,10 @@ def _columns(dims, lay, device, dtype, moved, options, scalar=False) -> CudaChoi
     # a tile holds whole columns (the block folds each column's tail), in threads of `vec` elements;
     # a thread keeps the statistics of each column among them: 8 bytes of the half types
     # (4 elements) keep that within MAX_REGS registers, 16 bytes of the others
-    vec = 1 if scalar else 16 // ITEMSIZE[dtype] if ITEMSIZE[dtype] >= 4 else 4
-    if scalar:  # the fused kernels: a thread per column of a part of the rows
-        bx = min(32, _pow2(width))
-    elif tail % vec == 0:  # a column is tail / vec threads: 32 x vec elements of whole columns
+    if scalar:
+        return _columns_scalar(dims, lay, device, moved, options)
+    vec = 16 // ITEMSIZE[dtype] if ITEMSIZE[dtype] >= 4 else 4
+    if tail % vec == 0:  # a column is tail / vec threads: 32 x vec elements of whole columns
         bx = min(n_col, max(1, 32 * vec // tail)) * tail // vec
     elif vec % tail == 0:  # a thread takes vec / tail whole columns
         bx = min(32, _pow2(-(-width // vec)))
