@@ -71,11 +71,10 @@ FUSED_SOURCES = sorted((path, src) for path, src in reference_sources("cuda").it
 @pytest.mark.parametrize("path,source", FUSED_SOURCES, ids=[p for p, _ in FUSED_SOURCES])
 def test_fused_kernels_fit_64_registers(path, source):
     """The fused specs' kernels (templates/cuda/*_fused.cu.j2): at most 64 registers; no spills
-    in the forward kernels, nor in add_rms_norm's backward (group_norm_silu's backward spills a
-    few bytes: docs/CUDA_PLANS.md)."""
+    but in group_norm_silu's rows backward (a few bytes: docs/CUDA_PLANS.md)."""
     _, usage = compile_report(source, ARCH, name=path.rsplit("/", 1)[1])
     assert usage
     for kernel, u in usage.items():
         assert u.registers <= MAX_REGS, (kernel, u)
-        if "group_norm_silu" not in path or ".backward." not in path:
+        if "group_norm_silu.contiguous" not in path or ".backward." not in path:
             assert u.spill_stores == 0 and u.spill_loads == 0 and u.stack == 0, (kernel, u)
