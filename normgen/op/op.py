@@ -24,10 +24,10 @@ import numpy as np
 from ..errors import CallError
 from ..plan.bind import Binding, bind
 from ..plan.model import Direction, Options, Plan
-from ..spec import Center, Spec, find_spec, load_spec
+from ..spec import Center, Scale, Spec, find_spec, load_spec
 from . import stats as st
 from .args import CALL_ARGS, Call, backend_of, check_array, check_forward, check_out, with_outputs
-from .distributed import merge_moments, sum_ranks
+from .distributed import merge_moments, on_device, sum_ranks
 from .fast import recipe_for, remember
 from .fused import backward_arrays, check_weight_nonzero, forward_arrays, strides_of
 from .mixture import mix_backward, mix_forward
@@ -115,7 +115,7 @@ class Op:
         plan = self._plan(call, Direction.FORWARD, fx) if call.x.size else None
         kstats, moments, norm, mix, count = self._statistics(call, plan, fx)
         if call.running is not None and call.running.factor is not None:
-            commit(self._new_running(call, moments, norm, mix, count), call.running, call.backend)
+            self._update_running(call, moments, norm, mix, count)
         if call.save == "y":  # the backward reads y: the Forward does not keep x alive
             call = dataclasses.replace(call, x=None)
         return Forward(y=call.y, kstats=kstats, call=call, centered=self.spec.center is Center.MEAN, mix=mix,
@@ -145,6 +145,15 @@ class Op:
                                                lambda m: self._kstats(call, m), **kw)
             st.check_norms(self.spec, kstats, call)
             return kstats, moments, None, None, n
+        if on_device(spec, call):  # moments, the collectives and the apply without the host (cuda_ranks.py)
+            moments, kstats = be.ranks_forward(plan, call.x, call.group, call.binding.n_groups, call.eps)
+            if kstats is None:  # a rank without elements: no plan to finalize with; its statistics from the host
+                kstats = be.from_host(st.kstats(st.moments_normalizer(spec, be.to_host(moments), call.eps,
+                                                                      call.binding.stats_shape), call.stat_dtype))
+            st.check_norms(self.spec, kstats, call)
+            if plan is not None:
+                be.apply(plan, call.x, call.y, call.weight, call.bias, kstats, **kw)
+            return kstats, moments, None, None, None
         # moments first (merged over the ranks), then the statistics they give, then normalize
         moments = be.moments(plan, call.x, **kw) if plan is not None else np.zeros((call.binding.n_groups, 3))
         count = n
@@ -177,6 +186,19 @@ class Op:
             raise CallError(f"{self.name}: expected more than 1 value per statistic when training (the ranks of "
                             "the process group have 1 in all); running variance needs n - 1 > 0")
         return count.reshape(call.binding.stats_shape)
+
+    def _update_running(self, call: Call, moments, norm, mix, count) -> None:
+        """Assign the running statistics after this batch: on the device by a kernel when the
+        backend has one and the moments are there (no host synchronization in a CUDA training
+        step), else computed on the host and committed."""
+        be, run = call.backend, call.running
+        if mix is None and getattr(be, "device_ranks", False) and \
+                be.update_running(call.binding, moments, run.factor, run.mean, run.var):
+            tracked = run.num_batches_tracked
+            if isinstance(tracked, np.ndarray):
+                tracked += 1  # in place: the caller's counter (a host array)
+            return
+        commit(self._new_running(call, moments, norm, mix, count), run, be)
 
     def _new_running(self, call: Call, moments, norm, mix, count):
         """The running statistics after this batch (PyTorch's formulas); assigned by the caller."""
@@ -230,7 +252,10 @@ class Op:
             check_weight_nonzero(self.name, call)
         plan = self._plan(call, Direction.BACKWARD, fx, dy=dy, dx=dx, x=x) if x.size else None
         kw = {"fx": fx} if fx else {}
-        if call.group is None and fwd.mix is None and not call.eval_mode:  # training on this batch
+        if on_device(self.spec, call):  # the sums cross the ranks on the device (cuda_ranks.py)
+            dw, db = be.ranks_backward(plan, x, dy, dx, call.weight, fwd.kstats, fwd.moments, call.group,
+                                       call.binding.n_groups, self.spec.scale is not Scale.L2)
+        elif call.group is None and fwd.mix is None and not call.eval_mode:  # training on this batch
             dw, db = be.train_backward(plan, x, dy, dx, call.weight, fwd.kstats,
                                        lambda a, b: self._coefficients(fwd, a, b, grads), **kw)
         else:

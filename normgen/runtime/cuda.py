@@ -27,7 +27,7 @@ from ..plan.geometry import geometry_values
 from ..plan.model import Direction, Options, ParamGrads, Plan, Reduction, Strategy
 from ..plan.planner import make_plan
 from ..plan.traffic import param_partial_entries, pgrad_entries
-from . import cache
+from . import cache, cuda_ranks
 from .arrays import BF16, bits, elem_strides
 
 _KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\([\d, ]+\) )?(\w+)\(')
@@ -96,6 +96,8 @@ class CudaBackend:
 
     name = "cuda"
     dtypes = ("float16", "bfloat16", "float32", "float64")
+    #: statistics across ranks and running updates stay on the device (runtime/cuda_ranks.py)
+    device_ranks = True
 
     def __init__(self, device):
         self.device = device
@@ -185,8 +187,12 @@ class CudaBackend:
         self.device.launch(self.module(plan), entry, la.merge_grid, (la.merge_block, 1), args)
 
     def _param(self, p, dtype):
-        if p is None:
-            return self.device.asarray(np.zeros(1, np.uint16 if dtype == "bfloat16" else np.dtype(dtype)))
+        if p is None:  # a placeholder the kernels do not read: one per dtype, not an upload per call
+            found = self.__dict__.setdefault("_no_param", {}).get(dtype)
+            if found is None:
+                found = self._no_param[dtype] = self.device.asarray(
+                    np.zeros(1, np.uint16 if dtype == "bfloat16" else np.dtype(dtype)))
+            return found
         return bits(p)
 
     def _n_groups(self, plan: Plan) -> int:
@@ -274,6 +280,25 @@ class CudaBackend:
         coef_d = self.from_host(np.ascontiguousarray(coef, self.stat_dtype(dtype)))
         self.run(plan, "backward_apply", x=x, dy=dy, dx=dx, weight=self._param(w, dtype), kstats=kstats,
                  coef=coef_d)
+
+    # ---- across ranks, and running statistics, on the device (runtime/cuda_ranks.py) ----
+    def ranks_forward(self, plan: Plan | None, x, group, n_groups: int, eps: float):
+        """(moments over every rank, kstats or None for a rank without elements), on the device."""
+        return cuda_ranks.forward(self, plan, x, group, n_groups, eps)
+
+    def ranks_backward(self, plan: Plan | None, x, dy, dx, w, kstats, moments, group, n_groups: int,
+                       per_count: bool):
+        """dx with the statistics' sums added over the ranks on the device; (dweight, dbias)."""
+        return cuda_ranks.backward(self, plan, x, dy, dx, w, kstats, moments, group, n_groups, per_count)
+
+    def update_running(self, binding, moments, factor: float, running_mean, running_var) -> bool:
+        """Running statistics updated from device moments by a kernel; False (nothing done) when
+        the buffers are not two contiguous arrays of one dtype (the caller updates on the host)."""
+        a, b = bits(running_mean), bits(running_var)
+        if a.dtype != b.dtype or not (a.flags.c_contiguous and b.flags.c_contiguous) or not self.owns(moments):
+            return False
+        cuda_ranks.update_running(self, binding, moments, factor, a, b)
+        return True
 
     # ---- parameter gradients, as the plan reduces them ----
     def _param_grads(self, plan: Plan, x, dy, kstats, totals, pgrad):
