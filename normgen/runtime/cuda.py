@@ -282,9 +282,9 @@ class CudaBackend:
                  coef=coef_d)
 
     # ---- across ranks, and running statistics, on the device (runtime/cuda_ranks.py) ----
-    def ranks_forward(self, plan: Plan | None, x, group, n_groups: int, eps: float):
-        """(moments over every rank, kstats or None for a rank without elements), on the device."""
-        return cuda_ranks.forward(self, plan, x, group, n_groups, eps)
+    def ranks_forward(self, plan: Plan | None, merge_plan: Plan | None, x, group, n_groups: int, eps: float):
+        """(moments over every rank, kstats; None without a merge plan), on the device."""
+        return cuda_ranks.forward(self, plan, merge_plan, x, group, n_groups, eps)
 
     def ranks_backward(self, plan: Plan | None, x, dy, dx, w, kstats, moments, group, n_groups: int,
                        per_count: bool):

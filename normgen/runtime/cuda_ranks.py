@@ -48,11 +48,12 @@ def kernels(backend) -> DeviceKernels:
     return k
 
 
-def forward(backend, plan: Plan | None, x, group: Any, n_groups: int, eps: float):
-    """(moments over every rank [g, 3], kstats [g, 3] or None without a plan), both on the device.
+def forward(backend, plan: Plan | None, merge_plan: Plan | None, x, group: Any, n_groups: int, eps: float):
+    """(moments over every rank [g, 3], kstats [g, 3]), both on the device.
 
-    A rank without elements (no plan: nothing to run the plan's finalize with) contributes
-    zeros and gets kstats None: the caller finalizes them."""
+    `plan`: x's (None: this rank has no elements and contributes zeros); `merge_plan`: the
+    plan whose forward_merge finalizes the moments (x's, or a stand-in for a rank without
+    elements; None: kstats None, the caller finalizes them)."""
     dev, k = backend.device, kernels(backend)
     if plan is not None:
         local = backend._merged_moments(plan, x, backend._stats(n_groups, plan.kernel.dtype), 0.0)
@@ -65,11 +66,11 @@ def forward(backend, plan: Plan | None, x, group: Any, n_groups: int, eps: float
     group.allreduce_device(sums[2 * n_groups:], dev)
     parts = dev.empty((n_groups, 3), np.float64)
     k.moments(sums, parts, n_groups)
-    if plan is None:
+    if merge_plan is None:
         return parts, None
-    kstats = backend._stats(n_groups, plan.kernel.dtype)
+    kstats = backend._stats(n_groups, merge_plan.kernel.dtype)
     moments = dev.empty((n_groups, 3), np.float64)
-    backend.run_merge(plan, "forward_merge", parts=parts, moments=moments, kstats=kstats,
+    backend.run_merge(merge_plan, "forward_merge", parts=parts, moments=moments, kstats=kstats,
                       n_groups=np.int64(n_groups), n_parts=np.int64(1), eps=np.float64(eps))
     return moments, kstats
 

@@ -68,6 +68,12 @@ class DeviceArray(np.ndarray):
             return out.view(DeviceArray) if func is np.empty_like else out
         self._read(f"numpy.{func.__name__}")
 
+    def __getitem__(self, key):
+        out = super().__getitem__(key)
+        if not isinstance(out, np.ndarray):  # one element: a value on the host
+            self._read("an element")
+        return out
+
     def __float__(self):
         self._read("float()")
 
