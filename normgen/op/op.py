@@ -36,6 +36,8 @@ from .planning import plan_for
 from .results import Forward, Grads, param_grads
 from .running import broadcast_running, commit, running_normalizer, updated
 
+#: the planner's options unless a caller gives others
+DEFAULT_OPTIONS = Options()
 #: plans and bindings remembered per op (calls repeat their shapes)
 MEMO_SIZE = 256
 
@@ -61,7 +63,7 @@ class _Memo(OrderedDict):
 class Op:
     """A compiled normalization op for one spec (kernels are built per plan, on first use)."""
 
-    def __init__(self, spec: Spec, *, options: Options = Options()):
+    def __init__(self, spec: Spec, *, options: Options = DEFAULT_OPTIONS):
         self.spec = spec
         self.options = options
         self._bindings = _Memo()
@@ -384,4 +386,4 @@ def load(name_or_path: Any, *, options: Options | None = None) -> Op:
     return op
 
 
-__all__ = ["Op", "Forward", "Grads", "load", "backend_of"]
+__all__ = ["Forward", "Grads", "Op", "backend_of", "load"]

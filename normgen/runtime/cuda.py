@@ -79,7 +79,7 @@ def cupy_device() -> CupyDevice | None:
     """The GPU CuPy sees, or None."""
     try:
         return CupyDevice()
-    except Exception:
+    except Exception:  # noqa: BLE001 - no CuPy, no driver, no device: all mean "no GPU here"
         return None
 
 

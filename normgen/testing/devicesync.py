@@ -54,43 +54,43 @@ class DeviceArray(np.ndarray):
         """The memory as a plain NumPy array (for the emulator's launches and the fake network)."""
         return self.view(np.ndarray)
 
-    def _read(self, what: str):
-        raise HostRead(f"host code read a device array ({what}, shape {self.shape}); on a GPU this is a "
+    def _read(self, what: str) -> HostRead:
+        return HostRead(f"host code read a device array ({what}, shape {self.shape}); on a GPU this is a "
                        "copy to the host that waits for the device")
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        self._read(f"numpy.{ufunc.__name__}.{method}")
+        raise self._read(f"numpy.{ufunc.__name__}.{method}")
 
     def __array_function__(self, func, types, args, kwargs):
         if func in _NO_READ:
             plain = [a.raw() if isinstance(a, DeviceArray) else a for a in args]
             out = func(*plain, **kwargs)
             return out.view(DeviceArray) if func is np.empty_like else out
-        self._read(f"numpy.{func.__name__}")
+        raise self._read(f"numpy.{func.__name__}")
 
     def __getitem__(self, key):
         out = super().__getitem__(key)
         if not isinstance(out, np.ndarray):  # one element: a value on the host
-            self._read("an element")
+            raise self._read("an element")
         return out
 
     def __float__(self):
-        self._read("float()")
+        raise self._read("float()")
 
     def __int__(self):
-        self._read("int()")
+        raise self._read("int()")
 
     def __bool__(self):
-        self._read("bool()")
+        raise self._read("bool()")
 
     def __index__(self):
-        self._read("index")
+        raise self._read("index")
 
     def item(self, *args):
-        self._read(".item()")
+        raise self._read(".item()")
 
     def tolist(self):
-        self._read(".tolist()")
+        raise self._read(".tolist()")
 
     def __repr__(self) -> str:
         return f"DeviceArray(shape={self.shape}, dtype={self.dtype})"
