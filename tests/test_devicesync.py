@@ -229,3 +229,19 @@ def _gloo_rank(rank: int, world: int, init: str, out: str) -> None:
         np.save(Path(out, f"{rank}.npy"), dev.to_host(fwd.y))
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["batch_norm", "instance_norm"])
+def test_evaluation_statistics_come_from_the_running_ones_on_the_device(name):
+    """Evaluation normalizes with the running statistics without copying them to the host
+    (a kernel spreads each running entry over its groups), as the oracle does."""
+    op, dev = load(name), RecordingDevice()
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32) * 2 + 1
+    rm0, rv0 = rng.standard_normal(3), rng.random(3) + 0.5
+    xd, rm, rv = dev.put(x), dev.put(rm0), dev.put(rv0)
+    dev.clear()
+    fwd = op.forward(xd, running_mean=rm, running_var=rv, training=False)
+    assert dev.kernels() == ["eval_kstats_f64_f32", "forward_apply"] and dev.count("to_host") == 0
+    ref = oracle.forward(op.spec, x.astype(np.float64), running_mean=rm0, running_var=rv0, training=False)
+    _close(dev.to_host(fwd.y), ref.y, tol=1e-6)

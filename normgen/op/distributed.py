@@ -223,7 +223,7 @@ def on_device(spec: Any, call: Any) -> bool:
     backend that can (CUDA), the all-reduce way, not a mixture (its mix runs on the host).
     The forward and the backward of a call decide alike."""
     return (call.group is not None and call.sync == "allreduce" and not spec.is_mixture
-            and getattr(call.backend, "device_ranks", False))
+            and getattr(call.backend, "device_stats", False))
 
 
 def check_sync(sync: Any, name: str) -> str:

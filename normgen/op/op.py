@@ -138,6 +138,12 @@ class Op:
         n = call.binding.group_size
         kw = {"fx": fx} if fx else {}  # only fused calls pass their other arrays
         if call.eval_mode and not spec.is_mixture:  # the running statistics
+            run = call.running
+            kstats = be.running_kstats(call.binding, run.mean, run.var, call.eps, call.stat_dtype) \
+                if getattr(be, "device_stats", False) else None
+            if kstats is not None:  # on the device (CUDA): no copy of the running statistics to the host
+                be.apply(plan, call.x, call.y, call.weight, call.bias, kstats, **kw)
+                return kstats, None, None, None, n
             norm = running_normalizer(call.binding, be.to_host(call.running.mean), be.to_host(call.running.var),
                                       call.eps)
             kstats = be.from_host(st.kstats(norm, call.stat_dtype))
@@ -216,7 +222,7 @@ class Op:
         backend has one and the moments are there (no host synchronization in a CUDA training
         step), else computed on the host and committed."""
         be, run = call.backend, call.running
-        if mix is None and getattr(be, "device_ranks", False) and \
+        if mix is None and getattr(be, "device_stats", False) and \
                 be.update_running(call.binding, moments, run.factor, run.mean, run.var):
             tracked = run.num_batches_tracked
             if isinstance(tracked, np.ndarray):

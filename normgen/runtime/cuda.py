@@ -96,8 +96,8 @@ class CudaBackend:
 
     name = "cuda"
     dtypes = ("float16", "bfloat16", "float32", "float64")
-    #: statistics across ranks and running updates stay on the device (runtime/cuda_ranks.py)
-    device_ranks = True
+    #: statistics across ranks, running updates and evaluation statistics stay on the device (cuda_ranks.py)
+    device_stats = True
 
     def __init__(self, device):
         self.device = device
@@ -299,6 +299,14 @@ class CudaBackend:
             return False
         cuda_ranks.update_running(self, binding, moments, factor, a, b)
         return True
+
+    def running_kstats(self, binding, running_mean, running_var, eps: float, dtype):
+        """Evaluation's kstats from the running statistics by a kernel; None (the caller computes
+        them on the host) when the buffers are not two contiguous arrays of one dtype."""
+        a, b = bits(running_mean), bits(running_var)
+        if a.dtype != b.dtype or not (a.flags.c_contiguous and b.flags.c_contiguous):
+            return None
+        return cuda_ranks.eval_kstats(self, binding, a, b, eps, dtype)
 
     # ---- parameter gradients, as the plan reduces them ----
     def _param_grads(self, plan: Plan, x, dy, kstats, totals, pgrad):

@@ -112,11 +112,23 @@ def members(binding: Binding) -> np.ndarray:
     return np.ascontiguousarray(index.transpose(order).reshape(math.prod(shape[d] for d in dims), -1))
 
 
-def update_running(backend, binding: Binding, moments, factor: float, running_mean, running_var) -> None:
-    """PyTorch's running update from device moments [g, 3], in place, on the device."""
+def _members_on_device(backend, binding: Binding):
     cache = backend.__dict__.setdefault("_members", {})
     key = (binding.shape, binding.stats_shape, binding.running_dims)
     m = cache.get(key)
     if m is None:  # uploaded once per call structure: a constant of the shape, not data
         m = cache[key] = backend.device.asarray(members(binding))
-    kernels(backend).running_update(moments, m, factor, running_mean, running_var)
+    return m
+
+
+def update_running(backend, binding: Binding, moments, factor: float, running_mean, running_var) -> None:
+    """PyTorch's running update from device moments [g, 3], in place, on the device."""
+    kernels(backend).running_update(moments, _members_on_device(backend, binding), factor, running_mean,
+                                    running_var)
+
+
+def eval_kstats(backend, binding: Binding, running_mean, running_var, eps: float, dtype):
+    """Evaluation's kstats [g, 3] (`dtype`) from the running statistics, on the device."""
+    kstats = backend.device.empty((max(1, math.prod(binding.stats_shape)), 3), dtype)
+    kernels(backend).eval_kstats(running_mean, running_var, _members_on_device(backend, binding), eps, kstats)
+    return kstats

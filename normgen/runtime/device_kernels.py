@@ -106,10 +106,34 @@ extern "C" __global__ void NAME(const double* moments, const long long* members,
 }
 NG_RUNNING_UPDATE(running_update_f32, float)
 NG_RUNNING_UPDATE(running_update_f64, double)
+
+// Evaluation: every group's kstats (mean hi, mean lo, rstd) from its running entry, as the host's
+// op/running.py running_normalizer and op/stats.py kstats compute them (float64, then the
+// statistics' type CT; lo keeps the digits of the mean that hi loses in float32).
+#define NG_EVAL_KSTATS(NAME, R, CT)                                                                         \
+extern "C" __global__ void NAME(const R* running_mean, const R* running_var, const long long* members,     \
+                                long long n_running, long long k, double eps, CT* kstats) {                \
+    NG_EACH(r, n_running) {                                                                                \
+        const double mean = (double)running_mean[r];                                                       \
+        const CT hi = (CT)mean, lo = (CT)(mean - (double)hi);                                              \
+        const CT rs = (CT)(1.0 / sqrt((double)running_var[r] + eps));                                      \
+        for (long long j = 0; j < k; ++j) {                                                                \
+            const long long g = members[r * k + j];                                                        \
+            kstats[3 * g] = hi;                                                                            \
+            kstats[3 * g + 1] = lo;                                                                        \
+            kstats[3 * g + 2] = rs;                                                                        \
+        }                                                                                                  \
+    }                                                                                                      \
+}
+NG_EVAL_KSTATS(eval_kstats_f32_f32, float, float)
+NG_EVAL_KSTATS(eval_kstats_f32_f64, float, double)
+NG_EVAL_KSTATS(eval_kstats_f64_f32, double, float)
+NG_EVAL_KSTATS(eval_kstats_f64_f64, double, double)
 """
 
 NAMES = ("ranks_mean_sums", "ranks_m2_sums", "ranks_moments", "ranks_grad_pack", "ranks_grad_parts",
-         "running_update_f32", "running_update_f64")
+         "running_update_f32", "running_update_f64", "eval_kstats_f32_f32", "eval_kstats_f32_f64",
+         "eval_kstats_f64_f32", "eval_kstats_f64_f64")
 
 
 def source() -> str:
@@ -154,3 +178,13 @@ class DeviceKernels:
         name = "running_update_f64" if np.dtype(running_mean.dtype) == np.float64 else "running_update_f32"
         self.launch(name, n_running, moments, members, np.int64(n_running), np.int64(k), np.float64(factor),
                     running_mean, running_var)
+
+    def eval_kstats(self, running_mean, running_var, members, eps: float, kstats) -> None:
+        n_running, k = members.shape
+        name = f"eval_kstats_{_short(running_mean.dtype)}_{_short(kstats.dtype)}"
+        self.launch(name, n_running, running_mean, running_var, members, np.int64(n_running), np.int64(k),
+                    np.float64(eps), kstats)
+
+
+def _short(dtype) -> str:
+    return "f64" if np.dtype(dtype) == np.float64 else "f32"
