@@ -44,8 +44,9 @@ SCHEMAS = {
 }
 
 # pt2_compliant: opcheck passes for them (tests/test_torch_ops.py). cudagraph_unsafe: on CUDA the
-# backward copies the parameter gradients' partial sums to the host (and so does a forward in
-# evaluation, or of a mixture), and CuPy allocates the statistics from its own memory pool,
+# backward copies the parameter gradients' partial sums to the host (and so does a forward of a
+# mixture; training and evaluation forwards, across ranks too, no longer read the device: see
+# runtime/cuda_ranks.py), and CuPy allocates the statistics from its own memory pool,
 # which a captured graph must not keep addresses in: Inductor's CUDA graphs (mode="reduce-
 # overhead") leave these two ops outside the graph. update_running is torch operations only.
 TAGS = {"forward": (torch.Tag.pt2_compliant_tag, torch.Tag.cudagraph_unsafe),
