@@ -36,8 +36,8 @@ def test_entry_points_follow_the_path_a_call_takes():
     assert fwd.kernel.direction is Direction.FORWARD and bwd.kernel.direction is Direction.BACKWARD
 
 
-def _needed(planned: session.Planned) -> set[tuple[str, str]]:
-    return {(cpu.module_key(n.kernel), e) for n in planned.needs for e in n.entries}
+def _needed(planned: session.Planned) -> set[tuple[object, str]]:
+    return {(matrix.body(n.kernel), e) for n in planned.needs for e in n.entries}
 
 
 @pytest.mark.parametrize("name", bundled_names())
@@ -72,3 +72,18 @@ def test_specs_checked_together_share_kernels_and_compile_fewer():
     for name in bundled_names():
         session.plan(load(name), LAYOUTS, DTYPES, whole=True, have=whole)
     assert len(have) <= total_alone and len(have) < len(whole) / 2
+
+
+def test_kernels_with_equal_bodies_share_one_module():
+    """matrix.body stands for the module key (the code below the header) without rendering."""
+    keys: dict = {}
+    specs: dict = {}
+    for name in ("instance_norm", "switchable_norm", "layer_norm"):
+        op = load(name)
+        for check in matrix.full(op.spec, ("contiguous", "channels_last"), DTYPES):
+            for need in matrix.needs(op, check):
+                keys.setdefault(matrix.body(need.kernel), set()).add(cpu.module_key(need.kernel))
+                specs.setdefault(matrix.body(need.kernel), set()).add(name)
+    assert all(len(k) == 1 for k in keys.values())  # one body, one module
+    assert len(set().union(*keys.values())) == len(keys)  # and the other way round
+    assert any(s == {"instance_norm", "switchable_norm"} for s in specs.values())  # shared across specs

@@ -19,6 +19,7 @@ anything is compiled that `needs` did not name.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -163,6 +164,13 @@ def entries(plan: Plan, training: bool, mixture: bool) -> tuple[str, ...]:
 def needs(op: Op, check: Check) -> tuple[Need, ...]:
     """The kernel entry points the check's forward and backward run."""
     return tuple(Need(p.kernel, entries(p, check.training, op.spec.is_mixture)) for p in plans(op, check))
+
+
+def body(kernel: Kernel) -> Kernel:
+    """The kernel without the spec's name: what its module's code (below the header, which
+    alone names the spec) and so its cache key depend on. Kernels of two specs with equal
+    bodies share one compiled module; comparing bodies needs no rendering."""
+    return dataclasses.replace(kernel, spec="", spec_from="")
 
 
 def features(check: Check, need: tuple[Need, ...]) -> frozenset[tuple[str, ...]]:

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..op import Op
-from ..runtime import cpu
 from ..runtime.prebuild import Counts, Prebuild
 from .check import Result, run_case
-from .matrix import Check, Need, features, full, needs, representative
+from .matrix import Check, Need, body, features, full, needs, representative
 
 
 @dataclass
@@ -35,12 +34,12 @@ class Planned:
 
 
 def plan(op: Op, layouts: tuple[str, ...], dtypes: tuple[str, ...], *, whole: bool, have: set) -> Planned:
-    """The checks of `op` to run; `have`: the (module, entry point) pairs needed already."""
+    """The checks of `op` to run; `have`: the (kernel body, entry point) pairs needed already."""
     matrix = full(op.spec, layouts, dtypes)
     rows = []
     for check in matrix:
         need = needs(op, check)
-        keys = frozenset((cpu.module_key(n.kernel), e) for n in need for e in n.entries)
+        keys = frozenset((body(n.kernel), e) for n in need for e in n.entries)
         rows.append((check, need, features(check, need), keys))
     if whole:
         chosen = matrix
