@@ -166,10 +166,18 @@ class Prebuild:
         self._progress(self.counts)
 
     def close(self) -> None:
-        """Stop the workers (waiting for none: what they did not finish is compiled on first call)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Stop the workers at once, busy or not: the command is done (then they are idle) or
+        interrupted. A kernel left unfinished is compiled on first call; the disk cache stays
+        whole (a killed writer leaves at most a stray temporary file, and its lock is freed)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        workers = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in workers:  # no public way to stop busy workers before Python 3.14
+            proc.terminate()
+        for proc in workers:
+            proc.join(timeout=10)
 
     def __enter__(self) -> Prebuild:
         return self
