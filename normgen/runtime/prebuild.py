@@ -26,7 +26,7 @@ in this process, in the same order.
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -91,24 +91,46 @@ class Prebuild:
             self.workers = 1
         self.counts = Counts()
         self._progress = progress or (lambda counts: None)
-        self._tasks: dict[str, _Task | None] = {}  # module key -> its task (None: nothing to compile)
+        self._asked: dict[str, set[str]] = {}  # module key -> entry points asked for
+        self._tasks: dict[str, list[_Task]] = {}  # module key -> its tasks, each after the one before
         self._pool: ProcessPoolExecutor | None = None
         self._broken = False
+        self._closed = False
 
     def add(self, needs: Iterable) -> list[str]:
         """Start compiling what `needs` (objects with .kernel and .entries) name and the disk
-        cache lacks; returns the module keys to `wait` for."""
+        cache lacks; returns the module keys to `wait` for. Entry points of a module that
+        is compiling already are compiled after it, never beside it."""
         by_key: dict[str, tuple[Kernel, set[str]]] = {}
         for need in needs:
             by_key.setdefault(cpu.module_key(need.kernel), (need.kernel, set()))[1].update(need.entries)
         for key, (kernel, names) in by_key.items():
-            if key in self._tasks:
-                continue  # one task per module, once: the first request names its entry points
-            missing = self._missing(kernel, sorted(names))
-            self._tasks[key] = _Task(self._submit(kernel, missing), len(missing)) if missing else None
-            self.counts.pending += len(missing)
-            self._sweep()
+            asked = self._asked.setdefault(key, set())
+            new = sorted(names - asked)
+            asked.update(new)
+            missing = self._missing(kernel, new) if new else ()
+            if missing:
+                tasks = self._tasks.setdefault(key, [])
+                before = tasks[-1].future if tasks else None
+                tasks.append(_Task(self._after(before, kernel, missing), len(missing)))
+                self.counts.pending += len(missing)
+        self._sweep()
         return list(by_key)
+
+    def _after(self, before: Future | None, kernel: Kernel, entries: tuple[str, ...]) -> Future:
+        """A task that starts when `before` (the module's previous task) has ended."""
+        if before is None or before.done():
+            return self._submit(kernel, entries)
+        chained: Future = Future()
+
+        def start(_: Future) -> None:  # in the pool's thread
+            if self._closed:
+                chained.set_exception(CancelledError())
+                return
+            self._submit(kernel, entries).add_done_callback(lambda done: _copy(done, chained))
+
+        before.add_done_callback(start)
+        return chained
 
     def _missing(self, kernel: Kernel, names: list[str]) -> tuple[str, ...]:
         """The entry points not in the disk cache (those that are, loaded into this process)."""
@@ -135,14 +157,14 @@ class Prebuild:
     def wait(self, keys: Iterable[str]) -> None:
         """Until the tasks of these modules are done, reporting progress as any task ends."""
         for key in keys:
-            task = self._tasks.get(key)
-            while task is not None and not task.future.done():
-                self._sweep()
-                try:
-                    task.future.exception(timeout=0.2)
-                except TimeoutError:
-                    pass
-            self._sweep()
+            for task in self._tasks.get(key, ()):
+                while not task.future.done():
+                    self._sweep()
+                    try:
+                        task.future.exception(timeout=0.2)
+                    except (TimeoutError, CancelledError):
+                        pass
+        self._sweep()
 
     def poll(self) -> None:
         """Count the tasks that ended since the last call, then report (to call between other work)."""
@@ -150,12 +172,12 @@ class Prebuild:
 
     def _sweep(self) -> None:
         """Count the tasks that ended since the last sweep, then report."""
-        for task in self._tasks.values():
-            if task is None or task.counted or not task.future.done():
+        for task in (t for tasks in self._tasks.values() for t in tasks):
+            if task.counted or not task.future.done():
                 continue
             task.counted = True
             self.counts.pending -= task.entries
-            error = task.future.exception()
+            error = CancelledError() if task.future.cancelled() else task.future.exception()
             if error is None:
                 compiled, cached = task.future.result()
                 self.counts.compiled += compiled
@@ -169,6 +191,7 @@ class Prebuild:
         """Stop the workers at once, busy or not: the command is done (then they are idle) or
         interrupted. A kernel left unfinished is compiled on first call; the disk cache stays
         whole (a killed writer leaves at most a stray temporary file, and its lock is freed)."""
+        self._closed = True
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -184,3 +207,13 @@ class Prebuild:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _copy(done: Future, to: Future) -> None:
+    """The outcome of `done` (ended) into `to`."""
+    if done.cancelled():
+        to.set_exception(CancelledError())
+    elif done.exception() is not None:
+        to.set_exception(done.exception())
+    else:
+        to.set_result(done.result())

@@ -4,7 +4,8 @@
                 check runs (matrix.needs), and the part of the matrix to run: all of it
                 (full=True) or a representative cover (matrix.representative)
     2. compile  what the checks need and the disk cache lacks, on every core
-                (runtime/prebuild.py), starting as soon as the first spec is planned
+                (runtime/prebuild.py): each module once, with every entry point any
+                spec needs from it, the first spec's modules first
     3. check    spec by spec, as soon as its kernels are compiled (check.run_case)
 
 The CUDA target (GPU or emulator) has no ahead-of-time step and runs the full matrix.
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..op import Op
+from ..runtime import cpu
 from ..runtime.prebuild import Counts, Prebuild
 from .check import Result, run_case
 from .matrix import Check, Need, body, features, full, needs, representative
@@ -96,12 +98,14 @@ def run(ops: list[Op], *, layouts: tuple[str, ...], dtypes: tuple[str, ...], who
             status.spec = op.name
             status.update()
             if target == "cpu":
-                p = plan(op, layouts, dtypes, whole=whole, have=have)
-                p.keys = build.add(p.needs)
+                planned.append(plan(op, layouts, dtypes, whole=whole, have=have))
             else:
                 matrix = full(op.spec, layouts, dtypes)
-                p = Planned(op, matrix, len(matrix))
-            planned.append(p)
+                planned.append(Planned(op, matrix, len(matrix)))
+        if build is not None:  # all at once: each module's entry points in one task, in spec order
+            build.add(n for p in planned for n in p.needs)
+            for p in planned:
+                p.keys = list(dict.fromkeys(cpu.module_key(n.kernel) for n in p.needs))
         status.total = sum(len(p.checks) for p in planned)
         for p in planned:
             t0 = time.perf_counter()
