@@ -1,11 +1,13 @@
 """A newcomer's first run, timed: README command 1 (after the install) cold and warm.
 
-    python bench/startup.py [--repeat 2] [--full] [--jobs N] [--json FILE]
+    python bench/startup.py [--repeat 2] [--full] [--jobs N] [--repo DIR] [--json FILE]
     python bench/startup.py --op [--repeat 3]         # one op: build vs load in a new process
 
 Default: `normgen generate --reference && normgen check --all` with fresh, empty
 NORMGEN_CACHE_DIR and NUMBA_CACHE_DIR (so neither the kernels nor the prelude are
-cached: what a fresh clone sees), then again with the same folders (warm). For each run:
+cached: what a fresh clone sees), then again with the same folders (warm). `--repo DIR`
+runs another checkout's normgen (`python -m normgen` with DIR first on PYTHONPATH, in DIR):
+a clone of main, for the time before. For each run:
 the wall time, the CPU time (all processes: on a shared machine the wall time follows
 the load, the CPU time much less), when the first line of output appeared, when the
 first status line of `check` appeared, and the exit status. Output is piped, so the status comes as plain
@@ -33,13 +35,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def normgen_command() -> list[str]:
+def normgen_command(repo: Path | None) -> list[str]:
     """The `normgen` script of this Python (what the README runs), else `python -m normgen`."""
     script = Path(sys.executable).parent / "normgen"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "normgen"]
+    return [str(script)] if script.exists() and repo is None else [sys.executable, "-m", "normgen"]
 
 
-def timed(cmds: list[list[str]], env: dict[str, str]) -> dict:
+def timed(cmds: list[list[str]], env: dict[str, str], cwd: Path) -> dict:
     """Run the commands one after another (stopping at a failure, like `&&`), timing their output."""
     t0 = time.perf_counter()
     cpu0 = _children_cpu()
@@ -47,7 +49,7 @@ def timed(cmds: list[list[str]], env: dict[str, str]) -> dict:
     tail: list[str] = []
     code = 0
     for cmd in cmds:
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
         def read(stream, name: str) -> None:
             for line in stream:
@@ -79,25 +81,29 @@ def _children_cpu() -> float:
 
 
 def readme(args: argparse.Namespace) -> None:
-    ng = normgen_command()
+    repo = Path(args.repo).resolve() if args.repo else None
+    ng = normgen_command(repo)
     check = [*ng, "check", "--all"] + (["--full"] if args.full else []) + \
         (["--jobs", str(args.jobs)] if args.jobs else [])
     cmds = [[*ng, "generate", "--reference"], check]
     print("README command 1 after the install: " + " && ".join("normgen " + " ".join(c[len(ng):]) for c in cmds))
-    print(f"on {os.cpu_count()} CPUs (load average now {os.getloadavg()[0]:.1f})")
+    print(f"in {repo or REPO}, on {os.cpu_count()} CPUs (load average now {os.getloadavg()[0]:.1f})")
     rows = []
     for i in range(args.repeat):
         base = Path(tempfile.mkdtemp(prefix="normgen-startup-"))
         env = dict(os.environ, NORMGEN_CACHE_DIR=str(base / "normgen"), NUMBA_CACHE_DIR=str(base / "numba"))
+        if repo is not None:
+            env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
         try:
             for state in ("cold", "warm"):
-                r = timed(cmds, env)
-                r.update(run=i + 1, cache=state)
+                r = timed(cmds, env, repo or REPO)
+                r.update(run=i + 1, cache=state, load=os.getloadavg()[0])
                 rows.append(r)
                 status = "" if r["exit"] == 0 else f"  EXIT {r['exit']}: " + " | ".join(r["tail"])
                 print(f"  run {i + 1} {state}: {r['seconds']:6.1f} s wall, {r['cpu seconds']:6.1f} s CPU   "
                       f"first output {_s(r['first output'])}   "
-                      f"first check status {_s(r['first check status'])}{status}", flush=True)
+                      f"first check status {_s(r['first check status'])}   load after {r['load']:.1f}{status}",
+                      flush=True)
         finally:
             shutil.rmtree(base, ignore_errors=True)
     if args.json:
@@ -155,6 +161,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="cold + warm pairs (--op: best of)")
     ap.add_argument("--full", action="store_true", help="check --all --full (the whole matrix)")
     ap.add_argument("--jobs", type=int, help="check --jobs N (default: every CPU)")
+    ap.add_argument("--repo", help="time this checkout's normgen instead (e.g. a clone of main)")
     ap.add_argument("--json", help="write the runs to this file")
     args = ap.parse_args()
     (op if args.op else readme)(args)

@@ -94,7 +94,7 @@ def _locked(folder: str | None, exclusive: bool) -> Iterator[None]:
 
 
 def _dispatchers(module: types.ModuleType) -> list[Any]:
-    from numba.core.dispatcher import Dispatcher
+    from numba.core.dispatcher import Dispatcher  # here: importing normgen does not import Numba
 
     return [v for v in vars(module).values() if isinstance(v, Dispatcher)]
 

@@ -3,24 +3,24 @@
 Numba compiles on the first call of a kernel, holding the GIL, so a command that runs many
 new kernels compiles them one after another on one core. `Prebuild` takes the kernel
 entry points a command will run, asks the disk cache which are there (loading those into
-this process), and compiles the others in worker processes, one task per generated
-module, newest work last:
+this process), and compiles the others in spawned worker processes, one task per
+generated module, in the order asked:
 
-    build = Prebuild(progress=...)          # workers (spawned) start with the first compile
-    build.add(needs)                         # (kernel, entry points) pairs; returns their tasks
-    build.wait(tasks)                        # then calls load them from the disk cache
+    build = Prebuild(progress=...)   # the workers start with the first kernel to compile
+    keys = build.add(needs)          # (kernel, entry points) pairs; their modules' keys
+    build.wait(keys)                 # then the kernels load from the disk cache on first call
     build.close()
 
-Why it is safe with the disk cache: each module (one cache key) goes to exactly one task,
-and no two tasks share a module, so no two processes compile one kernel here. What
-processes do share, the prelude every module imports and any normgen process running at
-the same time, goes through Numba's cache under the folder's lock (jitcache.py), and the
-module files themselves are written atomically and create-if-absent (cache.py). A worker
-compiles with `Dispatcher.compile(signature)` for the types `cpu.run` passes, so the
-parent's first call finds the machine code on disk. When a worker fails (a compile error,
-a killed process) nothing is lost: the parent compiles that kernel itself on first call,
-where a check reports the error. With one core, or no file locks, everything is compiled
-in this process, in the same order.
+Why it is safe with the disk cache: a module's entry points are compiled by one task, or
+by tasks that run one after another (a module asked again for more), never by two
+processes at once. What processes do share, the prelude every module imports and any
+normgen process running at the same time, goes through Numba's cache under the folder's
+lock (jitcache.py); the module files are written atomically and create-if-absent, by this
+process, before any worker imports them (cache.py). A worker compiles with
+`Dispatcher.compile(signature)` for the types `cpu.run` passes, so the parent's first
+call finds the machine code on disk. When a worker fails (a compile error, a killed
+process) nothing is lost: the parent compiles that kernel on first call, where a check
+reports the error. With one core, or no file locks, everything compiles in this process.
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
+from numba import typeof
 
 from ..codegen.abi import arguments
 from ..plan.model import Kernel
 from . import cpu, jitcache
 from .threads import threads
 
-#: the dtype of a tiny argument of each ABI kind, on the CPU (statistics are in x's dtype)
+#: the dtype of an array argument of each ABI kind on the CPU (None: x's; statistics are in x's dtype)
 _KIND_DTYPE = {"in": None, "out": None, "stat_in": None, "stat_out": None, "f64_in": np.float64,
                "f64_out": np.float64, "geometry": np.int64}
 _SCALARS = {"f64": 0.0, "i64": 0}
@@ -45,8 +46,6 @@ _SCALARS = {"f64": 0.0, "i64": 0}
 
 def signature(kernel: Kernel, entry: str) -> tuple:
     """The Numba types of `entry`'s arguments as cpu.run passes them (flat 1-D arrays)."""
-    from numba import typeof
-
     values = []
     for arg in arguments(kernel, entry):
         if arg.kind in _SCALARS:
