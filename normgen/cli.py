@@ -190,8 +190,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # PyTorch's OpenMP workers spin after every call by default, taking the cores from
     # whichever provider runs next; waiting passively leaves PyTorch's own times unchanged.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from .bench import cpu as bench
-    from .bench import cuda as bench_gpu
+    from .bench import cpu as bench, cuda as bench_gpu
     from .paths import repo_root
     from .progress import Progress
 
