@@ -17,7 +17,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .errors import CallError, NormgenError, SpecError  # noqa: E402
-from .spec.loader import Spec, build_spec, load_spec, parse_spec  # noqa: E402
+from .spec import Spec, build_spec, load_spec, parse_spec  # noqa: E402
 
 __all__ = ["__version__", "NormgenError", "SpecError", "CallError", "Spec", "load_spec", "parse_spec",
            "build_spec", "load", "ops"]

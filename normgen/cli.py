@@ -3,6 +3,7 @@
     normgen list                         bundled specs
     normgen show SPEC                    a spec: axes, kept and reduced sets, parameters
     normgen plan SPEC --shape 32,128,56,56 [--layout channels_last] [--backward]
+                     [--target cuda [--device h100] [--json]]
     normgen generate SPEC|--reference [-o DIR]   readable generated sources
     normgen check SPEC|--all             compare the kernels with the NumPy oracle
     normgen cache info|clear
@@ -67,7 +68,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"  center     {spec.center.value}")
     print(f"  scale      {spec.scale.value}, eps {spec.eps}")
     if spec.affine:
-        print(f"  affine     {', '.join(spec.affine.params)} over '{spec.affine.axes}'")
+        offset = f" (effective weight: weight + {spec.affine.weight_offset:g})" if spec.affine.weight_offset else ""
+        print(f"  affine     {', '.join(spec.affine.params)} over '{spec.affine.axes}'{offset}")
     if spec.running:
         print(f"  running    over '{spec.axes_str(spec.running.axes)}', momentum {spec.running.momentum}")
     if spec.sizes:
@@ -75,21 +77,67 @@ def cmd_show(args: argparse.Namespace) -> int:
                                           for k, v in spec.sizes))
     if spec.is_mixture:
         print(f"  mixture    softmax(mean_weight), softmax(var_weight) over {len(spec.kept)} components")
+    _show_fuse(spec)
     return 0
 
 
+def _device(args: argparse.Namespace):
+    """The GPU to plan for: --device (a profile name), else the GPU CuPy sees, else the default profile."""
+    from .plan.device import DEFAULT_PROFILE, profile
+
+    if args.target != "cuda":
+        if args.device:
+            raise NormgenError("--device is for --target cuda")
+        return None
+    if args.device:
+        profile(args.device)  # an unknown name is a user error
+        return args.device
+    from .runtime.cuda import cupy_device
+
+    gpu = cupy_device()
+    return gpu.profile if gpu is not None else DEFAULT_PROFILE
+
+
+def _show_fuse(spec) -> None:
+    from .spec.derive import derivative
+
+    f = spec.fuse
+    if f is None:
+        return
+    if f.prologue is not None:
+        print(f"  prologue   h = {f.prologue}" + ("   (returned as fwd.prologue)" if f.keep_prologue else ""))
+        for name in ("x",) + f.prologue_inputs:
+            print(f"             dh/d{name} = {derivative(f.prologue, name)}")
+    if f.epilogue is not None:
+        print(f"  epilogue   out = {f.epilogue}")
+        for name in ("y",) + f.epilogue_inputs:
+            print(f"             dout/d{name} = {derivative(f.epilogue, name)}")
+    if f.extras:
+        print(f"  extras     {', '.join(f.extras)} (arrays shaped like x, passed by name)")
+    if f.quantize:
+        print(f"  quantize   {f.quantize}, one float32 scale per kept index (fwd.scale); forward only")
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
     from .layouts import layout_strides
     from .plan.describe import describe_plan
+    from .plan.traffic import plan_json
 
     op = _op(args.spec)
     shape = args.shape
     strides = args.strides if args.strides else layout_strides(shape, args.layout)
     if len(strides) != len(shape):
         raise NormgenError(f"--strides has {len(strides)} entries for a shape of {len(shape)} dims")
+    if args.json and args.target != "cuda":
+        raise NormgenError("--json describes CUDA plans: add --target cuda")
     plan = op.plan(shape, strides=strides, dtype=args.dtype, direction="backward" if args.backward else "forward",
-                   params=not args.no_params, target=args.target, **dict(args.size))
-    print(describe_plan(plan))
+                   params=not args.no_params, target=args.target, device=_device(args), **dict(args.size))
+    if args.eval and not plan.eval_steps:
+        raise NormgenError(f"{op.name}: --eval plans a forward call with running statistics, and this "
+                           f"{plan.kernel.direction.value} plan has none")
+    print(json.dumps(plan_json(plan, evaluation=args.eval)) if args.json else describe_plan(plan))
     return 0
 
 
@@ -112,7 +160,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             outdir = Path(args.output or ".")
             op = _op(args.spec)
             files = generate.sources(op, args.shape, layout=args.layout, dtype=args.dtype, sizes=dict(args.size),
-                                     target=args.target)
+                                     target=args.target, device=_device(args))
         progress.update(f"generate: writing {len(files)} files to {outdir}", force=True)
         for path, written in generate.write(outdir, files):
             progress.print(f"{'wrote    ' if written else 'unchanged'} {path}")
@@ -184,18 +232,22 @@ def _cuda_runner_note() -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import datetime
     import os
 
     # PyTorch's OpenMP workers spin after every call by default, taking the cores from
     # whichever provider runs next; waiting passively leaves PyTorch's own times unchanged.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .bench import cpu as bench, cuda as bench_gpu
-    from .paths import repo_root
     from .progress import Progress
 
+    if args.memory:
+        return _bench_memory(args)
+    if args.fused:
+        return _bench_fused(args)
     if args.target == "cuda":
         bench_gpu.require_gpu()
+        if args.device:
+            bench_gpu.plan_for(args.device)
     if args.shape:
         if len(args.spec or []) != 1:
             raise NormgenError("bench --shape needs exactly one --spec")
@@ -210,7 +262,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     directions = ("forward",) if args.forward else ("backward",) if args.backward else ("forward", "backward")
     with_out = (False,) if args.no_out or args.target == "cuda" else (False, True)
     providers = tuple(args.providers.split(",")) if args.providers else \
-        ("normgen", "torch", "copy") if args.target == "cuda" else ("normgen", "torch", "numpy", "copy")
+        bench_gpu.PROVIDERS if args.target == "cuda" else ("normgen", "torch", "numpy", "copy")
     if args.target == "cuda":
         from .runtime.cuda import device_name
 
@@ -218,45 +270,135 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         where = "CPU"
     print(f"normgen bench: {len(cases)} case(s) on {where}, {args.dtype}, median of {args.repeat} after "
-          f"{args.warmup} warm-up runs, providers interleaved", flush=True)
+          f"{args.warmup} warm-up runs, providers interleaved"
+          + (", L2 flushed before every timed call" if args.target == "cuda" else ""), flush=True)
     results = []
     status = Progress(enabled=not args.quiet)
+    save = _bench_saver(args, where)
 
     def progress(m) -> None:
         results.append(m)
         vs = m.ratio("normgen", "torch")
         copy = m.gbps["normgen"] / m.gbps["copy"] if "copy" in m.gbps else float("nan")
         status.print(f"  {m.case:<38} {m.direction:<8} out={'yes' if m.with_out else 'no ':<3} normgen "
-                     f"{m.ms['normgen']:8.2f} ms {m.gbps['normgen']:6.1f} GB/s  x torch {vs:5.2f}  of copy {copy:4.0%}")
+                     f"{m.ms['normgen']:8.3f} ms {m.gbps['normgen']:6.1f} GB/s  x torch {vs:5.2f}  of copy {copy:4.0%}")
+        if args.target == "cuda":  # what a time limit interrupts is kept
+            save(results, quiet=True)
 
     try:
-        for i, case in enumerate(cases, 1):  # one case at a time, so that the status line can name it
-            status.update(f"bench {case.name} ({i}/{len(cases)}): compile, warm up, time", force=True)
-            if args.target == "cuda":
-                bench_gpu.run_cases([case], directions=directions, dtype=args.dtype, repeat=args.repeat,
-                                    warmup=args.warmup, providers=providers, progress=progress)
-            else:
+        if args.target == "cuda":  # one call: torch.compile's compile budget spans the cases
+            status.update(f"bench: {len(cases)} case(s) on the GPU: compile, warm up, time", force=True)
+            bench_gpu.run_cases(cases, directions=directions, dtype=args.dtype, repeat=args.repeat,
+                                warmup=args.warmup, providers=providers, compile_budget_s=args.compile_budget,
+                                progress=progress)
+        else:
+            for i, case in enumerate(cases, 1):  # one case at a time, so that the status line can name it
+                status.update(f"bench {case.name} ({i}/{len(cases)}): compile, warm up, time", force=True)
                 bench.run_cases([case], directions=directions, dtype=args.dtype, threads=args.threads,
                                 repeat=args.repeat, warmup=args.warmup, providers=providers, with_out=with_out,
                                 progress=progress)
     finally:
         status.close()
     print()
-    print(bench.table(results))
+    print(bench_gpu.table(results) if args.target == "cuda" else bench.table(results))
+    save(results)
+    return 0
+
+
+def _bench_fused(args: argparse.Namespace) -> int:
+    """`normgen bench --fused`: fused specs against PyTorch eager and torch.compile (bench/fused.py)."""
+    import datetime
+    import json
+
+    from .bench import fused
+    from .bench.cpu import machine
+    from .paths import repo_root
+    from .runtime import threads as cpu
+
+    if args.target != "cpu":
+        raise NormgenError("bench --fused runs on the CPU (the CUDA templates do not fuse yet)")
+    if args.threads:
+        cpu.set_num_threads(args.threads)
+    directions = ("forward",) if args.forward else ("train",) if args.backward else ("forward", "train")
+    print(f"normgen bench --fused: {args.dtype}, {cpu.threads()} threads, median of {args.repeat} after {args.warmup} "
+          "warm-up runs, providers interleaved (train = forward + backward)", flush=True)
+    results = fused.run(directions, args.dtype, args.repeat, args.warmup,
+                        progress=lambda r: print(f"  {r.case:<36} {r.direction:<7} " + "  ".join(
+                            f"{k} {v:.2f} ms" for k, v in r.ms.items()), flush=True))
+    print()
+    print(fused.table(results))
     if args.json is not None:
         root = repo_root() or Path(".")
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path(args.json) if args.json else root / "bench" / "results" / f"{args.target}-{stamp}.json"
-        from .runtime import threads as cpu
-
-        extra = {"dtype": args.dtype, "repeat": args.repeat, "target": args.target}
-        extra.update({"gpu": where} if args.target == "cuda" else {"threads": cpu.threads()})
-        bench.save_json(results, path, extra)
+        path = Path(args.json) if args.json else root / "bench" / "results" / f"fused-{stamp}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"machine": machine(), "threads": cpu.threads(), "dtype": args.dtype,
+                                    "repeat": args.repeat, "results": [vars(r) for r in results]}, indent=1))
         print(f"wrote {path}")
-    if args.plot:
-        bench.plot(results, Path(args.plot))
-        print(f"wrote {args.plot}")
     return 0
+
+
+def _bench_memory(args: argparse.Namespace) -> int:
+    """`normgen bench --memory`: resident memory against PyTorch, one fresh process per run."""
+    import datetime
+    import json
+
+    from .bench import memory
+    from .bench.cpu import machine
+    from .paths import repo_root
+
+    specs = tuple(args.spec or memory.SPECS)
+    bad = [s for s in specs if s not in memory.SPECS]
+    if bad or args.target != "cpu":
+        raise NormgenError(f"bench --memory measures CPU processes of {', '.join(memory.SPECS)}; got "
+                           f"{', '.join(bad) or '--target ' + args.target}", allowed=", ".join(memory.SPECS))
+    print(f"normgen bench --memory: {len(specs)} spec(s) x {len(memory.LOOPS)} loops x "
+          f"{len(memory.PROVIDERS)} providers, each in a fresh process", flush=True)
+    rows = memory.run_all(specs, calls=args.calls, progress=lambda r: print(
+        f"  {r['spec']:<11} {r['loop']:<5} {r['provider']:<13} peak {r['peak_mib']:6.0f} MiB  "
+        f"held {r['held_mib']:6.0f} MiB", flush=True))
+    print()
+    print(memory.table(rows))
+    steady = memory.run_steady(specs)
+    print()
+    print("fixed shapes, both providers interleaved in one process (steady state):")
+    print(memory.steady_table(steady))
+    if args.json is not None:
+        root = repo_root() or Path(".")
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(args.json) if args.json else root / "bench" / "results" / f"memory-{stamp}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"machine": machine(), "runs": rows, "steady": steady}, indent=1))
+        print(f"wrote {path}")
+    return 0
+
+
+def _bench_saver(args: argparse.Namespace, where: str):
+    """save(results): the JSON (--json) and the plot (--plot) of a benchmark run."""
+    import datetime
+
+    from .bench import cpu as bench, cuda as bench_gpu
+    from .paths import repo_root
+    from .runtime import threads as cpu
+
+    path = None
+    if args.json is not None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(args.json) if args.json else (repo_root() or Path(".")) / "bench" / "results" / \
+            f"{args.target}-{stamp}.json"
+    extra = {"dtype": args.dtype, "repeat": args.repeat, "target": args.target}
+    extra.update({"gpu": where} if args.target == "cuda" else {"threads": cpu.threads()})
+
+    def save(results, quiet: bool = False) -> None:
+        if path is not None:
+            bench.save_json(results, path, extra)
+        if args.plot and args.target == "cuda":
+            bench_gpu.plot(results, Path(args.plot), f"{where}, {args.dtype}")
+        elif args.plot and not quiet:
+            bench.plot(results, Path(args.plot))
+        if not quiet:
+            print("".join(f"wrote {p}\n" for p in (path, args.plot) if p), end="")
+    return save
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -290,6 +432,9 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--target", default="cpu", choices=("cpu", "cuda"), help="CPU (Numba) or CUDA kernels")
         s.add_argument("--size", type=_parse_size, action="append", default=[], metavar="NAME=VALUE",
                        help="a call-time size, e.g. num_groups=32 or normalized_shape=1024 (repeatable)")
+        s.add_argument("--device", metavar="PROFILE",
+                       help="with --target cuda: plan for this GPU (h100, h200, a100, l40s, rtx4090; default: the "
+                            "GPU present, else h100)")
 
     s = sub.add_parser("plan", help="print the loop nest the planner chooses")
     s.add_argument("spec")
@@ -297,6 +442,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--strides", type=_parse_ints, help="element strides of x (overrides --layout)")
     s.add_argument("--backward", action="store_true", help="plan the backward pass")
     s.add_argument("--no-params", action="store_true", help="plan a call without weight and bias")
+    s.add_argument("--eval", action="store_true", help="the steps of an evaluation call (running statistics)")
+    s.add_argument("--json", action="store_true",
+                   help="with --target cuda: the kernels, their launches and modeled DRAM traffic as JSON")
     s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("generate", help="write readable generated sources")
@@ -337,10 +485,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--backward", action="store_true", help="backward only")
     s.add_argument("--no-out", action="store_true", help="skip the out= runs")
     s.add_argument("--providers", help="comma-separated (default: normgen,torch,numpy,copy on cpu; "
-                   "normgen,torch,copy on cuda)")
+                   "normgen,torch,compile,copy on cuda, compile: torch.compile)")
+    s.add_argument("--compile-budget", type=float, default=90.0,
+                   help="cuda: seconds of torch.compile compiling, after which cases run without it")
     s.add_argument("--json", nargs="?", const="", help="save results (default bench/results/TARGET-DATE.json)")
     s.add_argument("--plot", help="draw GB/s per provider to this PNG")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    s.add_argument("--fused", action="store_true",
+                   help="fused specs (add_rms_norm, group_norm_silu) against PyTorch eager and torch.compile")
+    s.add_argument("--memory", action="store_true",
+                   help="resident memory (peak, held after) against PyTorch, each loop in a fresh process")
+    s.add_argument("--calls", type=int, help="with --memory: calls per loop (default 50 training, 400 inference)")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("cache", help="inspect or clear the kernel cache")

@@ -25,30 +25,35 @@ __all__ = ["batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm"
 
 
 def _shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
+    if type(normalized_shape) is tuple:  # the common case, and the cheap one
+        return normalized_shape
     return (int(normalized_shape),) if np.isscalar(normalized_shape) else tuple(int(n) for n in normalized_shape)
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: bool = False,
                momentum: float | None = 0.1, eps: float = 1e-5, *, num_batches_tracked=None, out=None,
-               process_group=None, comm=None):
+               process_group=None, comm=None, sync="allreduce"):
     """F.batch_norm: per-channel statistics over (N, *spatial); updates running stats in place.
 
     momentum=None uses a cumulative average and needs `num_batches_tracked` (a 0-d int64
     array, incremented in place). process_group (torch.distributed) or comm (mpi4py): the
-    batch is split across the ranks; training statistics cover all of it.
+    batch is split across the ranks; training statistics cover all of it (sync="allreduce", the
+    default: constant bytes per rank; "gather": rank-order merging; see normgen.op.distributed).
     """
-    sync = process_group is not None or comm is not None
-    if training and not sync:  # across ranks, the op checks the count over all ranks
+    if input.size == 0 and input.ndim < 2:  # PyTorch: an empty batch of no channels is an empty result
+        return np.empty_like(input)
+    across = process_group is not None or comm is not None
+    if training and not across:  # across ranks, the op checks the count over all ranks
         size = int(np.prod([input.shape[0]] + list(input.shape[2:]))) if input.ndim >= 2 else 1
         if size == 1:
             raise CallError(f"batch_norm: expected more than 1 value per channel when training, got input size "
                             f"{tuple(input.shape)}")
     elif running_mean is None or running_var is None:
         raise CallError("batch_norm: running_mean and running_var are needed when training=False")
-    return load("batch_norm").forward(
+    return load("batch_norm")(
         input, weight, bias, running_mean=running_mean, running_var=running_var, training=training,
         momentum=momentum, eps=eps, num_batches_tracked=num_batches_tracked, out=out, process_group=process_group,
-        comm=comm).y
+        comm=comm, sync=sync)
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats: bool = True,
@@ -60,37 +65,37 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
                             f"{tuple(input.shape)}")
     elif running_mean is None or running_var is None:
         raise CallError("instance_norm: running_mean and running_var are needed when use_input_stats=False")
-    return load("instance_norm").forward(
+    return load("instance_norm")(
         input, weight, bias, running_mean=running_mean, running_var=running_var, training=use_input_stats,
-        momentum=momentum, eps=eps, out=out).y
+        momentum=momentum, eps=eps, out=out)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5, *, out=None,
-               process_group=None, comm=None):
+               process_group=None, comm=None, sync="allreduce"):
     """F.layer_norm: statistics per leading index over the trailing `normalized_shape` dims.
 
     process_group / comm: the normalized dims are split across the ranks (tensor parallel):
     `normalized_shape` and the parameters are this rank's shard."""
-    return load("layer_norm").forward(input, weight, bias, normalized_shape=_shape(normalized_shape), eps=eps,
-                                      out=out, process_group=process_group, comm=comm).y
+    return load("layer_norm")(input, weight, bias, normalized_shape=_shape(normalized_shape), eps=eps,
+                              out=out, process_group=process_group, comm=comm, sync=sync)
 
 
 def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *, out=None,
-               process_group=None, comm=None):
+               process_group=None, comm=None, sync="allreduce"):
     """F.group_norm: channels split into num_groups groups; statistics per (N, group).
 
     process_group / comm: the spatial axes are split across the ranks."""
-    return load("group_norm").forward(input, weight, bias, num_groups=num_groups, eps=eps, out=out,
-                                      process_group=process_group, comm=comm).y
+    return load("group_norm")(input, weight, bias, num_groups=num_groups, eps=eps, out=out,
+                              process_group=process_group, comm=comm, sync=sync)
 
 
 def rms_norm(input, normalized_shape, weight=None, eps: float | None = None, *, out=None, process_group=None,
-             comm=None):
+             comm=None, sync="allreduce"):
     """F.rms_norm: x / sqrt(mean(x^2) + eps) over `normalized_shape`; eps=None is the dtype's epsilon.
 
     process_group / comm: the normalized dims are split across the ranks (tensor parallel)."""
-    return load("rms_norm").forward(input, weight, normalized_shape=_shape(normalized_shape), eps=eps, out=out,
-                                    process_group=process_group, comm=comm).y
+    return load("rms_norm")(input, weight, normalized_shape=_shape(normalized_shape), eps=eps, out=out,
+                            process_group=process_group, comm=comm, sync=sync)
 
 
 def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_var=None, weight=None, bias=None,
@@ -101,9 +106,9 @@ def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_v
     """
     if not training and (running_mean is None or running_var is None):
         raise CallError("switchable_norm: running_mean and running_var are needed when training=False")
-    return load("switchable_norm").forward(
+    return load("switchable_norm")(
         input, weight, bias, mean_weight=mean_weight, var_weight=var_weight, running_mean=running_mean,
-        running_var=running_var, training=training, momentum=momentum, eps=eps, out=out).y
+        running_var=running_var, training=training, momentum=momentum, eps=eps, out=out)
 
 
 def weight_norm(v, g, dim: int | None = 0, *, out=None):
@@ -129,9 +134,9 @@ def weight_norm(v, g, dim: int | None = 0, *, out=None):
 
 def weight_standardization(weight, eps: float = 1e-5, *, out=None):
     """Weight Standardization: each output unit (dim 0) of a weight to zero mean, unit variance."""
-    return load("weight_standardization").forward(weight, eps=eps, out=out).y
+    return load("weight_standardization")(weight, eps=eps, out=out)
 
 
 def standardize(input, eps: float = 1e-5, *, out=None):
     """Feature scaling of a data matrix [N, F]: each feature to zero mean and unit variance."""
-    return load("standardize").forward(input, eps=eps, out=out).y
+    return load("standardize")(input, eps=eps, out=out)

@@ -13,7 +13,9 @@ from normgen.spec.library import bundled_names
 pytestmark = pytest.mark.skipif(cupy_device() is None, reason="no CUDA GPU visible to CuPy")
 
 
-@pytest.mark.parametrize("name", bundled_names())
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.skip(reason="the CUDA templates do not fuse yet (issue 13)"))
+    if load(n).spec.fuse is not None else n for n in bundled_names()])
 def test_spec_against_oracle_on_gpu(name):
     """Every case x layout x dtype x mode of every bundled spec, CuPy arrays, against the oracle."""
     results = check.check_spec(load(name), dtypes=check.CUDA_DTYPES, target="cuda")

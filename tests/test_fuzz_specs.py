@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from normgen import Spec, SpecError, parse_spec
-from normgen.testing.hostile import TOKENS, mutated_bundled, toml_specs
+from normgen.testing.hostile import mutated_bundled, toml_specs
 
 REPO = Path(__file__).resolve().parent.parent
 FUZZ = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import normgen
 from normgen import CallError, ops
 from normgen.layouts import make_array
 
@@ -99,3 +100,13 @@ def test_a_failing_call_leaves_running_statistics_unchanged(rng):
     with pytest.raises(CallError, match="out has shape"):
         ops.batch_norm(x, rm, rv, training=True, out=np.empty((4, 3), np.float32))
     assert np.all(rm == 0) and np.all(rv == 1)
+
+
+def test_load_reads_a_changed_spec_file_again(tmp_path):
+    path = tmp_path / "my_norm.toml"
+    path.write_text('input = "N C"\nkept = "N"\n')
+    first = normgen.load(str(path))
+    assert normgen.load(str(path)) is first  # unchanged: the same op (and its compiled plans)
+    path.write_text('input = "N C"\nkept = "C"\n# edited\n')
+    second = normgen.load(str(path))
+    assert second is not first and second.spec.kept_axes == ("C",)

@@ -11,11 +11,12 @@ from normgen import SpecError, build_spec, load_spec, parse_spec
 from normgen.spec.library import bundled_names, bundled_paths
 from normgen.spec import Center, Scale
 
-BUNDLED = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm", "standardize",
-           "switchable_norm", "weight_norm", "weight_standardization"]
+BUNDLED = ["add_layer_norm", "add_rms_norm", "batch_norm", "gated_rms_norm", "gemma_rms_norm", "group_norm",
+           "group_norm_silu", "instance_norm", "layer_norm", "rms_norm", "standardize", "switchable_norm",
+           "weight_norm", "weight_standardization"]
 
 
-def test_every_row_of_the_design_table_is_bundled():
+def test_every_row_of_the_design_table_and_the_fused_specs_are_bundled():
     assert bundled_names() == BUNDLED
 
 
@@ -27,7 +28,7 @@ def test_bundled_specs_load(path):
 
 
 def test_group_norm_semantics():
-    spec = load_spec(bundled_paths()[1])
+    spec = load_spec(next(p for p in bundled_paths() if p.stem == "group_norm"))
     assert spec.name == "group_norm"
     assert spec.kept_axes == ("N", "G")
     assert spec.reduced_axes == ("c", "spatial")
@@ -109,7 +110,7 @@ PINNED = {
         '''my_norm.toml:3:1: key 'colour': unknown key 'colour' in a spec
             colour = "red"
             ^^^^^^
-          allowed: name, doc, input, kept, center, scale, eps, sizes, affine, running'''),
+          allowed: name, doc, input, kept, center, scale, eps, sizes, affine, running, fuse'''),
     "affine axis not an input axis": (
         '''
         input = "N C *spatial"
@@ -238,7 +239,7 @@ PINNED = {
         '''my_norm.toml:5:1: key 'affine.colour': unknown key 'colour' in table [affine]
             colour = "red"
             ^^^^^^
-          allowed: axes, weight, bias'''),
+          allowed: axes, weight, bias, weight_offset'''),
     "reserved argument name": (
         '''
         input = "N (G c)"
@@ -248,7 +249,7 @@ PINNED = {
         '''my_norm.toml:3:16: key 'sizes.G': argument name 'eps' is taken by the op
             sizes = { G = "eps" }
                            ^^^
-          allowed: any name except bias, eps, input, mean_weight, momentum, num_batches_tracked, out, running_mean, running_var, training, var_weight, weight, x'''),
+          allowed: any name except bias, comm, dprologue, eps, input, mean_weight, momentum, num_batches_tracked, out, process_group, running_mean, running_var, save, target, training, var_weight, weight, x, y'''),
 }
 
 
@@ -275,3 +276,29 @@ def test_missing_file_and_binary_file(tmp_path):
     bad.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(SpecError, match="not UTF-8"):
         load_spec(bad)
+
+
+def test_a_spec_built_directly_obeys_the_same_rules():
+    """The rules live in Spec.__post_init__: no way around them by constructing a Spec."""
+    import dataclasses
+
+    from normgen.spec import Spec
+    from normgen.spec.axes import parse_axes
+
+    spec = load_spec(next(p for p in bundled_paths() if p.stem == "layer_norm"))
+    with pytest.raises(SpecError) as info:
+        dataclasses.replace(spec, center=Center.NONE)  # std without centering
+    assert "key 'scale'" in str(info.value) and "measures spread around the mean" in str(info.value)
+    with pytest.raises(SpecError) as info:
+        Spec(name="p", input=parse_axes("N C"), kept=(("N", "K"),), center=Center.MEAN, scale=Scale.STD, eps=1e-5)
+    assert "key 'kept': unknown axis 'K'" in str(info.value)
+    with pytest.raises(SpecError, match="eps must be a finite number >= 0"):
+        Spec(name="p", input=parse_axes("N C"), kept=(("N",),), center=Center.MEAN, scale=Scale.STD, eps=-1.0)
+    ok = Spec(name="p", input=parse_axes("N C"), kept=(("N",),), center=Center.MEAN, scale=Scale.STD, eps=1e-5)
+    assert ok.reduced_axes == ("C",)
+
+
+def test_build_spec_with_a_string_for_a_table_says_so():
+    with pytest.raises(SpecError) as info:
+        build_spec("p", "N C H W", kept="H W", affine="C")
+    assert "key 'affine': expected a table, got a string" in str(info.value)

@@ -5,16 +5,17 @@
 // loop dims: N(K) spatial0·spatial1(R) G(K) c(R)
 // kernels:   forward_partial  moments of each part of each group (merged afterwards)
 //            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
-//            forward_merge    one thread per group: merge the parts' moments (Chan), finalize
-//            backward_merge   one thread per group: add the parts' sums, coefficients of dx
-// key:       53a55bf1068520f3bed0c7defe993caf
+//            forward_merge    a warp per group: merge the parts' moments (Chan), finalize
+//            backward_merge   a warp per group: add the parts' sums, coefficients of dx
+// key:       83b2d82a5e26ef9bbcfe2cdf5ed6a0a3
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
-// array arguments point at element 0 of the arrays they stand for. Reductions accumulate
-// in double: sums of d = x - K with K an element of the group (so d is small and nothing
-// cancels), merged between threads by shuffles and shared memory and between blocks by
-// Chan's formula. The mean is kept as hi + lo in the compute type, so x - mean keeps its
-// digits in float32 and in the half types.
+// array arguments point at element 0 of the arrays they stand for. Each thread accumulates
+// its elements in the compute type: sums of d = x - K with K an element of the group (so d
+// is small and nothing cancels), or, where a unit keeps its elements in registers, an exact
+// second pass over them. Threads' sums are merged in double, by shuffles and shared memory,
+// and parts of a group by Chan's formula. The mean is kept as hi + lo in the compute type,
+// so x - mean keeps its digits in float32 and in the half types.
 // normgen CUDA prelude: the first thing in every generated CUDA source.
 //
 // On the GPU (nvcc, NVRTC through CuPy) it brings in the half-precision headers and defines
@@ -40,224 +41,336 @@
 
 typedef float T;    // storage type of x, y, dy, dx and the parameters
 typedef float CT;  // elementwise arithmetic and statistics
+typedef float4 VT;   // 16 bytes of T: what one vector load or store moves
+constexpr int VEC = 4;  // elements of T in a VT
+typedef int ix;  // indices inside a group (its elements, rows, slots)
 
 __device__ __forceinline__ CT ld(const T* __restrict__ p, long long i) { return p[i]; }
 __device__ __forceinline__ void st(T* __restrict__ p, long long i, CT v) { p[i] = v; }
 
-// The sum of `v` over the threads of one unit: a warp (tpu == 32, no barrier), or the
-// whole block (every thread of the block must call it).
+// W consecutive elements from p + o: one 16-byte load when W == VEC (the caller checked
+// the alignment), one element otherwise. The vector's lanes are taken apart with register moves.
+template <int W>
+__device__ __forceinline__ void ldv(const T* __restrict__ p, long long o, CT (&v)[W]) {
+    if constexpr (W == 1) {
+        v[0] = ld(p, o);
+    } else {
+        const VT r = __ldg(reinterpret_cast<const VT*>(p + o));
+v[0] = r.x; v[1] = r.y; v[2] = r.z; v[3] = r.w;
+    }
+}
+
+template <int W>
+__device__ __forceinline__ void stv(T* __restrict__ p, long long o, const CT (&v)[W]) {
+    if constexpr (W == 1) {
+        st(p, o, v[0]);
+    } else {
+        *reinterpret_cast<VT*>(p + o) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+}
+
+// vector loads and stores need addresses aligned to their size (cudaMalloc gives 256; views may not)
+__device__ __forceinline__ bool aligned(const void* p) { return (reinterpret_cast<unsigned long long>(p) % sizeof(VT)) == 0; }
+
+// The sum of `v` over the threads of one unit: a warp (no barrier), or `tpu` threads of the
+// block in whole warps (every thread of the block must call it, live or not). Every thread
+// of the unit gets the same totals: each step adds the same two values in either order.
 __device__ __forceinline__ double warp_sum(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
-__device__ void unit_sum2(double& a, double& b, int tpu, NG_SHARED_PTR(double) scratch) {
-    a = warp_sum(a);
-    b = warp_sum(b);
+template <int N>
+__device__ void unit_sum(double (&v)[N], int tpu, NG_SHARED_PTR(double) scratch) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) v[n] = warp_sum(v[n]);
     if (tpu == 32) return;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    if (lane == 0) { scratch[2 * warp] = a; scratch[2 * warp + 1] = b; }
-    __syncthreads();
-    double ta = 0.0, tb = 0.0;
-    for (int w = 0; w < warps; ++w) { double va = scratch[2 * w]; double vb = scratch[2 * w + 1]; ta += va; tb += vb; }
-    __syncthreads();  // scratch is reused by the next call
-    a = ta;
-    b = tb;
-}
-
-__device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, NG_SHARED_PTR(double) scratch) {
-    a = warp_sum(a);
-    b = warp_sum(b);
-    c = warp_sum(c);
-    d = warp_sum(d);
-    if (tpu == 32) return;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, first = warp - warp % (tpu / 32);
     if (lane == 0) {
-        scratch[4 * warp] = a; scratch[4 * warp + 1] = b; scratch[4 * warp + 2] = c; scratch[4 * warp + 3] = d;
+        for (int n = 0; n < N; ++n) scratch[N * warp + n] = v[n];
     }
     __syncthreads();
-    double ta = 0.0, tb = 0.0, tc = 0.0, td = 0.0;
-    for (int w = 0; w < warps; ++w) {
-        double va = scratch[4 * w]; double vb = scratch[4 * w + 1];
-        double vc = scratch[4 * w + 2]; double vd = scratch[4 * w + 3];
-        ta += va; tb += vb; tc += vc; td += vd;
+    for (int n = 0; n < N; ++n) {
+        double t = 0.0;
+        for (int w = first; w < first + tpu / 32; ++w) { double s = scratch[N * w + n]; t += s; }
+        v[n] = t;
     }
-    __syncthreads();
-    a = ta; b = tb; c = tc; d = td;
+    __syncthreads();  // scratch is reused by the next call
 }
 
-// (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(M2 / n + eps)
-__device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
+// 1 / n for a count n, without a double division in the kernels' register-tight paths (its
+// slow path is a call that spills registers); the float reciprocal's 6e-8 is below what
+// float32 keeps.
+__device__ __forceinline__ double recip(double n) {
+    return (double)__frcp_rn((float)n);
+}
+
+// (mean hi, mean lo, rstd) of a group from its moments (inv_n = 1 / n): rstd = 1 / sqrt(M2 / n + eps)
+__device__ __forceinline__ void finalize(double n, double inv_n, double mean, double m2, double eps, CT& hi, CT& lo,
+                                         CT& rs) {
     hi = (CT)mean;
     lo = (CT)(mean - (double)hi);
-    rs = (CT)(1.0 / sqrt(m2 / n + eps));
+    rs = rsqrtf((float)(m2 * inv_n + eps));
+}
+
+constexpr int TX = 32, TY = 16;  // threads of a block: along the row tile (VEC elements each), over rows
+constexpr int SPAN = 1, PER = VEC / SPAN;  // a thread's VEC elements: SPAN columns of PER elements
+
+
+template <int W, int K>
+__device__ __forceinline__ void forward_partial_unit(
+    const T* __restrict__ x, double* __restrict__ moments, const long long* __restrict__ g,
+    NG_SHARED_PTR(double) red, NG_SHARED_PTR(double) fold) {
+    const long long n_spatial = g[1];  // size of spatial0·spatial1
+    const long long n_G = g[2];  // size of G
+    const long long n_c = g[3];  // size of c
+    const long long xs_N = g[4];  // x stride along N
+    const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
+    const long long ss_N = g[12];  // statistics stride along N
+    const long long ss_G = g[14];  // statistics stride along G
+    const long long n_parts = g[20];  // parts per group (1: a unit reduces a whole group)
+    const ix S = (ix)n_c;  // tail elements per column
+    const ix width = (ix)n_G * S;  // elements of a row
+    const ix n_tiles = (width + TX * VEC - 1) / (TX * VEC);
+    const ix unit = (ix)blockIdx.x, parts = (ix)n_parts;
+    const ix part = unit % parts, tile = unit / parts % n_tiles;
+    [[maybe_unused]] const ix grp = unit / parts / n_tiles;
+    const ix i_N = grp;  // kept N
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const ix t0 = tile * TX * VEC + tx * VEC;  // this thread's first element of the row
+    const int nv = (int)(t0 >= width ? 0 : width - t0 < VEC ? width - t0 : VEC);  // ... and how many it has
+    const ix n_rows = (ix)(n_spatial);
+    const ix r_lo = part * (n_rows / parts) + min(part, n_rows % parts);
+    const ix r_hi = r_lo + n_rows / parts + (part < n_rows % parts ? 1 : 0);
+    [[maybe_unused]] const long long x_u = i_N * xs_N + t0;
+    [[maybe_unused]] const long long s_u = i_N * ss_N;
+    // the shift K: this part's first row, element by element, so that x - K is small
+    CT shift[VEC] = {};
+    if (nv > 0 && r_lo < r_hi) {
+        const ix i_spatial = r_lo;  // reduced spatial0·spatial1
+        const long long x_r = x_u + i_spatial * xs_spatial;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) shift[j] = j < nv ? ld(x, x_r + j) : (CT)0;
+    }
+    CT a1[VEC] = {}, a2[VEC] = {};  // sums of x - K, (x - K)^2 over this thread's rows
+    if (nv > 0) {
+        for (ix q0 = r_lo + ty; q0 < r_hi; q0 += K * TY) {  // rows: spatial0·spatial1
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                const ix q = q0 + k * TY;
+                if (q < r_hi) {
+                    const ix i_spatial = q;  // reduced spatial0·spatial1
+                    const long long x_r = x_u + i_spatial * xs_spatial;
+                    CT xv[VEC];
+                    if constexpr (W == VEC) {
+                        ldv<VEC>(x, x_r, xv);
+                    } else {
+#pragma unroll
+                        for (int j = 0; j < VEC; ++j) xv[j] = j < nv ? ld(x, x_r + j) : (CT)0;
+                    }
+#pragma unroll
+                    for (int j = 0; j < VEC; ++j) {
+                        const CT d = xv[j] - shift[j];
+                        a1[j] += d;
+                        a2[j] += d * d;
+                    }
+                }
+            }
+        }
+    }
+    // element moments, then each column merges its tail elements (equal counts)
+    const double nr = (double)(r_hi - r_lo), inv_nr = nr > 0.0 ? recip(nr) : 0.0;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+        red[2 * ((ty * TX + tx) * VEC + j)] = (double)a1[j];
+        red[2 * ((ty * TX + tx) * VEC + j) + 1] = (double)a2[j];
+    }
+    __syncthreads();
+    if (ty == 0) {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+            double t1 = 0.0, t2 = 0.0;
+            for (int yy = 0; yy < TY; ++yy) {
+                double r1 = red[2 * ((yy * TX + tx) * VEC + j)];
+                double r2 = red[2 * ((yy * TX + tx) * VEC + j) + 1];
+                t1 += r1;
+                t2 += r2;
+            }
+            fold[2 * (tx * VEC + j)] = (double)shift[j] + t1 * inv_nr;
+            fold[2 * (tx * VEC + j) + 1] = fmax(t2 - t1 * t1 * inv_nr, 0.0);
+        }
+    }
+    __syncthreads();
+    if (ty == 0) {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+            const ix t = t0 + j;
+            if (j >= nv || t % S != 0) continue;
+            const int e0 = tx * VEC + j;
+            double mean = 0.0, m2 = 0.0;
+            for (ix kk = 0; kk < S; ++kk) { double me_ = fold[2 * (e0 + kk)]; mean += me_; }
+            mean *= recip((double)S);
+            for (ix kk = 0; kk < S; ++kk) {
+                double me_ = fold[2 * (e0 + kk)];
+                double m2_ = fold[2 * (e0 + kk) + 1];
+                m2 += m2_ + nr * (me_ - mean) * (me_ - mean);
+            }
+            const long long o = 3 * ((s_u + t / S * ss_G) * parts + part);
+            moments[o] = nr * (double)S;
+            moments[o + 1] = mean;
+            moments[o + 2] = m2;
+        }
+    }
 }
 
 
-extern "C" __global__ void __launch_bounds__(1024) forward_partial(
+extern "C" __global__ void __launch_bounds__(512, 2) forward_partial(
     const T* __restrict__ x, double* __restrict__ moments, const long long* __restrict__ g) {
     // Moments of each column of a tile over one part of the rows (spatial0·spatial1, and the tail c).
-    const long long n_spatial = g[1];  // size of spatial0·spatial1
-    const long long n_G = g[2];  // size of G
-    const long long n_c = g[3];  // size of c
-    const long long xs_N = g[4];  // x stride along N
-    const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
-    const long long xs_G = g[6];  // x stride along G
-    const long long xs_c = g[7];  // x stride along c
-    const long long ss_N = g[12];  // statistics stride along N
-    const long long ss_G = g[14];  // statistics stride along G
-    const long long ss_c = g[15];  // statistics stride along c
-    const long long n_parts = g[20];  // parts per group (1: a unit reduces a whole group)
-    const long long S = n_c;  // tail elements per column
-    const long long cpt = blockDim.x / S;  // columns per tile
-    const long long n_tiles = (n_G + cpt - 1) / cpt;
-    const long long unit = blockIdx.x;
-    const long long part = unit % n_parts;
-    const long long rest = unit / n_parts;
-    const long long tile = rest % n_tiles;
-    [[maybe_unused]] const long long grp = rest / n_tiles;
-    const long long i_N = grp;  // kept N
-    const long long tx = threadIdx.x, ty = threadIdx.y;
-    const long long j = tile * cpt + tx / S;  // this thread's column
-    [[maybe_unused]] const long long k = tx % S;  // ... and tail element
-    const bool valid = j < n_G;
-    const long long n_rows = n_spatial;
-    const long long r_lo = part * n_rows / n_parts, r_hi = (part + 1) * n_rows / n_parts;
-    [[maybe_unused]] const long long x_u = i_N * xs_N + j * xs_G + k * xs_c;
-    [[maybe_unused]] const long long s_u = i_N * ss_N + j * ss_G + k * ss_c;
-    // the shift: this part's first row, element by element
-    double K0 = 0.0;
-    if (valid && r_lo < r_hi) {
-        const long long i_spatial = r_lo;  // reduced spatial0·spatial1
-        K0 = (double)ld(x, x_u + i_spatial * xs_spatial);
-    }
-    double v1 = 0.0, v2 = 0.0;
-    if (valid) {
-        for (long long q = r_lo + ty; q < r_hi; q += blockDim.y) {  // rows: spatial0·spatial1
-            const long long i_spatial = q;  // reduced spatial0·spatial1
-            const long long x_r = x_u + i_spatial * xs_spatial;
-            const double dv = (double)ld(x, x_r) - K0;
-            v1 += dv;
-            v2 += dv * dv;
-        }
-    }
-    NG_SHARED(double, red, 2 * 1024);
-    const long long me = ty * blockDim.x + tx;
-    red[2 * me] = v1;
-    red[2 * me + 1] = v2;
-    __syncthreads();
-    if (ty == 0) {
-        for (long long yy = 1; yy < blockDim.y; ++yy) {
-            double r1 = red[2 * (yy * blockDim.x + tx)];
-            double r2 = red[2 * (yy * blockDim.x + tx) + 1];
-            v1 += r1;
-            v2 += r2;
-        }
-    }
-    __syncthreads();
-    // element moments, then each column merges its tail elements (equal counts)
-    NG_SHARED(double, fold, 2 * 1024);
-    const double nr = (double)(r_hi - r_lo);
-    if (ty == 0) {
-        fold[2 * tx] = K0 + v1 / nr;
-        fold[2 * tx + 1] = fmax(v2 - v1 * v1 / nr, 0.0);
-    }
-    __syncthreads();
-    if (ty == 0 && k == 0 && valid) {
-        double mean = 0.0, m2 = 0.0;
-        for (long long kk = 0; kk < S; ++kk) { double me_ = fold[2 * (tx + kk)]; mean += me_; }
-        mean /= (double)S;
-        for (long long kk = 0; kk < S; ++kk) {
-            double me_ = fold[2 * (tx + kk)];
-            double m2_ = fold[2 * (tx + kk) + 1];
-            m2 += m2_ + nr * (me_ - mean) * (me_ - mean);
-        }
-        const long long o = 3 * (s_u * n_parts + part);
-        moments[o] = nr * (double)S;
-        moments[o + 1] = mean;
-        moments[o + 2] = m2;
-    }
+    NG_SHARED(double, red, 4096);
+    NG_SHARED(double, fold, 256);
+    const long long vec_ok = g[22];  // 1: sizes and strides allow 16-byte loads (pointers are checked too)
+    if (vec_ok && aligned(x))
+        forward_partial_unit<VEC, 2>(x, moments, g, red, fold);
+    else
+        forward_partial_unit<1, 2>(x, moments, g, red, fold);
 }
 
 
-extern "C" __global__ void __launch_bounds__(1024) forward_apply(
+template <int W, int K>
+__device__ __forceinline__ void forward_apply_unit(
     const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
     const CT* __restrict__ kstats, const long long* __restrict__ g) {
-    // Normalize each element of the tile with its column's statistics.
     const long long n_spatial = g[1];  // size of spatial0·spatial1
     const long long n_G = g[2];  // size of G
     const long long n_c = g[3];  // size of c
     const long long xs_N = g[4];  // x stride along N
     const long long xs_spatial = g[5];  // x stride along spatial0·spatial1
-    const long long xs_G = g[6];  // x stride along G
-    const long long xs_c = g[7];  // x stride along c
     const long long ys_N = g[8];  // y stride along N
     const long long ys_spatial = g[9];  // y stride along spatial0·spatial1
-    const long long ys_G = g[10];  // y stride along G
-    const long long ys_c = g[11];  // y stride along c
     const long long ss_N = g[12];  // statistics stride along N
     const long long ss_G = g[14];  // statistics stride along G
-    const long long ss_c = g[15];  // statistics stride along c
     const long long ps_G = g[18];  // parameter stride along G
     const long long ps_c = g[19];  // parameter stride along c
     const long long n_parts = g[20];  // parts per group (1: a unit reduces a whole group)
-    const long long S = n_c;  // tail elements per column
-    const long long cpt = blockDim.x / S;  // columns per tile
-    const long long n_tiles = (n_G + cpt - 1) / cpt;
-    const long long unit = blockIdx.x;
-    const long long part = unit % n_parts;
-    const long long rest = unit / n_parts;
-    const long long tile = rest % n_tiles;
-    [[maybe_unused]] const long long grp = rest / n_tiles;
-    const long long i_N = grp;  // kept N
-    const long long tx = threadIdx.x, ty = threadIdx.y;
-    const long long j = tile * cpt + tx / S;  // this thread's column
-    [[maybe_unused]] const long long k = tx % S;  // ... and tail element
-    const bool valid = j < n_G;
-    const long long n_rows = n_spatial;
-    const long long r_lo = part * n_rows / n_parts, r_hi = (part + 1) * n_rows / n_parts;
-    [[maybe_unused]] const long long x_u = i_N * xs_N + j * xs_G + k * xs_c;
-    [[maybe_unused]] const long long y_u = i_N * ys_N + j * ys_G + k * ys_c;
-    [[maybe_unused]] const long long s_u = i_N * ss_N + j * ss_G + k * ss_c;
-    [[maybe_unused]] const long long p_u = 0LL + j * ps_G + k * ps_c;
-    [[maybe_unused]] const CT hi = valid ? kstats[3 * s_u] : (CT)0, lo = valid ? kstats[3 * s_u + 1] : (CT)0;
-    const CT rs = valid ? kstats[3 * s_u + 2] : (CT)0;
-    const CT w = valid ? ld(weight, p_u) : (CT)0;
-    const CT b = valid ? ld(bias, p_u) : (CT)0;
-    if (valid) {
-        for (long long q = r_lo + ty; q < r_hi; q += blockDim.y) {  // rows: spatial0·spatial1
-            const long long i_spatial = q;  // reduced spatial0·spatial1
-            const long long x_r = x_u + i_spatial * xs_spatial;
-            const long long y_r = y_u + i_spatial * ys_spatial;
-            const CT xv = ld(x, x_r);
-            st(y, y_r, ((xv - hi) - lo) * rs * w + b);
+    const ix S = (ix)n_c;  // tail elements per column
+    const ix width = (ix)n_G * S;  // elements of a row
+    const ix n_tiles = (width + TX * VEC - 1) / (TX * VEC);
+    const ix unit = (ix)blockIdx.x, parts = (ix)n_parts;
+    const ix part = unit % parts, tile = unit / parts % n_tiles;
+    [[maybe_unused]] const ix grp = unit / parts / n_tiles;
+    const ix i_N = grp;  // kept N
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const ix t0 = tile * TX * VEC + tx * VEC;  // this thread's first element of the row
+    const int nv = (int)(t0 >= width ? 0 : width - t0 < VEC ? width - t0 : VEC);  // ... and how many it has
+    const ix n_rows = (ix)(n_spatial);
+    const ix r_lo = part * (n_rows / parts) + min(part, n_rows % parts);
+    const ix r_hi = r_lo + n_rows / parts + (part < n_rows % parts ? 1 : 0);
+    [[maybe_unused]] const long long x_u = i_N * xs_N + t0;
+    [[maybe_unused]] const long long y_u = i_N * ys_N + t0;
+    [[maybe_unused]] const long long s_u = i_N * ss_N;
+    [[maybe_unused]] const long long p_u = 0LL;
+    [[maybe_unused]] CT hi[SPAN], lo[SPAN], rs[SPAN];
+#pragma unroll
+    for (int c = 0; c < SPAN; ++c) {
+        const ix t = nv > 0 ? t0 + c * PER : 0;  // the column's first element here (an idle thread: column 0)
+        const long long so = 3 * (s_u + t / S * ss_G);
+        hi[c] = kstats[so + 0];
+        lo[c] = kstats[so + 1];
+        rs[c] = kstats[so + 2];
+    }
+    CT w[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+        const ix t = t0 + (j < nv ? j : 0);
+        w[j] = nv > 0 ? ld(weight, p_u + t / S * ps_G + t % S * ps_c) : (CT)0;
+    }
+    CT b[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+        const ix t = t0 + (j < nv ? j : 0);
+        b[j] = nv > 0 ? ld(bias, p_u + t / S * ps_G + t % S * ps_c) : (CT)0;
+    }
+    if (nv > 0) {
+        for (ix q0 = r_lo + ty; q0 < r_hi; q0 += K * TY) {  // rows: spatial0·spatial1
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                const ix q = q0 + k * TY;
+                if (q < r_hi) {
+                    const ix i_spatial = q;  // reduced spatial0·spatial1
+                    const long long x_r = x_u + i_spatial * xs_spatial;
+                    const long long y_r = y_u + i_spatial * ys_spatial;
+                    CT xv[VEC];
+                    if constexpr (W == VEC) {
+                        ldv<VEC>(x, x_r, xv);
+                    } else {
+#pragma unroll
+                        for (int j = 0; j < VEC; ++j) xv[j] = j < nv ? ld(x, x_r + j) : (CT)0;
+                    }
+                    CT out[VEC];
+#pragma unroll
+                    for (int j = 0; j < VEC; ++j) out[j] = ((xv[j] - hi[j / PER]) - lo[j / PER]) * rs[j / PER] * w[j] + b[j];
+                    if constexpr (W == VEC) {
+                        stv<VEC>(y, y_r, out);
+                    } else {
+#pragma unroll
+                        for (int j = 0; j < VEC; ++j) {
+                            if (j < nv) st(y, y_r + j, out[j]);
+                        }
+                    }
+                }
+            }
         }
     }
+}
+
+
+extern "C" __global__ void __launch_bounds__(512, 2) forward_apply(
+    const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
+    const CT* __restrict__ kstats, const long long* __restrict__ g) {
+    // Normalize each element of the tile with its column's statistics.
+    const long long vec_ok = g[22];  // 1: sizes and strides allow 16-byte loads (pointers are checked too)
+    if (vec_ok && aligned(x) && aligned(y))
+        forward_apply_unit<VEC, 2>(x, y, weight, bias, kstats, g);
+    else
+        forward_apply_unit<1, 2>(x, y, weight, bias, kstats, g);
+}
+
+
+// Chan's formula: (n, mean, m2) += (nb, mb, m2b)
+__device__ __forceinline__ void chan(double& n, double& mean, double& m2, double nb, double mb, double m2b) {
+    if (nb == 0.0) return;
+    const double tot = n + nb, dlt = mb - mean, w = nb / tot;
+    mean += dlt * w;
+    m2 += m2b + dlt * dlt * n * w;
+    n = tot;
 }
 
 
 extern "C" __global__ void __launch_bounds__(256) forward_merge(
     const double* __restrict__ parts, double* __restrict__ moments, CT* __restrict__ kstats,
     const long long n_groups, const long long n_parts, const double eps) {
-    // One thread per group: merge the parts' (count, mean, M2) in order (Chan), then finalize.
-    const long long grp = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (grp >= n_groups) return;
+    // A warp per group: each lane merges every 32nd part (Chan), then lane 0 merges the
+    // lanes' moments in a fixed tree (lane l takes lane l + o, o = 16, 8, 4, 2, 1) and finalizes.
+    const long long grp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (grp >= n_groups) return;  // whole warps: the block is a multiple of 32 threads
     double n = 0.0, mean = 0.0, m2 = 0.0;
-    for (long long p = 0; p < n_parts; ++p) {
-        const double nb = parts[3 * (grp * n_parts + p)];
-        const double mb = parts[3 * (grp * n_parts + p) + 1];
-        const double m2b = parts[3 * (grp * n_parts + p) + 2];
-        if (nb == 0.0) continue;
-        const double tot = n + nb, dlt = mb - mean, w = nb / tot;
-        mean += dlt * w;
-        m2 += m2b + dlt * dlt * n * w;
-        n = tot;
+    for (long long p = lane; p < n_parts; p += 32) {
+        const long long k = 3 * (grp * n_parts + p);
+        chan(n, mean, m2, parts[k], parts[k + 1], parts[k + 2]);
     }
+    for (int o = 16; o > 0; o >>= 1) {
+        const double nb = __shfl_down_sync(0xffffffffu, n, o), mb = __shfl_down_sync(0xffffffffu, mean, o);
+        const double m2b = __shfl_down_sync(0xffffffffu, m2, o);
+        if (lane + o < 32) chan(n, mean, m2, nb, mb, m2b);
+    }
+    if (lane != 0) return;
     moments[3 * grp] = n;
     moments[3 * grp + 1] = mean;
     moments[3 * grp + 2] = m2;
     CT hi, lo, rs;
-    finalize(n, mean, m2, eps, hi, lo, rs);
+    finalize(n, 1.0 / n, mean, m2, eps, hi, lo, rs);
     kstats[3 * grp] = hi;
     kstats[3 * grp + 1] = lo;
     kstats[3 * grp + 2] = rs;
@@ -267,17 +380,26 @@ extern "C" __global__ void __launch_bounds__(256) forward_merge(
 extern "C" __global__ void __launch_bounds__(256) backward_merge(
     const double* __restrict__ sums, const CT* __restrict__ kstats, double* __restrict__ totals,
     CT* __restrict__ coef, const long long n_groups, const long long n_parts, const double count) {
-    // One thread per group: add the parts' sums in order, then the coefficients of
-    // dx = c0 * g + c1 * (x - mean) + c2 for training mode (mean, std).
-    const long long grp = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    // A warp per group: add the parts' sums (every 32nd per lane, then a fixed tree), then the
+    // coefficients of dx = c0 * g + c1 * (x - mean) + c2 for training mode (mean, std).
+    const long long grp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
     if (grp >= n_groups) return;
     double a = 0.0, b = 0.0, e = 0.0, f = 0.0;
-    for (long long p = 0; p < n_parts; ++p) {
-        a += sums[4 * (grp * n_parts + p)];
-        b += sums[4 * (grp * n_parts + p) + 1];
-        e += sums[4 * (grp * n_parts + p) + 2];
-        f += sums[4 * (grp * n_parts + p) + 3];
+    for (long long p = lane; p < n_parts; p += 32) {
+        const long long k = 4 * (grp * n_parts + p);
+        a += sums[k];
+        b += sums[k + 1];
+        e += sums[k + 2];
+        f += sums[k + 3];
     }
+    for (int o = 16; o > 0; o >>= 1) {
+        a += __shfl_down_sync(0xffffffffu, a, o);
+        b += __shfl_down_sync(0xffffffffu, b, o);
+        e += __shfl_down_sync(0xffffffffu, e, o);
+        f += __shfl_down_sync(0xffffffffu, f, o);
+    }
+    if (lane != 0) return;
     totals[4 * grp] = a;
     totals[4 * grp + 1] = b;
     totals[4 * grp + 2] = e;

@@ -6,16 +6,17 @@
 // kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
 //            forward_partial  moments of each part of each group (merged afterwards)
 //            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
-//            forward_merge    one thread per group: merge the parts' moments (Chan), finalize
-//            backward_merge   one thread per group: add the parts' sums, coefficients of dx
-// key:       f3669ca633b443686f5b9ffeadf325c1
+//            forward_merge    a warp per group: merge the parts' moments (Chan), finalize
+//            backward_merge   a warp per group: add the parts' sums, coefficients of dx
+// key:       5a834201c1ff15ab3ea1ea57960806c8
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
-// array arguments point at element 0 of the arrays they stand for. Reductions accumulate
-// in double: sums of d = x - K with K an element of the group (so d is small and nothing
-// cancels), merged between threads by shuffles and shared memory and between blocks by
-// Chan's formula. The mean is kept as hi + lo in the compute type, so x - mean keeps its
-// digits in float32 and in the half types.
+// array arguments point at element 0 of the arrays they stand for. Each thread accumulates
+// its elements in the compute type: sums of d = x - K with K an element of the group (so d
+// is small and nothing cancels), or, where a unit keeps its elements in registers, an exact
+// second pass over them. Threads' sums are merged in double, by shuffles and shared memory,
+// and parts of a group by Chan's formula. The mean is kept as hi + lo in the compute type,
+// so x - mean keeps its digits in float32 and in the half types.
 // normgen CUDA prelude: the first thing in every generated CUDA source.
 //
 // On the GPU (nvcc, NVRTC through CuPy) it brings in the half-precision headers and defines
@@ -41,64 +42,86 @@
 
 typedef float T;    // storage type of x, y, dy, dx and the parameters
 typedef float CT;  // elementwise arithmetic and statistics
+typedef float4 VT;   // 16 bytes of T: what one vector load or store moves
+constexpr int VEC = 4;  // elements of T in a VT
+constexpr int CACHE = 4;  // vector slots per thread kept in registers by the fused kernels
+constexpr int COPIES = 2;  // units per group of the fused kernels, each normalizing its share
+typedef int ix;  // indices inside a group (its elements, rows, slots)
 
 __device__ __forceinline__ CT ld(const T* __restrict__ p, long long i) { return p[i]; }
 __device__ __forceinline__ void st(T* __restrict__ p, long long i, CT v) { p[i] = v; }
 
-// The sum of `v` over the threads of one unit: a warp (tpu == 32, no barrier), or the
-// whole block (every thread of the block must call it).
+// W consecutive elements from p + o: one 16-byte load when W == VEC (the caller checked
+// the alignment), one element otherwise. The vector's lanes are taken apart with register moves.
+template <int W>
+__device__ __forceinline__ void ldv(const T* __restrict__ p, long long o, CT (&v)[W]) {
+    if constexpr (W == 1) {
+        v[0] = ld(p, o);
+    } else {
+        const VT r = __ldg(reinterpret_cast<const VT*>(p + o));
+v[0] = r.x; v[1] = r.y; v[2] = r.z; v[3] = r.w;
+    }
+}
+
+template <int W>
+__device__ __forceinline__ void stv(T* __restrict__ p, long long o, const CT (&v)[W]) {
+    if constexpr (W == 1) {
+        st(p, o, v[0]);
+    } else {
+        *reinterpret_cast<VT*>(p + o) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+}
+
+// vector loads and stores need addresses aligned to their size (cudaMalloc gives 256; views may not)
+__device__ __forceinline__ bool aligned(const void* p) { return (reinterpret_cast<unsigned long long>(p) % sizeof(VT)) == 0; }
+
+// The sum of `v` over the threads of one unit: a warp (no barrier), or `tpu` threads of the
+// block in whole warps (every thread of the block must call it, live or not). Every thread
+// of the unit gets the same totals: each step adds the same two values in either order.
 __device__ __forceinline__ double warp_sum(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
-__device__ void unit_sum2(double& a, double& b, int tpu, NG_SHARED_PTR(double) scratch) {
-    a = warp_sum(a);
-    b = warp_sum(b);
+template <int N>
+__device__ void unit_sum(double (&v)[N], int tpu, NG_SHARED_PTR(double) scratch) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) v[n] = warp_sum(v[n]);
     if (tpu == 32) return;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    if (lane == 0) { scratch[2 * warp] = a; scratch[2 * warp + 1] = b; }
-    __syncthreads();
-    double ta = 0.0, tb = 0.0;
-    for (int w = 0; w < warps; ++w) { double va = scratch[2 * w]; double vb = scratch[2 * w + 1]; ta += va; tb += vb; }
-    __syncthreads();  // scratch is reused by the next call
-    a = ta;
-    b = tb;
-}
-
-__device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, NG_SHARED_PTR(double) scratch) {
-    a = warp_sum(a);
-    b = warp_sum(b);
-    c = warp_sum(c);
-    d = warp_sum(d);
-    if (tpu == 32) return;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, first = warp - warp % (tpu / 32);
     if (lane == 0) {
-        scratch[4 * warp] = a; scratch[4 * warp + 1] = b; scratch[4 * warp + 2] = c; scratch[4 * warp + 3] = d;
+        for (int n = 0; n < N; ++n) scratch[N * warp + n] = v[n];
     }
     __syncthreads();
-    double ta = 0.0, tb = 0.0, tc = 0.0, td = 0.0;
-    for (int w = 0; w < warps; ++w) {
-        double va = scratch[4 * w]; double vb = scratch[4 * w + 1];
-        double vc = scratch[4 * w + 2]; double vd = scratch[4 * w + 3];
-        ta += va; tb += vb; tc += vc; td += vd;
+    for (int n = 0; n < N; ++n) {
+        double t = 0.0;
+        for (int w = first; w < first + tpu / 32; ++w) { double s = scratch[N * w + n]; t += s; }
+        v[n] = t;
     }
-    __syncthreads();
-    a = ta; b = tb; c = tc; d = td;
+    __syncthreads();  // scratch is reused by the next call
 }
 
-// (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(M2 / n + eps)
-__device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
+// 1 / n for a count n, without a double division in the kernels' register-tight paths (its
+// slow path is a call that spills registers); the float reciprocal's 6e-8 is below what
+// float32 keeps.
+__device__ __forceinline__ double recip(double n) {
+    return (double)__frcp_rn((float)n);
+}
+
+// (mean hi, mean lo, rstd) of a group from its moments (inv_n = 1 / n): rstd = 1 / sqrt(M2 / n + eps)
+__device__ __forceinline__ void finalize(double n, double inv_n, double mean, double m2, double eps, CT& hi, CT& lo,
+                                         CT& rs) {
     hi = (CT)mean;
     lo = (CT)(mean - (double)hi);
-    rs = (CT)(1.0 / sqrt(m2 / n + eps));
+    rs = rsqrtf((float)(m2 * inv_n + eps));
 }
 
 
-extern "C" __global__ void __launch_bounds__(1024) forward_fused(
+template <int W, int K>
+__device__ __forceinline__ void forward_fused_kept_unit(
     const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
-    double* __restrict__ moments, CT* __restrict__ kstats, const long long* __restrict__ g, const double eps) {
-    // Per group (N, G): moments over c, spatial0·spatial1, then normalize it (one part per group).
+    double* __restrict__ moments, CT* __restrict__ kstats, const long long* __restrict__ g, const double eps,
+    NG_SHARED_PTR(double) scratch) {
     const long long n_N = g[0];  // size of N
     const long long n_G = g[1];  // size of G
     const long long n_c = g[2];  // size of c
@@ -106,65 +129,74 @@ extern "C" __global__ void __launch_bounds__(1024) forward_fused(
     const long long xs_N = g[4];  // x stride along N
     const long long xs_G = g[5];  // x stride along G
     const long long xs_c = g[6];  // x stride along c
-    const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
     const long long ys_N = g[8];  // y stride along N
     const long long ys_G = g[9];  // y stride along G
     const long long ys_c = g[10];  // y stride along c
-    const long long ys_spatial = g[11];  // y stride along spatial0·spatial1
     const long long ss_N = g[12];  // statistics stride along N
     const long long ss_G = g[13];  // statistics stride along G
     const long long ps_G = g[17];  // parameter stride along G
     const long long ps_c = g[18];  // parameter stride along c
-    const long long n_parts = g[20];  // parts per group (1: a unit reduces a whole group)
-    const long long threads_per_unit = g[21];  // threads per unit: 32 (a warp) or the block
-    NG_SHARED(double, scratch, 4 * 32);
+    const long long threads_per_unit = g[21];  // threads per unit (rows): 32 (a warp) to 1024
     const int tpu = (int)threads_per_unit;
-    const long long per_block = blockDim.x / tpu;
-    const long long unit = (long long)blockIdx.x * per_block + threadIdx.x / tpu;
-    const long long lane = threadIdx.x % tpu;
-    const long long n_units = n_N * n_G * n_parts;
-    if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
-    [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
-    long long rem_ = grp;
-    const long long i_G = rem_ % n_G;  // kept G
-    rem_ /= n_G;
-    const long long i_N = rem_;  // kept N
+    const ix unit = (ix)blockIdx.x * (ix)(blockDim.x / tpu) + (ix)(threadIdx.x / tpu);
+    const int lane = (int)(threadIdx.x % tpu);
+    const ix per_group = COPIES;  // units per group
+    const bool live = unit < (ix)(n_N * n_G * per_group);  // the last block may have idle units
+    [[maybe_unused]] const ix grp = live ? unit / per_group : 0, piece = unit % per_group;
+    ix rem_ = grp;
+    const ix i_G = rem_ % (ix)n_G;  // kept G
+    rem_ /= (ix)n_G;
+    const ix i_N = rem_;  // kept N
     [[maybe_unused]] const long long x_u = i_N * xs_N + i_G * xs_G;
     [[maybe_unused]] const long long y_u = i_N * ys_N + i_G * ys_G;
     [[maybe_unused]] const long long s_u = i_N * ss_N + i_G * ss_G;
     [[maybe_unused]] const long long p_u = i_G * ps_G;
-    const long long E = n_c * n_spatial;  // elements per group
-    const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-    const double K = (double)ld(x, x_u);  // the shift: this group's first element
-    double s1 = 0.0, s2 = 0.0;
+    const ix E = (ix)(n_c * n_spatial);  // elements per group
+    const ix NS = live ? (E + W - 1) / W : 0;  // ... in slots of W
+    const ix s_own = piece * K * tpu;  // this unit's slots: K per thread from here (the last unit's may be fewer)
+    const CT shift = live ? ld(x, x_u) : (CT)0;  // the shift K: the group's first element, so that x - K is small and nothing cancels
+    CT c[K][W];  // this thread's elements of the unit's share of the group, kept for the normalization
+    CT a1 = 0, a2 = 0;  // sums of x - K and (x - K)^2
+    // every unit of the group reads all of it, in the same order, so that all compute the same
+    // statistics; each keeps its own share (the units run side by side: one read is from L2)
     {
-        long long e = e_lo + lane;
-        long long q = e / n_spatial;
-        long long i = e - q * n_spatial;
-        const long long dq = tpu / n_spatial, di = tpu - dq * n_spatial;
-        long long qc = -1;
-        long long x_r = x_u;
-        for (; e < e_hi; e += tpu) {  // rows: c; inner: spatial0·spatial1
-            if (q != qc) {
-                qc = q;
-                const long long i_c = q;  // reduced c
-                x_r = x_u + i_c * xs_c;
+        ix s = lane;
+        const ix n_i = (ix)n_spatial;
+        ix q = s * W / n_i, i = s * W - q * n_i;  // row, inner index of the slot
+        const ix dq = tpu * W / n_i, di = tpu * W - dq * n_i;
+#pragma unroll
+        for (int k = 0; k < COPIES * K; ++k) {
+            if (s < NS) {
+                const ix i_c = q;  // reduced c
+                const long long x_r = x_u + i_c * xs_c;
+                CT v[W];
+                ldv<W>(x, x_r + i, v);
+#pragma unroll
+                for (int j = 0; j < W; ++j) {
+                    const CT d = v[j] - shift;
+                    a1 += d;
+                    a2 += d * d;
+                }
+                if (k / K == piece) {
+#pragma unroll
+                    for (int j = 0; j < W; ++j) c[k % K][j] = v[j];
+                }
             }
-            const double dv = (double)ld(x, x_r + i * xs_spatial) - K;
-            s1 += dv;
-            s2 += dv * dv;
+            s += tpu;
             i += di;
             q += dq;
-            if (i >= n_spatial) { i -= n_spatial; ++q; }
+            if (i >= n_i) { i -= n_i; ++q; }
         }
     }
-    unit_sum2(s1, s2, tpu, scratch);
-    const double n = (double)(e_hi - e_lo);
-    const double mean = K + s1 / n;
-    const double m2 = fmax(s2 - s1 * s1 / n, 0.0);
+    double acc[2] = {(double)a1, (double)a2};
+    unit_sum(acc, tpu, scratch);
+    const double n = (double)E;
+    const double inv_n = recip(n);
+    const double mean = (double)shift + acc[0] * inv_n;
+    const double m2 = fmax(acc[1] - acc[0] * acc[0] * inv_n, 0.0);
     CT hi, lo, rs;
-    finalize(n, mean, m2, eps, hi, lo, rs);
-    if (lane == 0) {
+    finalize(n, inv_n, mean, m2, eps, hi, lo, rs);
+    if (live && piece == 0 && lane == 0) {
         moments[3 * s_u] = n;
         moments[3 * s_u + 1] = mean;
         moments[3 * s_u + 2] = m2;
@@ -173,106 +205,46 @@ extern "C" __global__ void __launch_bounds__(1024) forward_fused(
         kstats[3 * s_u + 2] = rs;
     }
     {
-        long long e = e_lo + lane;
-        long long q = e / n_spatial;
-        long long i = e - q * n_spatial;
-        const long long dq = tpu / n_spatial, di = tpu - dq * n_spatial;
-        long long qc = -1;
-        long long x_r = x_u;
-        long long y_r = y_u;
-        long long p_r = p_u;
-        for (; e < e_hi; e += tpu) {  // rows: c; inner: spatial0·spatial1
-            if (q != qc) {
-                qc = q;
-                const long long i_c = q;  // reduced c
-                x_r = x_u + i_c * xs_c;
-                y_r = y_u + i_c * ys_c;
-                p_r = p_u + i_c * ps_c;
+        ix s = s_own + lane;
+        const ix n_i = (ix)n_spatial;
+        ix q = s * W / n_i, i = s * W - q * n_i;  // row, inner index of the slot
+        const ix dq = tpu * W / n_i, di = tpu * W - dq * n_i;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            if (s < NS) {
+                const ix i_c = q;  // reduced c
+                const long long y_r = y_u + i_c * ys_c;
+                const long long p_r = p_u + i_c * ps_c;
+                const CT w0 = ld(weight, p_r);
+                CT w[W];
+#pragma unroll
+                for (int j = 0; j < W; ++j) w[j] = w0;
+                const CT b0 = ld(bias, p_r);
+                CT b[W];
+#pragma unroll
+                for (int j = 0; j < W; ++j) b[j] = b0;
+                CT out[W];
+#pragma unroll
+                for (int j = 0; j < W; ++j) {
+                    const CT xv = c[k][j];
+                    out[j] = ((xv - hi) - lo) * rs * w[j] + b[j];
+                }
+                stv<W>(y, y_r + i, out);
             }
-            const CT xv = ld(x, x_r + i * xs_spatial);
-            CT v = ((xv - hi) - lo) * rs;
-            v = v * ld(weight, p_r);
-            v = v + ld(bias, p_r);
-            st(y, y_r + i * ys_spatial, v);
+            s += tpu;
             i += di;
             q += dq;
-            if (i >= n_spatial) { i -= n_spatial; ++q; }
+            if (i >= n_i) { i -= n_i; ++q; }
         }
     }
 }
 
 
-extern "C" __global__ void __launch_bounds__(1024) forward_partial(
-    const T* __restrict__ x, double* __restrict__ moments, const long long* __restrict__ g) {
-    // Moments of each part of each group, merged afterwards by forward_merge (Chan).
-    const long long n_N = g[0];  // size of N
-    const long long n_G = g[1];  // size of G
-    const long long n_c = g[2];  // size of c
-    const long long n_spatial = g[3];  // size of spatial0·spatial1
-    const long long xs_N = g[4];  // x stride along N
-    const long long xs_G = g[5];  // x stride along G
-    const long long xs_c = g[6];  // x stride along c
-    const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
-    const long long ss_N = g[12];  // statistics stride along N
-    const long long ss_G = g[13];  // statistics stride along G
-    const long long n_parts = g[20];  // parts per group (1: a unit reduces a whole group)
-    const long long threads_per_unit = g[21];  // threads per unit: 32 (a warp) or the block
-    NG_SHARED(double, scratch, 4 * 32);
-    const int tpu = (int)threads_per_unit;
-    const long long per_block = blockDim.x / tpu;
-    const long long unit = (long long)blockIdx.x * per_block + threadIdx.x / tpu;
-    const long long lane = threadIdx.x % tpu;
-    const long long n_units = n_N * n_G * n_parts;
-    if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
-    [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
-    long long rem_ = grp;
-    const long long i_G = rem_ % n_G;  // kept G
-    rem_ /= n_G;
-    const long long i_N = rem_;  // kept N
-    [[maybe_unused]] const long long x_u = i_N * xs_N + i_G * xs_G;
-    [[maybe_unused]] const long long s_u = i_N * ss_N + i_G * ss_G;
-    const long long E = n_c * n_spatial;  // elements per group
-    const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-    const double K = (double)ld(x, x_u);  // the shift: this group's first element
-    double s1 = 0.0, s2 = 0.0;
-    {
-        long long e = e_lo + lane;
-        long long q = e / n_spatial;
-        long long i = e - q * n_spatial;
-        const long long dq = tpu / n_spatial, di = tpu - dq * n_spatial;
-        long long qc = -1;
-        long long x_r = x_u;
-        for (; e < e_hi; e += tpu) {  // rows: c; inner: spatial0·spatial1
-            if (q != qc) {
-                qc = q;
-                const long long i_c = q;  // reduced c
-                x_r = x_u + i_c * xs_c;
-            }
-            const double dv = (double)ld(x, x_r + i * xs_spatial) - K;
-            s1 += dv;
-            s2 += dv * dv;
-            i += di;
-            q += dq;
-            if (i >= n_spatial) { i -= n_spatial; ++q; }
-        }
-    }
-    unit_sum2(s1, s2, tpu, scratch);
-    const double n = (double)(e_hi - e_lo);
-    const double mean = K + s1 / n;
-    const double m2 = fmax(s2 - s1 * s1 / n, 0.0);
-    if (lane == 0) {
-        const long long k = 3 * (s_u * n_parts + part);
-        moments[k] = n;
-        moments[k + 1] = mean;
-        moments[k + 2] = m2;
-    }
-}
-
-
-extern "C" __global__ void __launch_bounds__(1024) forward_apply(
+template <int W, int K>
+__device__ __forceinline__ void forward_fused_stream_unit(
     const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
-    const CT* __restrict__ kstats, const long long* __restrict__ g) {
-    // Normalize with given statistics (merged parts, mixtures, or running statistics).
+    double* __restrict__ moments, CT* __restrict__ kstats, const long long* __restrict__ g, const double eps,
+    NG_SHARED_PTR(double) scratch) {
     const long long n_N = g[0];  // size of N
     const long long n_G = g[1];  // size of G
     const long long n_c = g[2];  // size of c
@@ -280,87 +252,347 @@ extern "C" __global__ void __launch_bounds__(1024) forward_apply(
     const long long xs_N = g[4];  // x stride along N
     const long long xs_G = g[5];  // x stride along G
     const long long xs_c = g[6];  // x stride along c
-    const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
     const long long ys_N = g[8];  // y stride along N
     const long long ys_G = g[9];  // y stride along G
     const long long ys_c = g[10];  // y stride along c
-    const long long ys_spatial = g[11];  // y stride along spatial0·spatial1
+    const long long ss_N = g[12];  // statistics stride along N
+    const long long ss_G = g[13];  // statistics stride along G
+    const long long ps_G = g[17];  // parameter stride along G
+    const long long ps_c = g[18];  // parameter stride along c
+    const long long threads_per_unit = g[21];  // threads per unit (rows): 32 (a warp) to 1024
+    const int tpu = (int)threads_per_unit;
+    const ix unit = (ix)blockIdx.x * (ix)(blockDim.x / tpu) + (ix)(threadIdx.x / tpu);
+    const int lane = (int)(threadIdx.x % tpu);
+    const ix per_group = COPIES;  // units per group
+    const bool live = unit < (ix)(n_N * n_G * per_group);  // the last block may have idle units
+    [[maybe_unused]] const ix grp = live ? unit / per_group : 0, piece = unit % per_group;
+    ix rem_ = grp;
+    const ix i_G = rem_ % (ix)n_G;  // kept G
+    rem_ /= (ix)n_G;
+    const ix i_N = rem_;  // kept N
+    [[maybe_unused]] const long long x_u = i_N * xs_N + i_G * xs_G;
+    [[maybe_unused]] const long long y_u = i_N * ys_N + i_G * ys_G;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + i_G * ss_G;
+    [[maybe_unused]] const long long p_u = i_G * ps_G;
+    const ix E = (ix)(n_c * n_spatial);  // elements per group
+    const ix NS = live ? (E + W - 1) / W : 0;  // ... in slots of W
+    const ix s_lo = piece * (NS / per_group) + min(piece, NS % per_group);
+    const ix s_hi = s_lo + NS / per_group + (piece < NS % per_group ? 1 : 0);  // this unit's slots
+    const CT shift = live ? ld(x, x_u) : (CT)0;  // the shift K: the group's first element, so that x - K is small and nothing cancels
+    double acc[2] = {0.0, 0.0};  // of x - K, of (x - K)^2
+    {
+        ix s = lane;
+        const ix n_i = (ix)n_spatial;
+        ix q = s * W / n_i, i = s * W - q * n_i;  // row, inner index of the slot
+        const ix dq = tpu * W / n_i, di = tpu * W - dq * n_i;
+        while (s < NS) {  // rows: c; inner: spatial0·spatial1
+            CT a1 = 0, a2 = 0;
+    #pragma unroll
+            for (int k = 0; k < K; ++k) {
+                if (s < NS) {
+                    const ix i_c = q;  // reduced c
+                    const long long x_r = x_u + i_c * xs_c;
+                    CT v[W];
+                    ldv<W>(x, x_r + i, v);
+    #pragma unroll
+                    for (int j = 0; j < W; ++j) {
+                        const CT d = v[j] - shift;
+                        a1 += d;
+                        a2 += d * d;
+                    }
+                }
+                s += tpu;
+                i += di;
+                q += dq;
+                if (i >= n_i) { i -= n_i; ++q; }
+            }
+            acc[0] += a1; acc[1] += a2;
+        }
+    }
+    unit_sum(acc, tpu, scratch);
+    const double n = (double)NS * W;
+    const double inv_n = n > 0.0 ? recip(n) : 0.0;
+    const double mean = (double)shift + acc[0] * inv_n;
+    const double m2 = fmax(acc[1] - acc[0] * acc[0] * inv_n, 0.0);
+    CT hi, lo, rs;
+    finalize(n, inv_n, mean, m2, eps, hi, lo, rs);
+    if (live && piece == 0 && lane == 0) {
+        moments[3 * s_u] = n;
+        moments[3 * s_u + 1] = mean;
+        moments[3 * s_u + 2] = m2;
+        kstats[3 * s_u] = hi;
+        kstats[3 * s_u + 1] = lo;
+        kstats[3 * s_u + 2] = rs;
+    }
+    {
+        ix s = s_lo + lane;
+        const ix n_i = (ix)n_spatial;
+        ix q = s * W / n_i, i = s * W - q * n_i;  // row, inner index of the slot
+        const ix dq = tpu * W / n_i, di = tpu * W - dq * n_i;
+        while (s < s_hi) {  // rows: c; inner: spatial0·spatial1
+    #pragma unroll
+            for (int k = 0; k < K; ++k) {
+                if (s < s_hi) {
+                    const ix i_c = q;  // reduced c
+                    const long long x_r = x_u + i_c * xs_c;
+                    const long long y_r = y_u + i_c * ys_c;
+                    const long long p_r = p_u + i_c * ps_c;
+                    CT v[W];
+                    ldv<W>(x, x_r + i, v);
+                    const CT w0 = ld(weight, p_r);
+                    CT w[W];
+    #pragma unroll
+                    for (int j = 0; j < W; ++j) w[j] = w0;
+                    const CT b0 = ld(bias, p_r);
+                    CT b[W];
+    #pragma unroll
+                    for (int j = 0; j < W; ++j) b[j] = b0;
+                    CT out[W];
+    #pragma unroll
+                    for (int j = 0; j < W; ++j) {
+                        const CT xv = v[j];
+                        out[j] = ((xv - hi) - lo) * rs * w[j] + b[j];
+                    }
+                    stv<W>(y, y_r + i, out);
+                }
+                s += tpu;
+                i += di;
+                q += dq;
+                if (i >= n_i) { i -= n_i; ++q; }
+            }
+        }
+    }
+}
+
+
+extern "C" __global__ void __launch_bounds__(1024, 1) forward_fused(
+    const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
+    double* __restrict__ moments, CT* __restrict__ kstats, const long long* __restrict__ g, const double eps) {
+    // Per group (N, G): moments over c, spatial0·spatial1, then normalize it from registers.
+    NG_SHARED(double, scratch, 64);
+    const long long vec_ok = g[22];  // 1: sizes and strides allow 16-byte loads (pointers are checked too)
+    if (vec_ok && aligned(x) && aligned(y))
+        forward_fused_kept_unit<VEC, CACHE>(x, y, weight, bias, moments, kstats, g, eps, scratch);
+    else
+        forward_fused_stream_unit<1, 4>(x, y, weight, bias, moments, kstats, g, eps, scratch);
+}
+
+
+template <int W, int K>
+__device__ __forceinline__ void forward_partial_unit(
+    const T* __restrict__ x, double* __restrict__ moments, const long long* __restrict__ g,
+    NG_SHARED_PTR(double) scratch) {
+    const long long n_N = g[0];  // size of N
+    const long long n_G = g[1];  // size of G
+    const long long n_c = g[2];  // size of c
+    const long long n_spatial = g[3];  // size of spatial0·spatial1
+    const long long xs_N = g[4];  // x stride along N
+    const long long xs_G = g[5];  // x stride along G
+    const long long xs_c = g[6];  // x stride along c
+    const long long ss_N = g[12];  // statistics stride along N
+    const long long ss_G = g[13];  // statistics stride along G
+    const long long n_parts = g[20];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[21];  // threads per unit (rows): 32 (a warp) to 1024
+    const int tpu = (int)threads_per_unit;
+    const ix unit = (ix)blockIdx.x * (ix)(blockDim.x / tpu) + (ix)(threadIdx.x / tpu);
+    const int lane = (int)(threadIdx.x % tpu);
+    const ix per_group = (ix)(n_parts * COPIES);  // units per group
+    const bool live = unit < (ix)(n_N * n_G * per_group);  // the last block may have idle units
+    [[maybe_unused]] const ix grp = live ? unit / per_group : 0, piece = unit % per_group;
+    ix rem_ = grp;
+    const ix i_G = rem_ % (ix)n_G;  // kept G
+    rem_ /= (ix)n_G;
+    const ix i_N = rem_;  // kept N
+    [[maybe_unused]] const long long x_u = i_N * xs_N + i_G * xs_G;
+    [[maybe_unused]] const long long s_u = i_N * ss_N + i_G * ss_G;
+    const ix E = (ix)(n_c * n_spatial);  // elements per group
+    const ix NS = live ? (E + W - 1) / W : 0;  // ... in slots of W
+    const ix s_lo = piece * (NS / per_group) + min(piece, NS % per_group);
+    const ix s_hi = s_lo + NS / per_group + (piece < NS % per_group ? 1 : 0);  // this unit's slots
+    const CT shift = live ? ld(x, x_u) : (CT)0;  // the shift K: the group's first element, so that x - K is small and nothing cancels
+    double acc[2] = {0.0, 0.0};  // of x - K, of (x - K)^2
+    {
+        ix s = s_lo + lane;
+        const ix n_i = (ix)n_spatial;
+        ix q = s * W / n_i, i = s * W - q * n_i;  // row, inner index of the slot
+        const ix dq = tpu * W / n_i, di = tpu * W - dq * n_i;
+        while (s < s_hi) {  // rows: c; inner: spatial0·spatial1
+            CT a1 = 0, a2 = 0;
+    #pragma unroll
+            for (int k = 0; k < K; ++k) {
+                if (s < s_hi) {
+                    const ix i_c = q;  // reduced c
+                    const long long x_r = x_u + i_c * xs_c;
+                    CT v[W];
+                    ldv<W>(x, x_r + i, v);
+    #pragma unroll
+                    for (int j = 0; j < W; ++j) {
+                        const CT d = v[j] - shift;
+                        a1 += d;
+                        a2 += d * d;
+                    }
+                }
+                s += tpu;
+                i += di;
+                q += dq;
+                if (i >= n_i) { i -= n_i; ++q; }
+            }
+            acc[0] += a1; acc[1] += a2;
+        }
+    }
+    unit_sum(acc, tpu, scratch);
+    const double n = (double)(s_hi - s_lo) * W;
+    const double inv_n = n > 0.0 ? recip(n) : 0.0;
+    const double mean = (double)shift + acc[0] * inv_n;
+    const double m2 = fmax(acc[1] - acc[0] * acc[0] * inv_n, 0.0);
+    if (live && lane == 0) {
+        const long long o = 3 * (s_u * per_group + piece);
+        moments[o] = n;
+        moments[o + 1] = mean;
+        moments[o + 2] = m2;
+    }
+}
+
+
+extern "C" __global__ void __launch_bounds__(1024, 1) forward_partial(
+    const T* __restrict__ x, double* __restrict__ moments, const long long* __restrict__ g) {
+    // Moments of each piece of each group, merged afterwards by forward_merge (Chan).
+    NG_SHARED(double, scratch, 64);
+    const long long vec_ok = g[22];  // 1: sizes and strides allow 16-byte loads (pointers are checked too)
+    if (vec_ok && aligned(x))
+        forward_partial_unit<VEC, 2>(x, moments, g, scratch);
+    else
+        forward_partial_unit<1, 4>(x, moments, g, scratch);
+}
+
+
+template <int W, int K>
+__device__ __forceinline__ void forward_apply_unit(
+    const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
+    const CT* __restrict__ kstats, const long long* __restrict__ g) {
+    const long long n_N = g[0];  // size of N
+    const long long n_G = g[1];  // size of G
+    const long long n_c = g[2];  // size of c
+    const long long n_spatial = g[3];  // size of spatial0·spatial1
+    const long long xs_N = g[4];  // x stride along N
+    const long long xs_G = g[5];  // x stride along G
+    const long long xs_c = g[6];  // x stride along c
+    const long long ys_N = g[8];  // y stride along N
+    const long long ys_G = g[9];  // y stride along G
+    const long long ys_c = g[10];  // y stride along c
     const long long ss_N = g[12];  // statistics stride along N
     const long long ss_G = g[13];  // statistics stride along G
     const long long ps_G = g[17];  // parameter stride along G
     const long long ps_c = g[18];  // parameter stride along c
     const long long n_parts = g[20];  // parts per group (1: a unit reduces a whole group)
-    const long long threads_per_unit = g[21];  // threads per unit: 32 (a warp) or the block
+    const long long threads_per_unit = g[21];  // threads per unit (rows): 32 (a warp) to 1024
     const int tpu = (int)threads_per_unit;
-    const long long per_block = blockDim.x / tpu;
-    const long long unit = (long long)blockIdx.x * per_block + threadIdx.x / tpu;
-    const long long lane = threadIdx.x % tpu;
-    const long long n_units = n_N * n_G * n_parts;
-    if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
-    [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
-    long long rem_ = grp;
-    const long long i_G = rem_ % n_G;  // kept G
-    rem_ /= n_G;
-    const long long i_N = rem_;  // kept N
+    const ix unit = (ix)blockIdx.x * (ix)(blockDim.x / tpu) + (ix)(threadIdx.x / tpu);
+    const int lane = (int)(threadIdx.x % tpu);
+    const ix per_group = (ix)(n_parts * COPIES);  // units per group
+    const bool live = unit < (ix)(n_N * n_G * per_group);  // the last block may have idle units
+    [[maybe_unused]] const ix grp = live ? unit / per_group : 0, piece = unit % per_group;
+    ix rem_ = grp;
+    const ix i_G = rem_ % (ix)n_G;  // kept G
+    rem_ /= (ix)n_G;
+    const ix i_N = rem_;  // kept N
     [[maybe_unused]] const long long x_u = i_N * xs_N + i_G * xs_G;
     [[maybe_unused]] const long long y_u = i_N * ys_N + i_G * ys_G;
     [[maybe_unused]] const long long s_u = i_N * ss_N + i_G * ss_G;
     [[maybe_unused]] const long long p_u = i_G * ps_G;
-    const long long E = n_c * n_spatial;  // elements per group
-    const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-    [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
+    const ix E = (ix)(n_c * n_spatial);  // elements per group
+    const ix NS = live ? (E + W - 1) / W : 0;  // ... in slots of W
+    const ix s_lo = piece * (NS / per_group) + min(piece, NS % per_group);
+    const ix s_hi = s_lo + NS / per_group + (piece < NS % per_group ? 1 : 0);  // this unit's slots
+    [[maybe_unused]] const CT hi = live ? kstats[3 * s_u] : (CT)0, lo = live ? kstats[3 * s_u + 1] : (CT)0;
+    const CT rs = live ? kstats[3 * s_u + 2] : (CT)0;
     {
-        long long e = e_lo + lane;
-        long long q = e / n_spatial;
-        long long i = e - q * n_spatial;
-        const long long dq = tpu / n_spatial, di = tpu - dq * n_spatial;
-        long long qc = -1;
-        long long x_r = x_u;
-        long long y_r = y_u;
-        long long p_r = p_u;
-        for (; e < e_hi; e += tpu) {  // rows: c; inner: spatial0·spatial1
-            if (q != qc) {
-                qc = q;
-                const long long i_c = q;  // reduced c
-                x_r = x_u + i_c * xs_c;
-                y_r = y_u + i_c * ys_c;
-                p_r = p_u + i_c * ps_c;
+        ix s = s_lo + lane;
+        const ix n_i = (ix)n_spatial;
+        ix q = s * W / n_i, i = s * W - q * n_i;  // row, inner index of the slot
+        const ix dq = tpu * W / n_i, di = tpu * W - dq * n_i;
+        while (s < s_hi) {  // rows: c; inner: spatial0·spatial1
+    #pragma unroll
+            for (int k = 0; k < K; ++k) {
+                if (s < s_hi) {
+                    const ix i_c = q;  // reduced c
+                    const long long x_r = x_u + i_c * xs_c;
+                    const long long y_r = y_u + i_c * ys_c;
+                    const long long p_r = p_u + i_c * ps_c;
+                    CT v[W];
+                    ldv<W>(x, x_r + i, v);
+                    const CT w0 = ld(weight, p_r);
+                    CT w[W];
+    #pragma unroll
+                    for (int j = 0; j < W; ++j) w[j] = w0;
+                    const CT b0 = ld(bias, p_r);
+                    CT b[W];
+    #pragma unroll
+                    for (int j = 0; j < W; ++j) b[j] = b0;
+                    CT out[W];
+    #pragma unroll
+                    for (int j = 0; j < W; ++j) {
+                        const CT xv = v[j];
+                        out[j] = ((xv - hi) - lo) * rs * w[j] + b[j];
+                    }
+                    stv<W>(y, y_r + i, out);
+                }
+                s += tpu;
+                i += di;
+                q += dq;
+                if (i >= n_i) { i -= n_i; ++q; }
             }
-            const CT xv = ld(x, x_r + i * xs_spatial);
-            CT v = ((xv - hi) - lo) * rs;
-            v = v * ld(weight, p_r);
-            v = v + ld(bias, p_r);
-            st(y, y_r + i * ys_spatial, v);
-            i += di;
-            q += dq;
-            if (i >= n_spatial) { i -= n_spatial; ++q; }
         }
     }
+}
+
+
+extern "C" __global__ void __launch_bounds__(1024, 1) forward_apply(
+    const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ weight, const T* __restrict__ bias,
+    const CT* __restrict__ kstats, const long long* __restrict__ g) {
+    // Normalize with given statistics (merged parts, mixtures, or running statistics).
+    const long long vec_ok = g[22];  // 1: sizes and strides allow 16-byte loads (pointers are checked too)
+    if (vec_ok && aligned(x) && aligned(y))
+        forward_apply_unit<VEC, 2>(x, y, weight, bias, kstats, g);
+    else
+        forward_apply_unit<1, 4>(x, y, weight, bias, kstats, g);
+}
+
+
+// Chan's formula: (n, mean, m2) += (nb, mb, m2b)
+__device__ __forceinline__ void chan(double& n, double& mean, double& m2, double nb, double mb, double m2b) {
+    if (nb == 0.0) return;
+    const double tot = n + nb, dlt = mb - mean, w = nb / tot;
+    mean += dlt * w;
+    m2 += m2b + dlt * dlt * n * w;
+    n = tot;
 }
 
 
 extern "C" __global__ void __launch_bounds__(256) forward_merge(
     const double* __restrict__ parts, double* __restrict__ moments, CT* __restrict__ kstats,
     const long long n_groups, const long long n_parts, const double eps) {
-    // One thread per group: merge the parts' (count, mean, M2) in order (Chan), then finalize.
-    const long long grp = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (grp >= n_groups) return;
+    // A warp per group: each lane merges every 32nd part (Chan), then lane 0 merges the
+    // lanes' moments in a fixed tree (lane l takes lane l + o, o = 16, 8, 4, 2, 1) and finalizes.
+    const long long grp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (grp >= n_groups) return;  // whole warps: the block is a multiple of 32 threads
     double n = 0.0, mean = 0.0, m2 = 0.0;
-    for (long long p = 0; p < n_parts; ++p) {
-        const double nb = parts[3 * (grp * n_parts + p)];
-        const double mb = parts[3 * (grp * n_parts + p) + 1];
-        const double m2b = parts[3 * (grp * n_parts + p) + 2];
-        if (nb == 0.0) continue;
-        const double tot = n + nb, dlt = mb - mean, w = nb / tot;
-        mean += dlt * w;
-        m2 += m2b + dlt * dlt * n * w;
-        n = tot;
+    for (long long p = lane; p < n_parts; p += 32) {
+        const long long k = 3 * (grp * n_parts + p);
+        chan(n, mean, m2, parts[k], parts[k + 1], parts[k + 2]);
     }
+    for (int o = 16; o > 0; o >>= 1) {
+        const double nb = __shfl_down_sync(0xffffffffu, n, o), mb = __shfl_down_sync(0xffffffffu, mean, o);
+        const double m2b = __shfl_down_sync(0xffffffffu, m2, o);
+        if (lane + o < 32) chan(n, mean, m2, nb, mb, m2b);
+    }
+    if (lane != 0) return;
     moments[3 * grp] = n;
     moments[3 * grp + 1] = mean;
     moments[3 * grp + 2] = m2;
     CT hi, lo, rs;
-    finalize(n, mean, m2, eps, hi, lo, rs);
+    finalize(n, 1.0 / n, mean, m2, eps, hi, lo, rs);
     kstats[3 * grp] = hi;
     kstats[3 * grp + 1] = lo;
     kstats[3 * grp + 2] = rs;
@@ -370,17 +602,26 @@ extern "C" __global__ void __launch_bounds__(256) forward_merge(
 extern "C" __global__ void __launch_bounds__(256) backward_merge(
     const double* __restrict__ sums, const CT* __restrict__ kstats, double* __restrict__ totals,
     CT* __restrict__ coef, const long long n_groups, const long long n_parts, const double count) {
-    // One thread per group: add the parts' sums in order, then the coefficients of
-    // dx = c0 * g + c1 * (x - mean) + c2 for training mode (mean, std).
-    const long long grp = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    // A warp per group: add the parts' sums (every 32nd per lane, then a fixed tree), then the
+    // coefficients of dx = c0 * g + c1 * (x - mean) + c2 for training mode (mean, std).
+    const long long grp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
     if (grp >= n_groups) return;
     double a = 0.0, b = 0.0, e = 0.0, f = 0.0;
-    for (long long p = 0; p < n_parts; ++p) {
-        a += sums[4 * (grp * n_parts + p)];
-        b += sums[4 * (grp * n_parts + p) + 1];
-        e += sums[4 * (grp * n_parts + p) + 2];
-        f += sums[4 * (grp * n_parts + p) + 3];
+    for (long long p = lane; p < n_parts; p += 32) {
+        const long long k = 4 * (grp * n_parts + p);
+        a += sums[k];
+        b += sums[k + 1];
+        e += sums[k + 2];
+        f += sums[k + 3];
     }
+    for (int o = 16; o > 0; o >>= 1) {
+        a += __shfl_down_sync(0xffffffffu, a, o);
+        b += __shfl_down_sync(0xffffffffu, b, o);
+        e += __shfl_down_sync(0xffffffffu, e, o);
+        f += __shfl_down_sync(0xffffffffu, f, o);
+    }
+    if (lane != 0) return;
     totals[4 * grp] = a;
     totals[4 * grp + 1] = b;
     totals[4 * grp + 2] = e;

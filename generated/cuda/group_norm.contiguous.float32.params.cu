@@ -4,14 +4,15 @@
 // plan:      backward · float32 · rows · parameter-gradient reduction · groups (G, c) · rows (N) · inner spatial0·spatial1
 // loop dims: N(R) G(K) c(K) spatial0·spatial1(R)
 // kernels:   param_partial  the backward's parameter-gradient reduction: sums of dy·x̂ and dy per parameter index
-// key:       520acad87dda286785b618d0a4e0133b
+// key:       7cc85b51039549f368ebebc45ddb36ee
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
-// array arguments point at element 0 of the arrays they stand for. Reductions accumulate
-// in double: sums of d = x - K with K an element of the group (so d is small and nothing
-// cancels), merged between threads by shuffles and shared memory and between blocks by
-// Chan's formula. The mean is kept as hi + lo in the compute type, so x - mean keeps its
-// digits in float32 and in the half types.
+// array arguments point at element 0 of the arrays they stand for. Each thread accumulates
+// its elements in the compute type: sums of d = x - K with K an element of the group (so d
+// is small and nothing cancels), or, where a unit keeps its elements in registers, an exact
+// second pass over them. Threads' sums are merged in double, by shuffles and shared memory,
+// and parts of a group by Chan's formula. The mean is kept as hi + lo in the compute type,
+// so x - mean keeps its digits in float32 and in the half types.
 // normgen CUDA prelude: the first thing in every generated CUDA source.
 //
 // On the GPU (nvcc, NVRTC through CuPy) it brings in the half-precision headers and defines
@@ -37,62 +38,81 @@
 
 typedef float T;    // storage type of x, y, dy, dx and the parameters
 typedef float CT;  // elementwise arithmetic and statistics
+typedef float4 VT;   // 16 bytes of T: what one vector load or store moves
+constexpr int VEC = 4;  // elements of T in a VT
+typedef int ix;  // indices inside a group (its elements, rows, slots)
 
 __device__ __forceinline__ CT ld(const T* __restrict__ p, long long i) { return p[i]; }
 __device__ __forceinline__ void st(T* __restrict__ p, long long i, CT v) { p[i] = v; }
 
-// The sum of `v` over the threads of one unit: a warp (tpu == 32, no barrier), or the
-// whole block (every thread of the block must call it).
+// W consecutive elements from p + o: one 16-byte load when W == VEC (the caller checked
+// the alignment), one element otherwise. The vector's lanes are taken apart with register moves.
+template <int W>
+__device__ __forceinline__ void ldv(const T* __restrict__ p, long long o, CT (&v)[W]) {
+    if constexpr (W == 1) {
+        v[0] = ld(p, o);
+    } else {
+        const VT r = __ldg(reinterpret_cast<const VT*>(p + o));
+v[0] = r.x; v[1] = r.y; v[2] = r.z; v[3] = r.w;
+    }
+}
+
+template <int W>
+__device__ __forceinline__ void stv(T* __restrict__ p, long long o, const CT (&v)[W]) {
+    if constexpr (W == 1) {
+        st(p, o, v[0]);
+    } else {
+        *reinterpret_cast<VT*>(p + o) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+}
+
+// vector loads and stores need addresses aligned to their size (cudaMalloc gives 256; views may not)
+__device__ __forceinline__ bool aligned(const void* p) { return (reinterpret_cast<unsigned long long>(p) % sizeof(VT)) == 0; }
+
+// The sum of `v` over the threads of one unit: a warp (no barrier), or `tpu` threads of the
+// block in whole warps (every thread of the block must call it, live or not). Every thread
+// of the unit gets the same totals: each step adds the same two values in either order.
 __device__ __forceinline__ double warp_sum(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
-__device__ void unit_sum2(double& a, double& b, int tpu, NG_SHARED_PTR(double) scratch) {
-    a = warp_sum(a);
-    b = warp_sum(b);
+template <int N>
+__device__ void unit_sum(double (&v)[N], int tpu, NG_SHARED_PTR(double) scratch) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) v[n] = warp_sum(v[n]);
     if (tpu == 32) return;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    if (lane == 0) { scratch[2 * warp] = a; scratch[2 * warp + 1] = b; }
-    __syncthreads();
-    double ta = 0.0, tb = 0.0;
-    for (int w = 0; w < warps; ++w) { double va = scratch[2 * w]; double vb = scratch[2 * w + 1]; ta += va; tb += vb; }
-    __syncthreads();  // scratch is reused by the next call
-    a = ta;
-    b = tb;
-}
-
-__device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, NG_SHARED_PTR(double) scratch) {
-    a = warp_sum(a);
-    b = warp_sum(b);
-    c = warp_sum(c);
-    d = warp_sum(d);
-    if (tpu == 32) return;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, first = warp - warp % (tpu / 32);
     if (lane == 0) {
-        scratch[4 * warp] = a; scratch[4 * warp + 1] = b; scratch[4 * warp + 2] = c; scratch[4 * warp + 3] = d;
+        for (int n = 0; n < N; ++n) scratch[N * warp + n] = v[n];
     }
     __syncthreads();
-    double ta = 0.0, tb = 0.0, tc = 0.0, td = 0.0;
-    for (int w = 0; w < warps; ++w) {
-        double va = scratch[4 * w]; double vb = scratch[4 * w + 1];
-        double vc = scratch[4 * w + 2]; double vd = scratch[4 * w + 3];
-        ta += va; tb += vb; tc += vc; td += vd;
+    for (int n = 0; n < N; ++n) {
+        double t = 0.0;
+        for (int w = first; w < first + tpu / 32; ++w) { double s = scratch[N * w + n]; t += s; }
+        v[n] = t;
     }
-    __syncthreads();
-    a = ta; b = tb; c = tc; d = td;
+    __syncthreads();  // scratch is reused by the next call
 }
 
-// (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(M2 / n + eps)
-__device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
+// 1 / n for a count n, without a double division in the kernels' register-tight paths (its
+// slow path is a call that spills registers); the float reciprocal's 6e-8 is below what
+// float32 keeps.
+__device__ __forceinline__ double recip(double n) {
+    return (double)__frcp_rn((float)n);
+}
+
+// (mean hi, mean lo, rstd) of a group from its moments (inv_n = 1 / n): rstd = 1 / sqrt(M2 / n + eps)
+__device__ __forceinline__ void finalize(double n, double inv_n, double mean, double m2, double eps, CT& hi, CT& lo,
+                                         CT& rs) {
     hi = (CT)mean;
     lo = (CT)(mean - (double)hi);
-    rs = (CT)(1.0 / sqrt(m2 / n + eps));
+    rs = rsqrtf((float)(m2 * inv_n + eps));
 }
-extern "C" __global__ void __launch_bounds__(1024) param_partial(
+template <int W, int K>
+__device__ __forceinline__ void param_partial_unit(
     const T* __restrict__ x, const T* __restrict__ dy, const CT* __restrict__ kstats, double* __restrict__ partial,
-    const long long* __restrict__ g) {
-    // Per parameter index (G, c): sum of dy * x_hat and of dy over N, spatial0·spatial1.
+    const long long* __restrict__ g, NG_SHARED_PTR(double) scratch) {
     const long long n_N = g[0];  // size of N
     const long long n_G = g[1];  // size of G
     const long long n_c = g[2];  // size of c
@@ -100,65 +120,80 @@ extern "C" __global__ void __launch_bounds__(1024) param_partial(
     const long long xs_N = g[4];  // x stride along N
     const long long xs_G = g[5];  // x stride along G
     const long long xs_c = g[6];  // x stride along c
-    const long long xs_spatial = g[7];  // x stride along spatial0·spatial1
     const long long dys_N = g[8];  // dy stride along N
     const long long dys_G = g[9];  // dy stride along G
     const long long dys_c = g[10];  // dy stride along c
-    const long long dys_spatial = g[11];  // dy stride along spatial0·spatial1
     const long long ss_N = g[16];  // statistics stride along N
     const long long ss_G = g[17];  // statistics stride along G
-    const long long ss_spatial = g[19];  // statistics stride along spatial0·spatial1
     const long long n_parts = g[24];  // parts per group (1: a unit reduces a whole group)
-    const long long threads_per_unit = g[25];  // threads per unit: 32 (a warp) or the block
-    NG_SHARED(double, scratch, 4 * 32);
+    const long long threads_per_unit = g[25];  // threads per unit (rows): 32 (a warp) to 1024
     const int tpu = (int)threads_per_unit;
-    const long long per_block = blockDim.x / tpu;
-    const long long unit = (long long)blockIdx.x * per_block + threadIdx.x / tpu;
-    const long long lane = threadIdx.x % tpu;
-    const long long n_units = n_G * n_c * n_parts;
-    if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
-    [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
-    long long rem_ = grp;
-    const long long i_c = rem_ % n_c;  // kept c
-    rem_ /= n_c;
-    const long long i_G = rem_;  // kept G
+    const ix unit = (ix)blockIdx.x * (ix)(blockDim.x / tpu) + (ix)(threadIdx.x / tpu);
+    const int lane = (int)(threadIdx.x % tpu);
+    const ix per_group = (ix)(n_parts);  // units per group
+    const bool live = unit < (ix)(n_G * n_c * per_group);  // the last block may have idle units
+    [[maybe_unused]] const ix grp = live ? unit / per_group : 0, piece = unit % per_group;
+    ix rem_ = grp;
+    const ix i_c = rem_ % (ix)n_c;  // kept c
+    rem_ /= (ix)n_c;
+    const ix i_G = rem_;  // kept G
     [[maybe_unused]] const long long x_u = i_G * xs_G + i_c * xs_c;
     [[maybe_unused]] const long long dy_u = i_G * dys_G + i_c * dys_c;
     [[maybe_unused]] const long long s_u = i_G * ss_G;
-    const long long E = n_N * n_spatial;  // elements per group
-    const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-    double a = 0.0, b = 0.0;
+    const ix E = (ix)(n_N * n_spatial);  // elements per group
+    const ix NS = live ? (E + W - 1) / W : 0;  // ... in slots of W
+    const ix s_lo = piece * (NS / per_group) + min(piece, NS % per_group);
+    const ix s_hi = s_lo + NS / per_group + (piece < NS % per_group ? 1 : 0);  // this unit's slots
+    double acc[2] = {0.0, 0.0};  // dy * x_hat, dy
     {
-        long long e = e_lo + lane;
-        long long q = e / n_spatial;
-        long long i = e - q * n_spatial;
-        const long long dq = tpu / n_spatial, di = tpu - dq * n_spatial;
-        long long qc = -1;
-        long long x_r = x_u;
-        long long dy_r = dy_u;
-        long long s_r = s_u;
-        for (; e < e_hi; e += tpu) {  // rows: N; inner: spatial0·spatial1
-            if (q != qc) {
-                qc = q;
-                const long long i_N = q;  // reduced N
-                x_r = x_u + i_N * xs_N;
-                dy_r = dy_u + i_N * dys_N;
-                s_r = s_u + i_N * ss_N;
+        ix s = s_lo + lane;
+        const ix n_i = (ix)n_spatial;
+        ix q = s * W / n_i, i = s * W - q * n_i;  // row, inner index of the slot
+        const ix dq = tpu * W / n_i, di = tpu * W - dq * n_i;
+        while (s < s_hi) {  // rows: N; inner: spatial0·spatial1
+            CT a = 0, b = 0;
+    #pragma unroll
+            for (int k = 0; k < K; ++k) {
+                if (s < s_hi) {
+                    const ix i_N = q;  // reduced N
+                    const long long x_r = x_u + i_N * xs_N;
+                    const long long dy_r = dy_u + i_N * dys_N;
+                    const long long s_r = s_u + i_N * ss_N;
+                    CT xv[W], dv[W];
+                    ldv<W>(x, x_r + i, xv);
+                    ldv<W>(dy, dy_r + i, dv);
+    #pragma unroll
+                    for (int j = 0; j < W; ++j) {
+                        const long long so = 3 * (s_r);
+                        const CT xh = ((xv[j] - kstats[so]) - kstats[so + 1]) * kstats[so + 2];
+                        a += dv[j] * xh;
+                        b += dv[j];
+                    }
+                }
+                s += tpu;
+                i += di;
+                q += dq;
+                if (i >= n_i) { i -= n_i; ++q; }
             }
-            const long long s = s_r + i * ss_spatial;
-            const double xh = ((double)ld(x, x_r + i * xs_spatial) - ((double)kstats[3 * s] + (double)kstats[3 * s + 1]))
-                              * (double)kstats[3 * s + 2];
-            const double dyv = (double)ld(dy, dy_r + i * dys_spatial);
-            a += dyv * xh;
-            b += dyv;
-            i += di;
-            q += dq;
-            if (i >= n_spatial) { i -= n_spatial; ++q; }
+            acc[0] += a; acc[1] += b;
         }
     }
-    unit_sum2(a, b, tpu, scratch);
-    if (lane == 0) {
-        partial[2 * unit] = a;
-        partial[2 * unit + 1] = b;
+    unit_sum(acc, tpu, scratch);
+    if (live && lane == 0) {
+        partial[2 * unit] = acc[0];
+        partial[2 * unit + 1] = acc[1];
     }
+}
+
+
+extern "C" __global__ void __launch_bounds__(1024, 1) param_partial(
+    const T* __restrict__ x, const T* __restrict__ dy, const CT* __restrict__ kstats, double* __restrict__ partial,
+    const long long* __restrict__ g) {
+    // Per parameter index (G, c) and part: sums of dy * x_hat and of dy over N, spatial0·spatial1.
+    NG_SHARED(double, scratch, 64);
+    const long long vec_ok = g[26];  // 1: sizes and strides allow 16-byte loads (pointers are checked too)
+    if (vec_ok && aligned(x) && aligned(dy))
+        param_partial_unit<VEC, 2>(x, dy, kstats, partial, g, scratch);
+    else
+        param_partial_unit<1, 4>(x, dy, kstats, partial, g, scratch);
 }

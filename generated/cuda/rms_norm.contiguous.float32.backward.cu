@@ -6,16 +6,17 @@
 // kernels:   backward_fused    sums of g and g·x̂ of each group, then dx (one unit per group)
 //            backward_partial  sums of g and g·x̂ of each part of each group (added afterwards)
 //            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
-//            forward_merge     one thread per group: merge the parts' moments (Chan), finalize
-//            backward_merge    one thread per group: add the parts' sums, coefficients of dx
-// key:       b41c248cbf13201c8d4ec3fd05bab923
+//            forward_merge     a warp per group: merge the parts' moments (Chan), finalize
+//            backward_merge    a warp per group: add the parts' sums, coefficients of dx
+// key:       3f1bcefc3065da8135d333323c18c124
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
-// array arguments point at element 0 of the arrays they stand for. Reductions accumulate
-// in double: sums of d = x - K with K an element of the group (so d is small and nothing
-// cancels), merged between threads by shuffles and shared memory and between blocks by
-// Chan's formula. The mean is kept as hi + lo in the compute type, so x - mean keeps its
-// digits in float32 and in the half types.
+// array arguments point at element 0 of the arrays they stand for. Each thread accumulates
+// its elements in the compute type: sums of d = x - K with K an element of the group (so d
+// is small and nothing cancels), or, where a unit keeps its elements in registers, an exact
+// second pass over them. Threads' sums are merged in double, by shuffles and shared memory,
+// and parts of a group by Chan's formula. The mean is kept as hi + lo in the compute type,
+// so x - mean keeps its digits in float32 and in the half types.
 // normgen CUDA prelude: the first thing in every generated CUDA source.
 //
 // On the GPU (nvcc, NVRTC through CuPy) it brings in the half-precision headers and defines
@@ -41,288 +42,476 @@
 
 typedef float T;    // storage type of x, y, dy, dx and the parameters
 typedef float CT;  // elementwise arithmetic and statistics
+typedef float4 VT;   // 16 bytes of T: what one vector load or store moves
+constexpr int VEC = 4;  // elements of T in a VT
+constexpr int CACHE = 2;  // vector slots per thread kept in registers by the fused kernels
+constexpr int COPIES = 1;  // units per group of the fused kernels, each normalizing its share
+typedef int ix;  // indices inside a group (its elements, rows, slots)
 
 __device__ __forceinline__ CT ld(const T* __restrict__ p, long long i) { return p[i]; }
 __device__ __forceinline__ void st(T* __restrict__ p, long long i, CT v) { p[i] = v; }
 
-// The sum of `v` over the threads of one unit: a warp (tpu == 32, no barrier), or the
-// whole block (every thread of the block must call it).
+// W consecutive elements from p + o: one 16-byte load when W == VEC (the caller checked
+// the alignment), one element otherwise. The vector's lanes are taken apart with register moves.
+template <int W>
+__device__ __forceinline__ void ldv(const T* __restrict__ p, long long o, CT (&v)[W]) {
+    if constexpr (W == 1) {
+        v[0] = ld(p, o);
+    } else {
+        const VT r = __ldg(reinterpret_cast<const VT*>(p + o));
+v[0] = r.x; v[1] = r.y; v[2] = r.z; v[3] = r.w;
+    }
+}
+
+template <int W>
+__device__ __forceinline__ void stv(T* __restrict__ p, long long o, const CT (&v)[W]) {
+    if constexpr (W == 1) {
+        st(p, o, v[0]);
+    } else {
+        *reinterpret_cast<VT*>(p + o) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+}
+
+// vector loads and stores need addresses aligned to their size (cudaMalloc gives 256; views may not)
+__device__ __forceinline__ bool aligned(const void* p) { return (reinterpret_cast<unsigned long long>(p) % sizeof(VT)) == 0; }
+
+// The sum of `v` over the threads of one unit: a warp (no barrier), or `tpu` threads of the
+// block in whole warps (every thread of the block must call it, live or not). Every thread
+// of the unit gets the same totals: each step adds the same two values in either order.
 __device__ __forceinline__ double warp_sum(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
-__device__ void unit_sum2(double& a, double& b, int tpu, NG_SHARED_PTR(double) scratch) {
-    a = warp_sum(a);
-    b = warp_sum(b);
+template <int N>
+__device__ void unit_sum(double (&v)[N], int tpu, NG_SHARED_PTR(double) scratch) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) v[n] = warp_sum(v[n]);
     if (tpu == 32) return;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    if (lane == 0) { scratch[2 * warp] = a; scratch[2 * warp + 1] = b; }
-    __syncthreads();
-    double ta = 0.0, tb = 0.0;
-    for (int w = 0; w < warps; ++w) { double va = scratch[2 * w]; double vb = scratch[2 * w + 1]; ta += va; tb += vb; }
-    __syncthreads();  // scratch is reused by the next call
-    a = ta;
-    b = tb;
-}
-
-__device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, NG_SHARED_PTR(double) scratch) {
-    a = warp_sum(a);
-    b = warp_sum(b);
-    c = warp_sum(c);
-    d = warp_sum(d);
-    if (tpu == 32) return;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, first = warp - warp % (tpu / 32);
     if (lane == 0) {
-        scratch[4 * warp] = a; scratch[4 * warp + 1] = b; scratch[4 * warp + 2] = c; scratch[4 * warp + 3] = d;
+        for (int n = 0; n < N; ++n) scratch[N * warp + n] = v[n];
     }
     __syncthreads();
-    double ta = 0.0, tb = 0.0, tc = 0.0, td = 0.0;
-    for (int w = 0; w < warps; ++w) {
-        double va = scratch[4 * w]; double vb = scratch[4 * w + 1];
-        double vc = scratch[4 * w + 2]; double vd = scratch[4 * w + 3];
-        ta += va; tb += vb; tc += vc; td += vd;
+    for (int n = 0; n < N; ++n) {
+        double t = 0.0;
+        for (int w = first; w < first + tpu / 32; ++w) { double s = scratch[N * w + n]; t += s; }
+        v[n] = t;
     }
-    __syncthreads();
-    a = ta; b = tb; c = tc; d = td;
+    __syncthreads();  // scratch is reused by the next call
 }
 
-// (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(sum(x^2) / n + eps)
-__device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
+// 1 / n for a count n, without a double division in the kernels' register-tight paths (its
+// slow path is a call that spills registers); the float reciprocal's 6e-8 is below what
+// float32 keeps.
+__device__ __forceinline__ double recip(double n) {
+    return (double)__frcp_rn((float)n);
+}
+
+// (mean hi, mean lo, rstd) of a group from its moments (inv_n = 1 / n): rstd = 1 / sqrt(sum(x^2) / n + eps)
+__device__ __forceinline__ void finalize(double n, double inv_n, double mean, double m2, double eps, CT& hi, CT& lo,
+                                         CT& rs) {
     hi = (CT)0;
     lo = (CT)0;
-    rs = (CT)(1.0 / sqrt((m2 + n * mean * mean) / n + eps));
+    rs = rsqrtf((float)((m2 + n * mean * mean) * inv_n + eps));
 }
 
 
-extern "C" __global__ void __launch_bounds__(1024) backward_fused(
+template <int W, int K>
+__device__ __forceinline__ void backward_fused_kept_unit(
     const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, const T* __restrict__ weight,
-    const CT* __restrict__ kstats, double* __restrict__ sums, const long long* __restrict__ g) {
-    // Per group (batch): the sums over normalized, then dx (one part per group).
+    const CT* __restrict__ kstats, double* __restrict__ sums, const long long* __restrict__ g,
+    NG_SHARED_PTR(double) scratch) {
     const long long n_batch = g[0];  // size of batch
     const long long n_normalized = g[1];  // size of normalized
     const long long xs_batch = g[2];  // x stride along batch
-    const long long xs_normalized = g[3];  // x stride along normalized
     const long long dys_batch = g[4];  // dy stride along batch
-    const long long dys_normalized = g[5];  // dy stride along normalized
     const long long dxs_batch = g[6];  // dx stride along batch
-    const long long dxs_normalized = g[7];  // dx stride along normalized
     const long long ss_batch = g[8];  // statistics stride along batch
-    const long long ps_normalized = g[11];  // parameter stride along normalized
-    const long long n_parts = g[12];  // parts per group (1: a unit reduces a whole group)
-    const long long threads_per_unit = g[13];  // threads per unit: 32 (a warp) or the block
-    NG_SHARED(double, scratch, 4 * 32);
+    const long long threads_per_unit = g[13];  // threads per unit (rows): 32 (a warp) to 1024
     const int tpu = (int)threads_per_unit;
-    const long long per_block = blockDim.x / tpu;
-    const long long unit = (long long)blockIdx.x * per_block + threadIdx.x / tpu;
-    const long long lane = threadIdx.x % tpu;
-    const long long n_units = n_batch * n_parts;
-    if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
-    [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
-    const long long i_batch = grp;  // kept batch
+    const ix unit = (ix)blockIdx.x * (ix)(blockDim.x / tpu) + (ix)(threadIdx.x / tpu);
+    const int lane = (int)(threadIdx.x % tpu);
+    const ix per_group = COPIES;  // units per group
+    const bool live = unit < (ix)(n_batch * per_group);  // the last block may have idle units
+    [[maybe_unused]] const ix grp = live ? unit / per_group : 0, piece = unit % per_group;
+    const ix i_batch = grp;  // kept batch
     [[maybe_unused]] const long long x_u = i_batch * xs_batch;
     [[maybe_unused]] const long long dy_u = i_batch * dys_batch;
     [[maybe_unused]] const long long dx_u = i_batch * dxs_batch;
     [[maybe_unused]] const long long s_u = i_batch * ss_batch;
     [[maybe_unused]] const long long p_u = 0LL;
-    const long long E = n_normalized;  // elements per group
-    const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-    [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
-    const double mu = (double)hi + (double)lo, r = (double)rs;
-    double a = 0.0, b = 0.0, e_s = 0.0, f_s = 0.0;  // sum g, sum g x_hat; sum dy x_hat, sum dy
+    const ix E = (ix)(n_normalized);  // elements per group
+    const ix NS = live ? (E + W - 1) / W : 0;  // ... in slots of W
+    const ix s_own = piece * K * tpu;  // this unit's slots: K per thread from here (the last unit's may be fewer)
+    [[maybe_unused]] const CT hi = live ? kstats[3 * s_u] : (CT)0, lo = live ? kstats[3 * s_u + 1] : (CT)0;
+    const CT rs = live ? kstats[3 * s_u + 2] : (CT)0;
+    CT xk[K][W], dk[K][W];  // x and dy of this thread's elements of the unit's share, kept for dx
+    CT a = 0, b = 0, e = 0, f = 0;  // sums of g, g x_hat, dy x_hat, dy (g = dy * weight)
     {
-        long long e = e_lo + lane;
-        long long q = e / n_normalized;
-        long long i = e - q * n_normalized;
-        const long long dq = tpu / n_normalized, di = tpu - dq * n_normalized;
-        long long x_r = x_u;
-        long long dy_r = dy_u;
-        long long p_r = p_u;
-        for (; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-            const double xh = ((double)ld(x, x_r + i * xs_normalized) - mu) * r;
-            const double dyv = (double)ld(dy, dy_r + i * dys_normalized);
-            const double gv = dyv * (double)ld(weight, p_r + i * ps_normalized);
-            a += gv;
-            b += gv * xh;
-            e_s += dyv * xh;
-            f_s += dyv;
-            i += di;
-            q += dq;
-            if (i >= n_normalized) { i -= n_normalized; ++q; }
+        ix s = lane;
+        ix i = s * W;  // inner index of the slot
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            if (s < NS) {
+                ldv<W>(x, x_u + i, xk[k]);
+                ldv<W>(dy, dy_u + i, dk[k]);
+                CT w[W];
+                ldv<W>(weight, p_u + i, w);
+
+#pragma unroll
+                for (int j = 0; j < W; ++j) {
+                    const CT xv = xk[k][j];
+                    const CT xh = xv * rs;
+                    const CT gv = dk[k][j] * w[j];
+                    a += gv;
+                    b += gv * xh;
+                    e += dk[k][j] * xh;
+                    f += dk[k][j];
+                }
+            }
+            s += tpu;
+            i += tpu * W;
         }
     }
-    unit_sum4(a, b, e_s, f_s, tpu, scratch);
-    [[maybe_unused]] const double count = (double)E;
+    double acc[4] = {(double)a, (double)b, (double)e, (double)f};
+    unit_sum(acc, tpu, scratch);
+    [[maybe_unused]] const double inv_count = recip((double)E);
+    const double r = (double)rs;
     const CT c0 = rs;
     const CT c2 = (CT)0;
-    const CT c1 = (CT)(-r * r * b / count);
-    if (lane == 0) {
-        sums[4 * s_u] = a;
-        sums[4 * s_u + 1] = b;
-        sums[4 * s_u + 2] = e_s;
-        sums[4 * s_u + 3] = f_s;
+    const CT c1 = (CT)(-r * r * acc[1] * inv_count);
+    if (live && piece == 0 && lane == 0) {
+        sums[4 * s_u] = acc[0];
+        sums[4 * s_u + 1] = acc[1];
+        sums[4 * s_u + 2] = acc[2];
+        sums[4 * s_u + 3] = acc[3];
     }
     {
-        long long e = e_lo + lane;
-        long long q = e / n_normalized;
-        long long i = e - q * n_normalized;
-        const long long dq = tpu / n_normalized, di = tpu - dq * n_normalized;
-        long long x_r = x_u;
-        long long dy_r = dy_u;
-        long long dx_r = dx_u;
-        long long p_r = p_u;
-        for (; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-            const CT xv = ld(x, x_r + i * xs_normalized);
-            const CT gv = ld(dy, dy_r + i * dys_normalized) * ld(weight, p_r + i * ps_normalized);
-            st(dx, dx_r + i * dxs_normalized, c0 * gv + c1 * xv + c2);
-            i += di;
-            q += dq;
-            if (i >= n_normalized) { i -= n_normalized; ++q; }
+        ix s = s_own + lane;
+        ix i = s * W;  // inner index of the slot
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            if (s < NS) {
+                CT w[W];
+                ldv<W>(weight, p_u + i, w);
+                CT out[W];
+#pragma unroll
+                for (int j = 0; j < W; ++j) {
+                    const CT xv = xk[k][j];
+                    out[j] = c0 * dk[k][j] * w[j] + c1 * xv + c2;
+                }
+                stv<W>(dx, dx_u + i, out);
+            }
+            s += tpu;
+            i += tpu * W;
         }
     }
 }
 
 
-extern "C" __global__ void __launch_bounds__(1024) backward_partial(
-    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ weight, const CT* __restrict__ kstats,
-    double* __restrict__ sums, const long long* __restrict__ g) {
-    // The sums of each part of each group, added up afterwards.
+template <int W, int K>
+__device__ __forceinline__ void backward_fused_stream_unit(
+    const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, const T* __restrict__ weight,
+    const CT* __restrict__ kstats, double* __restrict__ sums, const long long* __restrict__ g,
+    NG_SHARED_PTR(double) scratch) {
     const long long n_batch = g[0];  // size of batch
     const long long n_normalized = g[1];  // size of normalized
     const long long xs_batch = g[2];  // x stride along batch
-    const long long xs_normalized = g[3];  // x stride along normalized
     const long long dys_batch = g[4];  // dy stride along batch
-    const long long dys_normalized = g[5];  // dy stride along normalized
+    const long long dxs_batch = g[6];  // dx stride along batch
     const long long ss_batch = g[8];  // statistics stride along batch
-    const long long ps_normalized = g[11];  // parameter stride along normalized
-    const long long n_parts = g[12];  // parts per group (1: a unit reduces a whole group)
-    const long long threads_per_unit = g[13];  // threads per unit: 32 (a warp) or the block
-    NG_SHARED(double, scratch, 4 * 32);
+    const long long threads_per_unit = g[13];  // threads per unit (rows): 32 (a warp) to 1024
     const int tpu = (int)threads_per_unit;
-    const long long per_block = blockDim.x / tpu;
-    const long long unit = (long long)blockIdx.x * per_block + threadIdx.x / tpu;
-    const long long lane = threadIdx.x % tpu;
-    const long long n_units = n_batch * n_parts;
-    if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
-    [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
-    const long long i_batch = grp;  // kept batch
+    const ix unit = (ix)blockIdx.x * (ix)(blockDim.x / tpu) + (ix)(threadIdx.x / tpu);
+    const int lane = (int)(threadIdx.x % tpu);
+    const ix per_group = COPIES;  // units per group
+    const bool live = unit < (ix)(n_batch * per_group);  // the last block may have idle units
+    [[maybe_unused]] const ix grp = live ? unit / per_group : 0, piece = unit % per_group;
+    const ix i_batch = grp;  // kept batch
+    [[maybe_unused]] const long long x_u = i_batch * xs_batch;
+    [[maybe_unused]] const long long dy_u = i_batch * dys_batch;
+    [[maybe_unused]] const long long dx_u = i_batch * dxs_batch;
+    [[maybe_unused]] const long long s_u = i_batch * ss_batch;
+    [[maybe_unused]] const long long p_u = 0LL;
+    const ix E = (ix)(n_normalized);  // elements per group
+    const ix NS = live ? (E + W - 1) / W : 0;  // ... in slots of W
+    const ix s_lo = piece * (NS / per_group) + min(piece, NS % per_group);
+    const ix s_hi = s_lo + NS / per_group + (piece < NS % per_group ? 1 : 0);  // this unit's slots
+    [[maybe_unused]] const CT hi = live ? kstats[3 * s_u] : (CT)0, lo = live ? kstats[3 * s_u + 1] : (CT)0;
+    const CT rs = live ? kstats[3 * s_u + 2] : (CT)0;
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};  // sums of g, g x_hat, dy x_hat, dy (g = dy * weight)
+    {
+        ix s = lane;
+        ix i = s * W;  // inner index of the slot
+        while (s < NS) {  // rows: nothing; inner: normalized
+            CT a = 0, b = 0, e = 0, f = 0;
+    #pragma unroll
+            for (int k = 0; k < K; ++k) {
+                if (s < NS) {
+                    CT xv_[W], dv_[W];
+                    ldv<W>(x, x_u + i, xv_);
+                    ldv<W>(dy, dy_u + i, dv_);
+                    CT w[W];
+                    ldv<W>(weight, p_u + i, w);
+    #pragma unroll
+                    for (int j = 0; j < W; ++j) {
+                        const CT xv = xv_[j];
+                        const CT xh = xv * rs;
+                        const CT gv = dv_[j] * w[j];
+                        a += gv;
+                        b += gv * xh;
+                        e += dv_[j] * xh;
+                        f += dv_[j];
+                    }
+                }
+                s += tpu;
+                i += tpu * W;
+            }
+            acc[0] += a; acc[1] += b; acc[2] += e; acc[3] += f;
+        }
+    }
+    unit_sum(acc, tpu, scratch);
+    [[maybe_unused]] const double inv_count = recip((double)E);
+    const double r = (double)rs;
+    const CT c0 = rs;
+    const CT c2 = (CT)0;
+    const CT c1 = (CT)(-r * r * acc[1] * inv_count);
+    if (live && piece == 0 && lane == 0) {
+        sums[4 * s_u] = acc[0];
+        sums[4 * s_u + 1] = acc[1];
+        sums[4 * s_u + 2] = acc[2];
+        sums[4 * s_u + 3] = acc[3];
+    }
+    {
+        ix s = s_lo + lane;
+        ix i = s * W;  // inner index of the slot
+        while (s < s_hi) {  // rows: nothing; inner: normalized
+    #pragma unroll
+            for (int k = 0; k < K; ++k) {
+                if (s < s_hi) {
+                    CT xv_[W], dv_[W];
+                    ldv<W>(x, x_u + i, xv_);
+                    ldv<W>(dy, dy_u + i, dv_);
+                    CT w[W];
+                    ldv<W>(weight, p_u + i, w);
+                    CT out[W];
+    #pragma unroll
+                    for (int j = 0; j < W; ++j) {
+                        const CT xv = xv_[j];
+                        out[j] = c0 * dv_[j] * w[j] + c1 * xv + c2;
+                    }
+                    stv<W>(dx, dx_u + i, out);
+                }
+                s += tpu;
+                i += tpu * W;
+            }
+        }
+    }
+}
+
+
+extern "C" __global__ void __launch_bounds__(1024, 1) backward_fused(
+    const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, const T* __restrict__ weight,
+    const CT* __restrict__ kstats, double* __restrict__ sums, const long long* __restrict__ g) {
+    // Per group (batch): the sums over normalized, then dx from registers.
+    NG_SHARED(double, scratch, 128);
+    const long long vec_ok = g[14];  // 1: sizes and strides allow 16-byte loads (pointers are checked too)
+    if (vec_ok && aligned(x) && aligned(dy) && aligned(dx) && aligned(weight))
+        backward_fused_kept_unit<VEC, CACHE>(x, dy, dx, weight, kstats, sums, g, scratch);
+    else
+        backward_fused_stream_unit<1, 4>(x, dy, dx, weight, kstats, sums, g, scratch);
+}
+
+
+template <int W, int K>
+__device__ __forceinline__ void backward_partial_unit(
+    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ weight, const CT* __restrict__ kstats,
+    double* __restrict__ sums, const long long* __restrict__ g, NG_SHARED_PTR(double) scratch) {
+    const long long n_batch = g[0];  // size of batch
+    const long long n_normalized = g[1];  // size of normalized
+    const long long xs_batch = g[2];  // x stride along batch
+    const long long dys_batch = g[4];  // dy stride along batch
+    const long long ss_batch = g[8];  // statistics stride along batch
+    const long long n_parts = g[12];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[13];  // threads per unit (rows): 32 (a warp) to 1024
+    const int tpu = (int)threads_per_unit;
+    const ix unit = (ix)blockIdx.x * (ix)(blockDim.x / tpu) + (ix)(threadIdx.x / tpu);
+    const int lane = (int)(threadIdx.x % tpu);
+    const ix per_group = (ix)(n_parts * COPIES);  // units per group
+    const bool live = unit < (ix)(n_batch * per_group);  // the last block may have idle units
+    [[maybe_unused]] const ix grp = live ? unit / per_group : 0, piece = unit % per_group;
+    const ix i_batch = grp;  // kept batch
     [[maybe_unused]] const long long x_u = i_batch * xs_batch;
     [[maybe_unused]] const long long dy_u = i_batch * dys_batch;
     [[maybe_unused]] const long long s_u = i_batch * ss_batch;
     [[maybe_unused]] const long long p_u = 0LL;
-    const long long E = n_normalized;  // elements per group
-    const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-    [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1], rs = kstats[3 * s_u + 2];
-    const double mu = (double)hi + (double)lo, r = (double)rs;
-    double a = 0.0, b = 0.0, e_s = 0.0, f_s = 0.0;  // sum g, sum g x_hat; sum dy x_hat, sum dy
+    const ix E = (ix)(n_normalized);  // elements per group
+    const ix NS = live ? (E + W - 1) / W : 0;  // ... in slots of W
+    const ix s_lo = piece * (NS / per_group) + min(piece, NS % per_group);
+    const ix s_hi = s_lo + NS / per_group + (piece < NS % per_group ? 1 : 0);  // this unit's slots
+    [[maybe_unused]] const CT hi = live ? kstats[3 * s_u] : (CT)0, lo = live ? kstats[3 * s_u + 1] : (CT)0;
+    const CT rs = live ? kstats[3 * s_u + 2] : (CT)0;
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};  // sums of g, g x_hat, dy x_hat, dy (g = dy * weight)
     {
-        long long e = e_lo + lane;
-        long long q = e / n_normalized;
-        long long i = e - q * n_normalized;
-        const long long dq = tpu / n_normalized, di = tpu - dq * n_normalized;
-        long long x_r = x_u;
-        long long dy_r = dy_u;
-        long long p_r = p_u;
-        for (; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-            const double xh = ((double)ld(x, x_r + i * xs_normalized) - mu) * r;
-            const double dyv = (double)ld(dy, dy_r + i * dys_normalized);
-            const double gv = dyv * (double)ld(weight, p_r + i * ps_normalized);
-            a += gv;
-            b += gv * xh;
-            e_s += dyv * xh;
-            f_s += dyv;
-            i += di;
-            q += dq;
-            if (i >= n_normalized) { i -= n_normalized; ++q; }
+        ix s = s_lo + lane;
+        ix i = s * W;  // inner index of the slot
+        while (s < s_hi) {  // rows: nothing; inner: normalized
+            CT a = 0, b = 0, e = 0, f = 0;
+    #pragma unroll
+            for (int k = 0; k < K; ++k) {
+                if (s < s_hi) {
+                    CT xv_[W], dv_[W];
+                    ldv<W>(x, x_u + i, xv_);
+                    ldv<W>(dy, dy_u + i, dv_);
+                    CT w[W];
+                    ldv<W>(weight, p_u + i, w);
+    #pragma unroll
+                    for (int j = 0; j < W; ++j) {
+                        const CT xv = xv_[j];
+                        const CT xh = xv * rs;
+                        const CT gv = dv_[j] * w[j];
+                        a += gv;
+                        b += gv * xh;
+                        e += dv_[j] * xh;
+                        f += dv_[j];
+                    }
+                }
+                s += tpu;
+                i += tpu * W;
+            }
+            acc[0] += a; acc[1] += b; acc[2] += e; acc[3] += f;
         }
     }
-    unit_sum4(a, b, e_s, f_s, tpu, scratch);
-    if (lane == 0) {
-        const long long k = 4 * (s_u * n_parts + part);
-        sums[k] = a;
-        sums[k + 1] = b;
-        sums[k + 2] = e_s;
-        sums[k + 3] = f_s;
+    unit_sum(acc, tpu, scratch);
+    if (live && lane == 0) {
+        const long long o = 4 * (s_u * per_group + piece);
+        sums[o] = acc[0];
+        sums[o + 1] = acc[1];
+        sums[o + 2] = acc[2];
+        sums[o + 3] = acc[3];
     }
 }
 
 
-extern "C" __global__ void __launch_bounds__(1024) backward_apply(
+extern "C" __global__ void __launch_bounds__(1024, 1) backward_partial(
+    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ weight, const CT* __restrict__ kstats,
+    double* __restrict__ sums, const long long* __restrict__ g) {
+    // The sums of each piece of each group, added up afterwards.
+    NG_SHARED(double, scratch, 128);
+    const long long vec_ok = g[14];  // 1: sizes and strides allow 16-byte loads (pointers are checked too)
+    if (vec_ok && aligned(x) && aligned(dy) && aligned(weight))
+        backward_partial_unit<VEC, 2>(x, dy, weight, kstats, sums, g, scratch);
+    else
+        backward_partial_unit<1, 4>(x, dy, weight, kstats, sums, g, scratch);
+}
+
+
+template <int W, int K>
+__device__ __forceinline__ void backward_apply_unit(
+    const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, const T* __restrict__ weight,
+    const CT* __restrict__ kstats, const CT* __restrict__ coef, const long long* __restrict__ g) {
+    const long long n_batch = g[0];  // size of batch
+    const long long n_normalized = g[1];  // size of normalized
+    const long long xs_batch = g[2];  // x stride along batch
+    const long long dys_batch = g[4];  // dy stride along batch
+    const long long dxs_batch = g[6];  // dx stride along batch
+    const long long ss_batch = g[8];  // statistics stride along batch
+    const long long n_parts = g[12];  // parts per group (1: a unit reduces a whole group)
+    const long long threads_per_unit = g[13];  // threads per unit (rows): 32 (a warp) to 1024
+    const int tpu = (int)threads_per_unit;
+    const ix unit = (ix)blockIdx.x * (ix)(blockDim.x / tpu) + (ix)(threadIdx.x / tpu);
+    const int lane = (int)(threadIdx.x % tpu);
+    const ix per_group = (ix)(n_parts * COPIES);  // units per group
+    const bool live = unit < (ix)(n_batch * per_group);  // the last block may have idle units
+    [[maybe_unused]] const ix grp = live ? unit / per_group : 0, piece = unit % per_group;
+    const ix i_batch = grp;  // kept batch
+    [[maybe_unused]] const long long x_u = i_batch * xs_batch;
+    [[maybe_unused]] const long long dy_u = i_batch * dys_batch;
+    [[maybe_unused]] const long long dx_u = i_batch * dxs_batch;
+    [[maybe_unused]] const long long s_u = i_batch * ss_batch;
+    [[maybe_unused]] const long long p_u = 0LL;
+    const ix E = (ix)(n_normalized);  // elements per group
+    const ix NS = live ? (E + W - 1) / W : 0;  // ... in slots of W
+    const ix s_lo = piece * (NS / per_group) + min(piece, NS % per_group);
+    const ix s_hi = s_lo + NS / per_group + (piece < NS % per_group ? 1 : 0);  // this unit's slots
+    [[maybe_unused]] const CT hi = live ? kstats[3 * s_u] : (CT)0, lo = live ? kstats[3 * s_u + 1] : (CT)0;
+    const CT c0 = live ? coef[3 * s_u] : (CT)0, c1 = live ? coef[3 * s_u + 1] : (CT)0;
+    const CT c2 = live ? coef[3 * s_u + 2] : (CT)0;
+    {
+        ix s = s_lo + lane;
+        ix i = s * W;  // inner index of the slot
+        while (s < s_hi) {  // rows: nothing; inner: normalized
+    #pragma unroll
+            for (int k = 0; k < K; ++k) {
+                if (s < s_hi) {
+                    CT xv_[W], dv_[W];
+                    ldv<W>(x, x_u + i, xv_);
+                    ldv<W>(dy, dy_u + i, dv_);
+                    CT w[W];
+                    ldv<W>(weight, p_u + i, w);
+                    CT out[W];
+    #pragma unroll
+                    for (int j = 0; j < W; ++j) {
+                        const CT xv = xv_[j];
+                        out[j] = c0 * dv_[j] * w[j] + c1 * xv + c2;
+                    }
+                    stv<W>(dx, dx_u + i, out);
+                }
+                s += tpu;
+                i += tpu * W;
+            }
+        }
+    }
+}
+
+
+extern "C" __global__ void __launch_bounds__(1024, 1) backward_apply(
     const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, const T* __restrict__ weight,
     const CT* __restrict__ kstats, const CT* __restrict__ coef, const long long* __restrict__ g) {
     // dx = c0 * dy * weight + c1 * (x - mean) + c2, with per-group coefficients.
-    const long long n_batch = g[0];  // size of batch
-    const long long n_normalized = g[1];  // size of normalized
-    const long long xs_batch = g[2];  // x stride along batch
-    const long long xs_normalized = g[3];  // x stride along normalized
-    const long long dys_batch = g[4];  // dy stride along batch
-    const long long dys_normalized = g[5];  // dy stride along normalized
-    const long long dxs_batch = g[6];  // dx stride along batch
-    const long long dxs_normalized = g[7];  // dx stride along normalized
-    const long long ss_batch = g[8];  // statistics stride along batch
-    const long long ps_normalized = g[11];  // parameter stride along normalized
-    const long long n_parts = g[12];  // parts per group (1: a unit reduces a whole group)
-    const long long threads_per_unit = g[13];  // threads per unit: 32 (a warp) or the block
-    const int tpu = (int)threads_per_unit;
-    const long long per_block = blockDim.x / tpu;
-    const long long unit = (long long)blockIdx.x * per_block + threadIdx.x / tpu;
-    const long long lane = threadIdx.x % tpu;
-    const long long n_units = n_batch * n_parts;
-    if (tpu == 32 && unit >= n_units) return;  // an idle warp: warp units use no block barrier
-    [[maybe_unused]] const long long grp = unit / n_parts, part = unit % n_parts;
-    const long long i_batch = grp;  // kept batch
-    [[maybe_unused]] const long long x_u = i_batch * xs_batch;
-    [[maybe_unused]] const long long dy_u = i_batch * dys_batch;
-    [[maybe_unused]] const long long dx_u = i_batch * dxs_batch;
-    [[maybe_unused]] const long long s_u = i_batch * ss_batch;
-    [[maybe_unused]] const long long p_u = 0LL;
-    const long long E = n_normalized;  // elements per group
-    const long long e_lo = part * E / n_parts, e_hi = (part + 1) * E / n_parts;
-    [[maybe_unused]] const CT hi = kstats[3 * s_u], lo = kstats[3 * s_u + 1];
-    const CT c0 = coef[3 * s_u], c1 = coef[3 * s_u + 1], c2 = coef[3 * s_u + 2];
-    {
-        long long e = e_lo + lane;
-        long long q = e / n_normalized;
-        long long i = e - q * n_normalized;
-        const long long dq = tpu / n_normalized, di = tpu - dq * n_normalized;
-        long long x_r = x_u;
-        long long dy_r = dy_u;
-        long long dx_r = dx_u;
-        long long p_r = p_u;
-        for (; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-            const CT xv = ld(x, x_r + i * xs_normalized);
-            const CT gv = ld(dy, dy_r + i * dys_normalized) * ld(weight, p_r + i * ps_normalized);
-            st(dx, dx_r + i * dxs_normalized, c0 * gv + c1 * xv + c2);
-            i += di;
-            q += dq;
-            if (i >= n_normalized) { i -= n_normalized; ++q; }
-        }
-    }
+    const long long vec_ok = g[14];  // 1: sizes and strides allow 16-byte loads (pointers are checked too)
+    if (vec_ok && aligned(x) && aligned(dy) && aligned(dx) && aligned(weight))
+        backward_apply_unit<VEC, 2>(x, dy, dx, weight, kstats, coef, g);
+    else
+        backward_apply_unit<1, 4>(x, dy, dx, weight, kstats, coef, g);
+}
+
+
+// Chan's formula: (n, mean, m2) += (nb, mb, m2b)
+__device__ __forceinline__ void chan(double& n, double& mean, double& m2, double nb, double mb, double m2b) {
+    if (nb == 0.0) return;
+    const double tot = n + nb, dlt = mb - mean, w = nb / tot;
+    mean += dlt * w;
+    m2 += m2b + dlt * dlt * n * w;
+    n = tot;
 }
 
 
 extern "C" __global__ void __launch_bounds__(256) forward_merge(
     const double* __restrict__ parts, double* __restrict__ moments, CT* __restrict__ kstats,
     const long long n_groups, const long long n_parts, const double eps) {
-    // One thread per group: merge the parts' (count, mean, M2) in order (Chan), then finalize.
-    const long long grp = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (grp >= n_groups) return;
+    // A warp per group: each lane merges every 32nd part (Chan), then lane 0 merges the
+    // lanes' moments in a fixed tree (lane l takes lane l + o, o = 16, 8, 4, 2, 1) and finalizes.
+    const long long grp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (grp >= n_groups) return;  // whole warps: the block is a multiple of 32 threads
     double n = 0.0, mean = 0.0, m2 = 0.0;
-    for (long long p = 0; p < n_parts; ++p) {
-        const double nb = parts[3 * (grp * n_parts + p)];
-        const double mb = parts[3 * (grp * n_parts + p) + 1];
-        const double m2b = parts[3 * (grp * n_parts + p) + 2];
-        if (nb == 0.0) continue;
-        const double tot = n + nb, dlt = mb - mean, w = nb / tot;
-        mean += dlt * w;
-        m2 += m2b + dlt * dlt * n * w;
-        n = tot;
+    for (long long p = lane; p < n_parts; p += 32) {
+        const long long k = 3 * (grp * n_parts + p);
+        chan(n, mean, m2, parts[k], parts[k + 1], parts[k + 2]);
     }
+    for (int o = 16; o > 0; o >>= 1) {
+        const double nb = __shfl_down_sync(0xffffffffu, n, o), mb = __shfl_down_sync(0xffffffffu, mean, o);
+        const double m2b = __shfl_down_sync(0xffffffffu, m2, o);
+        if (lane + o < 32) chan(n, mean, m2, nb, mb, m2b);
+    }
+    if (lane != 0) return;
     moments[3 * grp] = n;
     moments[3 * grp + 1] = mean;
     moments[3 * grp + 2] = m2;
     CT hi, lo, rs;
-    finalize(n, mean, m2, eps, hi, lo, rs);
+    finalize(n, 1.0 / n, mean, m2, eps, hi, lo, rs);
     kstats[3 * grp] = hi;
     kstats[3 * grp + 1] = lo;
     kstats[3 * grp + 2] = rs;
@@ -332,17 +521,26 @@ extern "C" __global__ void __launch_bounds__(256) forward_merge(
 extern "C" __global__ void __launch_bounds__(256) backward_merge(
     const double* __restrict__ sums, const CT* __restrict__ kstats, double* __restrict__ totals,
     CT* __restrict__ coef, const long long n_groups, const long long n_parts, const double count) {
-    // One thread per group: add the parts' sums in order, then the coefficients of
-    // dx = c0 * g + c1 * (x - mean) + c2 for training mode (none, rms).
-    const long long grp = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    // A warp per group: add the parts' sums (every 32nd per lane, then a fixed tree), then the
+    // coefficients of dx = c0 * g + c1 * (x - mean) + c2 for training mode (none, rms).
+    const long long grp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
     if (grp >= n_groups) return;
     double a = 0.0, b = 0.0, e = 0.0, f = 0.0;
-    for (long long p = 0; p < n_parts; ++p) {
-        a += sums[4 * (grp * n_parts + p)];
-        b += sums[4 * (grp * n_parts + p) + 1];
-        e += sums[4 * (grp * n_parts + p) + 2];
-        f += sums[4 * (grp * n_parts + p) + 3];
+    for (long long p = lane; p < n_parts; p += 32) {
+        const long long k = 4 * (grp * n_parts + p);
+        a += sums[k];
+        b += sums[k + 1];
+        e += sums[k + 2];
+        f += sums[k + 3];
     }
+    for (int o = 16; o > 0; o >>= 1) {
+        a += __shfl_down_sync(0xffffffffu, a, o);
+        b += __shfl_down_sync(0xffffffffu, b, o);
+        e += __shfl_down_sync(0xffffffffu, e, o);
+        f += __shfl_down_sync(0xffffffffu, f, o);
+    }
+    if (lane != 0) return;
     totals[4 * grp] = a;
     totals[4 * grp + 1] = b;
     totals[4 * grp + 2] = e;

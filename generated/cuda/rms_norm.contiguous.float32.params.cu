@@ -4,14 +4,15 @@
 // plan:      backward · float32 · columns · parameter-gradient reduction · groups () · rows (batch) · columns normalized
 // loop dims: batch(R) normalized(K)
 // kernels:   param_partial  the backward's parameter-gradient reduction: sums of dy·x̂ and dy per parameter index
-// key:       2c0342c500f49fc6aa343e9d82d2f0f9
+// key:       ddc96c2f0ffa3b2a268293be7e8b9b17
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
-// array arguments point at element 0 of the arrays they stand for. Reductions accumulate
-// in double: sums of d = x - K with K an element of the group (so d is small and nothing
-// cancels), merged between threads by shuffles and shared memory and between blocks by
-// Chan's formula. The mean is kept as hi + lo in the compute type, so x - mean keeps its
-// digits in float32 and in the half types.
+// array arguments point at element 0 of the arrays they stand for. Each thread accumulates
+// its elements in the compute type: sums of d = x - K with K an element of the group (so d
+// is small and nothing cancels), or, where a unit keeps its elements in registers, an exact
+// second pass over them. Threads' sums are merged in double, by shuffles and shared memory,
+// and parts of a group by Chan's formula. The mean is kept as hi + lo in the compute type,
+// so x - mean keeps its digits in float32 and in the half types.
 // normgen CUDA prelude: the first thing in every generated CUDA source.
 //
 // On the GPU (nvcc, NVRTC through CuPy) it brings in the half-precision headers and defines
@@ -37,121 +38,176 @@
 
 typedef float T;    // storage type of x, y, dy, dx and the parameters
 typedef float CT;  // elementwise arithmetic and statistics
+typedef float4 VT;   // 16 bytes of T: what one vector load or store moves
+constexpr int VEC = 4;  // elements of T in a VT
+typedef int ix;  // indices inside a group (its elements, rows, slots)
 
 __device__ __forceinline__ CT ld(const T* __restrict__ p, long long i) { return p[i]; }
 __device__ __forceinline__ void st(T* __restrict__ p, long long i, CT v) { p[i] = v; }
 
-// The sum of `v` over the threads of one unit: a warp (tpu == 32, no barrier), or the
-// whole block (every thread of the block must call it).
+// W consecutive elements from p + o: one 16-byte load when W == VEC (the caller checked
+// the alignment), one element otherwise. The vector's lanes are taken apart with register moves.
+template <int W>
+__device__ __forceinline__ void ldv(const T* __restrict__ p, long long o, CT (&v)[W]) {
+    if constexpr (W == 1) {
+        v[0] = ld(p, o);
+    } else {
+        const VT r = __ldg(reinterpret_cast<const VT*>(p + o));
+v[0] = r.x; v[1] = r.y; v[2] = r.z; v[3] = r.w;
+    }
+}
+
+template <int W>
+__device__ __forceinline__ void stv(T* __restrict__ p, long long o, const CT (&v)[W]) {
+    if constexpr (W == 1) {
+        st(p, o, v[0]);
+    } else {
+        *reinterpret_cast<VT*>(p + o) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+}
+
+// vector loads and stores need addresses aligned to their size (cudaMalloc gives 256; views may not)
+__device__ __forceinline__ bool aligned(const void* p) { return (reinterpret_cast<unsigned long long>(p) % sizeof(VT)) == 0; }
+
+// The sum of `v` over the threads of one unit: a warp (no barrier), or `tpu` threads of the
+// block in whole warps (every thread of the block must call it, live or not). Every thread
+// of the unit gets the same totals: each step adds the same two values in either order.
 __device__ __forceinline__ double warp_sum(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
-__device__ void unit_sum2(double& a, double& b, int tpu, NG_SHARED_PTR(double) scratch) {
-    a = warp_sum(a);
-    b = warp_sum(b);
+template <int N>
+__device__ void unit_sum(double (&v)[N], int tpu, NG_SHARED_PTR(double) scratch) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) v[n] = warp_sum(v[n]);
     if (tpu == 32) return;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    if (lane == 0) { scratch[2 * warp] = a; scratch[2 * warp + 1] = b; }
-    __syncthreads();
-    double ta = 0.0, tb = 0.0;
-    for (int w = 0; w < warps; ++w) { double va = scratch[2 * w]; double vb = scratch[2 * w + 1]; ta += va; tb += vb; }
-    __syncthreads();  // scratch is reused by the next call
-    a = ta;
-    b = tb;
-}
-
-__device__ void unit_sum4(double& a, double& b, double& c, double& d, int tpu, NG_SHARED_PTR(double) scratch) {
-    a = warp_sum(a);
-    b = warp_sum(b);
-    c = warp_sum(c);
-    d = warp_sum(d);
-    if (tpu == 32) return;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, first = warp - warp % (tpu / 32);
     if (lane == 0) {
-        scratch[4 * warp] = a; scratch[4 * warp + 1] = b; scratch[4 * warp + 2] = c; scratch[4 * warp + 3] = d;
+        for (int n = 0; n < N; ++n) scratch[N * warp + n] = v[n];
     }
     __syncthreads();
-    double ta = 0.0, tb = 0.0, tc = 0.0, td = 0.0;
-    for (int w = 0; w < warps; ++w) {
-        double va = scratch[4 * w]; double vb = scratch[4 * w + 1];
-        double vc = scratch[4 * w + 2]; double vd = scratch[4 * w + 3];
-        ta += va; tb += vb; tc += vc; td += vd;
+    for (int n = 0; n < N; ++n) {
+        double t = 0.0;
+        for (int w = first; w < first + tpu / 32; ++w) { double s = scratch[N * w + n]; t += s; }
+        v[n] = t;
     }
-    __syncthreads();
-    a = ta; b = tb; c = tc; d = td;
+    __syncthreads();  // scratch is reused by the next call
 }
 
-// (mean hi, mean lo, rstd) of a group from its moments: rstd = 1 / sqrt(sum(x^2) / n + eps)
-__device__ __forceinline__ void finalize(double n, double mean, double m2, double eps, CT& hi, CT& lo, CT& rs) {
+// 1 / n for a count n, without a double division in the kernels' register-tight paths (its
+// slow path is a call that spills registers); the float reciprocal's 6e-8 is below what
+// float32 keeps.
+__device__ __forceinline__ double recip(double n) {
+    return (double)__frcp_rn((float)n);
+}
+
+// (mean hi, mean lo, rstd) of a group from its moments (inv_n = 1 / n): rstd = 1 / sqrt(sum(x^2) / n + eps)
+__device__ __forceinline__ void finalize(double n, double inv_n, double mean, double m2, double eps, CT& hi, CT& lo,
+                                         CT& rs) {
     hi = (CT)0;
     lo = (CT)0;
-    rs = (CT)(1.0 / sqrt((m2 + n * mean * mean) / n + eps));
+    rs = rsqrtf((float)((m2 + n * mean * mean) * inv_n + eps));
 }
 
+constexpr int TX = 32, TY = 16;  // threads of a block: along the row tile (VEC elements each), over rows
 
-extern "C" __global__ void __launch_bounds__(1024) param_partial(
+
+template <int W, int K>
+__device__ __forceinline__ void param_partial_unit(
     const T* __restrict__ x, const T* __restrict__ dy, const CT* __restrict__ kstats, double* __restrict__ partial,
-    const long long* __restrict__ g) {
-    // Per parameter index (tile element): sum of dy * x_hat and of dy over one part of the rows.
+    const long long* __restrict__ g, NG_SHARED_PTR(double) red) {
     const long long n_batch = g[0];  // size of batch
     const long long n_normalized = g[1];  // size of normalized
     const long long xs_batch = g[2];  // x stride along batch
-    const long long xs_normalized = g[3];  // x stride along normalized
     const long long dys_batch = g[4];  // dy stride along batch
-    const long long dys_normalized = g[5];  // dy stride along normalized
     const long long ss_batch = g[8];  // statistics stride along batch
-    const long long ss_normalized = g[9];  // statistics stride along normalized
     const long long n_parts = g[12];  // parts per group (1: a unit reduces a whole group)
-    const long long S = 1LL;  // tail elements per column
-    const long long cpt = blockDim.x / S;  // columns per tile
-    const long long n_tiles = (n_normalized + cpt - 1) / cpt;
-    const long long unit = blockIdx.x;
-    const long long part = unit % n_parts;
-    const long long rest = unit / n_parts;
-    const long long tile = rest % n_tiles;
-    [[maybe_unused]] const long long grp = rest / n_tiles;
-    const long long tx = threadIdx.x, ty = threadIdx.y;
-    const long long j = tile * cpt + tx / S;  // this thread's column
-    [[maybe_unused]] const long long k = tx % S;  // ... and tail element
-    const bool valid = j < n_normalized;
-    const long long n_rows = n_batch;
-    const long long r_lo = part * n_rows / n_parts, r_hi = (part + 1) * n_rows / n_parts;
-    [[maybe_unused]] const long long x_u = 0LL + j * xs_normalized;
-    [[maybe_unused]] const long long dy_u = 0LL + j * dys_normalized;
-    [[maybe_unused]] const long long s_u = 0LL + j * ss_normalized;
-    double v1 = 0.0, v2 = 0.0;
-    if (valid) {
-        for (long long q = r_lo + ty; q < r_hi; q += blockDim.y) {  // rows: batch
-            const long long i_batch = q;  // reduced batch
-            const long long x_r = x_u + i_batch * xs_batch;
-            const long long dy_r = dy_u + i_batch * dys_batch;
-            const long long s_r = s_u + i_batch * ss_batch;
-            const double xh = ((double)ld(x, x_r) - ((double)kstats[3 * s_r] + (double)kstats[3 * s_r + 1]))
-                              * (double)kstats[3 * s_r + 2];
-            const double dyv = (double)ld(dy, dy_r);
-            v1 += dyv * xh;
-            v2 += dyv;
+    const ix S = (ix)1LL;  // tail elements per column
+    const ix width = (ix)n_normalized * S;  // elements of a row
+    const ix n_tiles = (width + TX * VEC - 1) / (TX * VEC);
+    const ix unit = (ix)blockIdx.x, parts = (ix)n_parts;
+    const ix part = unit % parts, tile = unit / parts % n_tiles;
+    [[maybe_unused]] const ix grp = unit / parts / n_tiles;
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const ix t0 = tile * TX * VEC + tx * VEC;  // this thread's first element of the row
+    const int nv = (int)(t0 >= width ? 0 : width - t0 < VEC ? width - t0 : VEC);  // ... and how many it has
+    const ix n_rows = (ix)(n_batch);
+    const ix r_lo = part * (n_rows / parts) + min(part, n_rows % parts);
+    const ix r_hi = r_lo + n_rows / parts + (part < n_rows % parts ? 1 : 0);
+    [[maybe_unused]] const long long x_u = t0;
+    [[maybe_unused]] const long long dy_u = t0;
+    [[maybe_unused]] const long long s_u = 0LL;
+    CT a[VEC] = {}, b[VEC] = {};  // sums of dy * x_hat, dy over this thread's rows
+    if (nv > 0) {
+        for (ix q0 = r_lo + ty; q0 < r_hi; q0 += K * TY) {  // rows: batch
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                const ix q = q0 + k * TY;
+                if (q < r_hi) {
+                    const ix i_batch = q;  // reduced batch
+                    const long long x_r = x_u + i_batch * xs_batch;
+                    const long long dy_r = dy_u + i_batch * dys_batch;
+                    const long long s_r = s_u + i_batch * ss_batch;
+                    CT xv[VEC];
+                    if constexpr (W == VEC) {
+                        ldv<VEC>(x, x_r, xv);
+                    } else {
+#pragma unroll
+                        for (int j = 0; j < VEC; ++j) xv[j] = j < nv ? ld(x, x_r + j) : (CT)0;
+                    }
+                    CT dv[VEC];
+                    if constexpr (W == VEC) {
+                        ldv<VEC>(dy, dy_r, dv);
+                    } else {
+#pragma unroll
+                        for (int j = 0; j < VEC; ++j) dv[j] = j < nv ? ld(dy, dy_r + j) : (CT)0;
+                    }
+#pragma unroll
+                    for (int j = 0; j < VEC; ++j) {
+                        const long long so = 3 * s_r;  // the statistics do not vary along the row
+                        const CT xh = ((xv[j] - kstats[so]) - kstats[so + 1]) * kstats[so + 2];
+                        a[j] += dv[j] * xh;
+                        b[j] += dv[j];
+                    }
+                }
+            }
         }
     }
-    NG_SHARED(double, red, 2 * 1024);
-    const long long me = ty * blockDim.x + tx;
-    red[2 * me] = v1;
-    red[2 * me + 1] = v2;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+        red[2 * ((ty * TX + tx) * VEC + j)] = (double)a[j];
+        red[2 * ((ty * TX + tx) * VEC + j) + 1] = (double)b[j];
+    }
     __syncthreads();
     if (ty == 0) {
-        for (long long yy = 1; yy < blockDim.y; ++yy) {
-            double r1 = red[2 * (yy * blockDim.x + tx)];
-            double r2 = red[2 * (yy * blockDim.x + tx) + 1];
-            v1 += r1;
-            v2 += r2;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+            double t1 = 0.0, t2 = 0.0;
+            for (int yy = 0; yy < TY; ++yy) {
+                double r1 = red[2 * ((yy * TX + tx) * VEC + j)];
+                double r2 = red[2 * ((yy * TX + tx) * VEC + j) + 1];
+                t1 += r1;
+                t2 += r2;
+            }
+            if (j < nv) {
+                const long long o = 2 * (((long long)grp * parts + part) * width + t0 + j);
+                partial[o] = t1;
+                partial[o + 1] = t2;
+            }
         }
     }
-    __syncthreads();
-    if (ty == 0 && valid) {
-        const long long o = 2 * (((grp * n_parts + part) * n_normalized + j) * S + k);
-        partial[o] = v1;
-        partial[o + 1] = v2;
-    }
+}
+
+
+extern "C" __global__ void __launch_bounds__(512, 2) param_partial(
+    const T* __restrict__ x, const T* __restrict__ dy, const CT* __restrict__ kstats, double* __restrict__ partial,
+    const long long* __restrict__ g) {
+    // Per parameter index (row element): sums of dy * x_hat and of dy over one part of the rows.
+    NG_SHARED(double, red, 4096);
+    const long long vec_ok = g[14];  // 1: sizes and strides allow 16-byte loads (pointers are checked too)
+    if (vec_ok && aligned(x) && aligned(dy))
+        param_partial_unit<VEC, 2>(x, dy, kstats, partial, g, red);
+    else
+        param_partial_unit<1, 2>(x, dy, kstats, partial, g, red);
 }

@@ -2,4 +2,5 @@
 
     cpu.py    CPU cases, providers, timing, tables, JSON and plots
     cuda.py   the same on a GPU (CUDA events)
+    memory.py resident memory (peak, held after) against PyTorch, one fresh process per loop
 """

@@ -141,8 +141,12 @@ def _copy_runner(src: np.ndarray, nbytes: int) -> Callable[[], None]:
     if _COPY_KERNEL is None:
         @njit(nogil=True, cache=True)
         def copy_range(a, b, lo, hi):
-            for i in range(lo, hi):
-                b[i] = a[i]
+            # views indexed from 0: Numba then knows the index is not negative and drops the
+            # wraparound check that keeps `for i in range(lo, hi): b[i] = a[i]` from
+            # vectorizing (that loop ran at a fifth of memcpy's speed)
+            av, bv = a[lo:hi], b[lo:hi]
+            for i in range(av.shape[0]):
+                bv[i] = av[i]
 
         _COPY_KERNEL = copy_range
     n = nbytes // 2 // src.itemsize
@@ -151,8 +155,9 @@ def _copy_runner(src: np.ndarray, nbytes: int) -> Callable[[], None]:
     return lambda: threads.split(_COPY_KERNEL, n, threads.threads(), a, b)
 
 
-def _torch_runner(case: Case, direction: str, x, p, sizes, training, dy, device=None, dtype=None):
-    """PyTorch's call for the case (on `device` in `dtype` when given; strides are kept)."""
+def _torch_runner(case: Case, direction: str, x, p, sizes, training, dy, device=None, dtype=None, compiled=False):
+    """PyTorch's call for the case (on `device` in `dtype` when given; strides are kept;
+    through torch.compile when `compiled`)."""
     try:
         import torch
     except ImportError:
@@ -194,6 +199,8 @@ def _torch_runner(case: Case, direction: str, x, p, sizes, training, dy, device=
         def f(t): return F.batch_norm(t, rm0, rv0, None, None, training=True)
     else:
         return None
+    if compiled:
+        f = torch.compile(f, dynamic=False)
     if not backward:
         return lambda: f(tx)
     inputs = [tx] + [v for v in tp.values() if v.requires_grad]

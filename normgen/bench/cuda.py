@@ -1,22 +1,32 @@
-"""CUDA benchmarks: normgen's CUDA kernels against PyTorch CUDA and a device copy, on a GPU.
+"""CUDA benchmarks: normgen's CUDA kernels against PyTorch eager, torch.compile and a device
+copy of the same bytes, on a GPU.
 
-Each case is timed for every provider in one run, interleaved, with CUDA events around a
-batch of calls (so launch latency is amortized the same way for everyone), median of
-repeats after warm-up. Effective bandwidth counts x read once and y written once
-(forward), x and dy read and dx written (backward); "copy" moves the same number of bytes
-with a device-to-device copy, the ceiling a memory-bound kernel can reach.
+Every timed run is one call, with CUDA events around it, after L2 has been flushed (a
+buffer of twice L2 is written), so no provider reads its input from the previous run's
+cache; providers are interleaved, the median of the repeats is reported. Effective
+bandwidth counts x read once and y written once (forward), x and dy read and dx written
+(backward); "copy" moves the same number of bytes with a device-to-device copy, the
+ceiling a memory-bound kernel can reach. torch.compile compiles each case on its first
+call: once `compile_budget_s` of compiling is spent, later cases are measured without it.
 
 `normgen bench --target cuda` runs this; `bench/gpu.sh` runs it with the CUDA tests.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from .cpu import Case, Measurement, _params, reference_cases
+from .cpu import _torch_runner as _cpu_torch_runner
+
+#: the providers `normgen bench --target cuda` times, in the order of the table
+PROVIDERS = ("normgen", "torch", "compile", "copy")
 
 
 def gpu_cases() -> list[Case]:
@@ -44,9 +54,9 @@ def setup(case: Case, direction: str, dtype: str, providers: tuple[str, ...]) ->
     """(bytes moved, provider -> callable doing the whole op once on the current stream)."""
     import cupy as cp
 
-    from ..verify.check import _on_gpu, _typed
     from ..layouts import make_array
     from ..op.op import load
+    from ..verify.check import _on_gpu, _typed
 
     op = load(case.spec)
     rng = np.random.default_rng(0)
@@ -72,33 +82,46 @@ def setup(case: Case, direction: str, dtype: str, providers: tuple[str, ...]) ->
         fwd = ng_forward()
         dy = _on_gpu(_typed(dy_h, case.layout, dtype)[0])
         run["normgen"] = lambda: op.backward(dy, fwd)
+    for name, compiled in (("torch", False), ("compile", True)):
+        if name in providers:
+            fn = _torch_runner(case, direction, make_array(x_h, case.layout, np.float32), p_h, sizes, training, dy_h,
+                               dtype, compiled)
+            if fn is not None:
+                run[name] = fn
     if "copy" in providers:
         n = nbytes // 2 // 4  # float32 words read and written
         src = cp.empty(n, cp.float32)
         dst = cp.empty_like(src)
         run["copy"] = lambda: cp.copyto(dst, src)
-    if "torch" in providers:
-        fn = _torch_runner(case, direction, make_array(x_h, case.layout, np.float32), p_h, sizes, training, dy_h,
-                           dtype)
-        if fn is not None:
-            run["torch"] = fn
     return nbytes, run
 
 
-def _torch_runner(case: Case, direction: str, x_h, p_h, sizes, training, dy_h, dtype):
-    """The CPU benchmark's PyTorch call, on CUDA copies of the same arrays, in `dtype`."""
+def _torch_runner(case: Case, direction: str, x_h, p_h, sizes, training, dy_h, dtype, compiled: bool):
+    """The CPU benchmark's PyTorch call, on CUDA copies of the same arrays, in `dtype`
+    (through torch.compile when `compiled`)."""
     try:
         import torch
     except ImportError:
         return None
-    from .cpu import _torch_runner as cpu_runner
-
-    return cpu_runner(case, direction, x_h, {k: v.astype(np.float32) for k, v in p_h.items()}, sizes, training,
-                      dy_h, device="cuda", dtype=getattr(torch, dtype))
+    return _cpu_torch_runner(case, direction, x_h, {k: v.astype(np.float32) for k, v in p_h.items()}, sizes,
+                             training, dy_h, device="cuda", dtype=getattr(torch, dtype), compiled=compiled)
 
 
-def _time(run: dict[str, Callable], repeat: int, warmup: int, batch: int) -> dict[str, float]:
-    """Median milliseconds per call, per provider, interleaved; CUDA events around `batch` calls."""
+class L2Flush:
+    """Writes a buffer of twice the GPU's L2 before each timed run."""
+
+    def __init__(self):
+        import cupy as cp
+
+        l2 = int(cp.cuda.Device().attributes.get("L2CacheSize", 64 << 20))
+        self.buf = cp.empty(2 * l2, cp.uint8)
+
+    def __call__(self) -> None:
+        self.buf.fill(1)
+
+
+def _time(run: dict[str, Callable], repeat: int, warmup: int, flush: L2Flush) -> dict[str, float]:
+    """Median milliseconds per call, per provider, interleaved; L2 flushed before every timed call."""
     import cupy as cp
 
     names = list(run)
@@ -109,34 +132,99 @@ def _time(run: dict[str, Callable], repeat: int, warmup: int, batch: int) -> dic
     times: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(repeat):
         for n in names:
+            flush()
             start, stop = cp.cuda.Event(), cp.cuda.Event()
             start.record()
-            for _ in range(batch):
-                run[n]()
+            run[n]()
             stop.record()
             stop.synchronize()
-            times[n].append(cp.cuda.get_elapsed_time(start, stop) / batch)
+            times[n].append(cp.cuda.get_elapsed_time(start, stop))
     return {n: statistics.median(v) for n, v in times.items()}
 
 
-def run_cases(cases: list[Case], *, directions=("forward", "backward"), dtype="float32", repeat=20, warmup=5,
-              batch=10, providers=("normgen", "torch", "copy"),
+def run_cases(cases: list[Case], *, directions=("forward", "backward"), dtype="float32", repeat=20, warmup=3,
+              providers: tuple[str, ...] = PROVIDERS, compile_budget_s: float = 90.0,
               progress: Callable[[Measurement], None] | None = None) -> list[Measurement]:
     """Measure every case on the GPU."""
     require_gpu()
+    flush = L2Flush()
     results = []
+    compiling = 0.0
     for case in cases:
         for direction in directions:
             if direction == "backward" and case.mode == "eval":
                 continue
-            nbytes, run = setup(case, direction, dtype, providers)
-            ms = _time(run, repeat, warmup, batch)
+            use = tuple(p for p in providers if p != "compile" or compiling < compile_budget_s)
+            t0 = time.perf_counter()
+            nbytes, run = setup(case, direction, dtype, use)
+            if "compile" in run:  # compiled in setup (backward: its forward) and on the first call
+                try:
+                    run["compile"]()
+                except Exception as e:  # noqa: BLE001 (whatever Inductor raises): measured without it, and said so
+                    print(f"  torch.compile failed for {case.name} {direction}: {type(e).__name__}: {e}")
+                    del run["compile"]
+                compiling += time.perf_counter() - t0
+            ms = _time(run, repeat, warmup, flush)
             m = Measurement(case.name, case.spec, case.shape, case.layout, direction, False, case.series, nbytes,
                             ms, {k: nbytes / (v * 1e-3) / 1e9 for k, v in ms.items()})
             results.append(m)
             if progress:
                 progress(m)
     return results
+
+
+def table(results: list[Measurement]) -> str:
+    """ms and GB/s per provider, normgen's speed-up over eager and compiled PyTorch, and its
+    fraction of the copy's bandwidth."""
+    head = f"{'case':<38} {'dir':<4}" + "".join(f" {p:>9} {'GB/s':>6}" for p in PROVIDERS)
+    lines = [head + f" {'x torch':>7} {'x compile':>9} {'of copy':>7}"]
+    for r in results:
+        cells = "".join(f" {r.ms[p]:9.3f} {r.gbps[p]:6.0f}" if p in r.ms else f" {'-':>9} {'-':>6}" for p in PROVIDERS)
+        vs, vc = (_fmt(r.ratio("normgen", p), "{:.2f}x") for p in ("torch", "compile"))
+        frac = _fmt(r.gbps["normgen"] / r.gbps["copy"] if "copy" in r.gbps else float("nan"), "{:.0%}")
+        lines.append(f"{r.case:<38} {r.direction[:3]:<4}{cells} {vs:>7} {vc:>9} {frac:>7}")
+    return "\n".join(lines)
+
+
+def _fmt(v: float, form: str) -> str:
+    return "-" if math.isnan(v) else form.format(v)
+
+
+def plot(results: list[Measurement], path: Path, title: str) -> None:
+    """GB/s per provider and case, as an SVG bar chart (no plotting library needed)."""
+    colors = {"normgen": "#1f77b4", "torch": "#d62728", "compile": "#ff7f0e", "copy": "#2ca02c"}
+    top = max([v for r in results for v in r.gbps.values()] + [1.0])
+    bar, gap, left = 5, 8, 260
+    row = bar * len(PROVIDERS) + gap
+    width = left + 40 + 520
+    svg = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{60 + row * len(results) + 30}" '
+            'font-family="sans-serif" font-size="10">'),
+           f'<text x="10" y="20" font-size="13">{title}: effective GB/s (x read once, outputs written once)</text>']
+    for i, p in enumerate(PROVIDERS):
+        svg.append(f'<rect x="{left + 120 * i}" y="30" width="10" height="10" fill="{colors[p]}"/>'
+                   f'<text x="{left + 120 * i + 14}" y="39">{p}</text>')
+    for j, r in enumerate(results):
+        y0 = 55 + row * j
+        svg.append(f'<text x="{left - 6}" y="{y0 + row / 2}" text-anchor="end">{r.case} {r.direction[:3]}</text>')
+        for i, p in enumerate(PROVIDERS):
+            if p in r.gbps:
+                w = 520 * r.gbps[p] / top
+                svg.append(f'<rect x="{left}" y="{y0 + bar * i}" width="{w:.1f}" height="{bar - 1}" fill="{colors[p]}">'
+                           f'<title>{p}: {r.gbps[p]:.0f} GB/s, {r.ms[p]:.3f} ms</title></rect>')
+    svg.append(f'<text x="{left}" y="{55 + row * len(results) + 15}">0</text>'
+               f'<text x="{left + 520}" y="{55 + row * len(results) + 15}" text-anchor="end">{top:.0f} GB/s</text>')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(svg + ["</svg>"]) + "\n")
+
+
+def plan_for(profile_name: str) -> None:
+    """Plan the GPU's calls for a named profile instead of the GPU's own numbers (`normgen bench
+    --target cuda --device h100`: an experiment, e.g. H100 rules on an H200)."""
+    from ..plan.device import profile
+    from ..runtime.cuda import cupy_device
+
+    require_gpu()
+    cupy_device().profile = profile(profile_name)
 
 
 def require_gpu() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..plan.model import Kernel, Strategy
+from ..plan.model import Direction, HSource, Kernel, Strategy, extra_array, extra_grad
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,8 @@ class Arg:
     kind: str  # a key of CUDA_TYPES
     target: str | None = None  # only on this target
     columns_only: bool = False  # only in columns kernels
+    fused_only: bool = False  # only in kernels of fused plans (the name "@in"/"@out": the fused arrays)
+    fused_too: bool = False  # a columns_only argument that fused rows kernels take too
 
 
 #: the C type of each kind of argument (T: storage type, CT: compute/statistics type)
@@ -32,25 +34,32 @@ CUDA_TYPES = {
 
 _X, _DY = Arg("x", "in"), Arg("dy", "in")
 _W, _B = Arg("weight", "in"), Arg("bias", "in")
+# a fused plan's x-like arrays (plan/model.py ARRAYS): read ("@in": extra inputs; backward: h or y, dh)
+# and written ("@out": forward h; backward the extras' gradients); the backward also needs the bias
+_FIN, _FOUT, _FB = Arg("@in", "in", fused_only=True), Arg("@out", "out", fused_only=True), \
+    Arg("bias", "in", fused_only=True)
+_QSCALE = Arg("qscale", "stat_out", fused_only=True)  # a quantized output's scale per group
 _G = Arg("g", "geometry")
 _CPU_BLOCKS = (Arg("blk_lo", "i64", "cpu"), Arg("blk_hi", "i64", "cpu"))
 _SCRATCH = Arg("scratch", "f64_out", "cpu", True)  # float64 accumulators per block
-_SCRATCH_DT = Arg("scratch_dt", "out", "cpu", True)  # per-element constants in x's dtype per block
+_SCRATCH_DT = Arg("scratch_dt", "out", "cpu", True, fused_too=True)  # per-element constants, or h, in x's dtype
 _DPARAMS = Arg("dparams", "f64_out", "cpu")  # per-block parameter gradients [blocks, 2, n_param]
 
 #: every entry point, its arguments in order
 ENTRIES: dict[str, tuple[Arg, ...]] = {
-    "forward_fused": (_X, Arg("y", "out"), _W, _B, Arg("moments", "f64_out"), Arg("kstats", "stat_out"),
-                      _SCRATCH, _SCRATCH_DT, _G, Arg("eps", "f64"), *_CPU_BLOCKS),
-    "forward_partial": (_X, Arg("moments", "f64_out"), _SCRATCH, _G, *_CPU_BLOCKS),
-    "forward_apply": (_X, Arg("y", "out"), _W, _B, Arg("kstats", "stat_in"), _SCRATCH_DT, _G, *_CPU_BLOCKS),
-    "backward_fused": (_X, _DY, Arg("dx", "out"), _W, Arg("kstats", "stat_in"), Arg("sums", "f64_out", "cuda"),
-                       _DPARAMS, _SCRATCH, _SCRATCH_DT, _G, *_CPU_BLOCKS),
-    "backward_partial": (_X, _DY, _W, Arg("kstats", "stat_in"), Arg("sums", "f64_out"),
+    "forward_fused": (_X, _FIN, Arg("y", "out"), _FOUT, _W, _B, Arg("moments", "f64_out"),
+                      Arg("kstats", "stat_out"), _QSCALE, _SCRATCH, _SCRATCH_DT, _G, Arg("eps", "f64"), *_CPU_BLOCKS),
+    "forward_partial": (_X, _FIN, _FOUT, Arg("moments", "f64_out"), _SCRATCH,
+                        Arg("scratch_dt", "out", "cpu", fused_only=True), _G, *_CPU_BLOCKS),
+    "forward_apply": (_X, _FIN, Arg("y", "out"), _FOUT, _W, _B, Arg("kstats", "stat_in"), _SCRATCH_DT, _G,
+                      *_CPU_BLOCKS),
+    "backward_fused": (_X, _FIN, _DY, Arg("dx", "out"), _FOUT, _W, _FB, Arg("kstats", "stat_in"),
+                       Arg("sums", "f64_out", "cuda"), _DPARAMS, _SCRATCH, _SCRATCH_DT, _G, *_CPU_BLOCKS),
+    "backward_partial": (_X, _FIN, _DY, _W, _FB, Arg("kstats", "stat_in"), Arg("sums", "f64_out"),
                          Arg("pgrad", "f64_out", "cuda", True), _DPARAMS, _SCRATCH, _G, *_CPU_BLOCKS),
-    "backward_apply": (_X, _DY, Arg("dx", "out"), _W, Arg("kstats", "stat_in"), Arg("coef", "stat_in"),
-                       _SCRATCH, _SCRATCH_DT, _G, *_CPU_BLOCKS),
-    # the GPU's parameter-gradient reduction and its merge kernels (one thread per group)
+    "backward_apply": (_X, _FIN, _DY, Arg("dx", "out"), _FOUT, _W, _FB, Arg("kstats", "stat_in"),
+                       Arg("coef", "stat_in"), _SCRATCH, _SCRATCH_DT, _G, *_CPU_BLOCKS),
+    # the GPU's parameter-gradient reduction and its merge kernels (a warp per group)
     "param_partial": (_X, _DY, Arg("kstats", "stat_in"), Arg("partial", "f64_out"), _G),
     "forward_merge": (Arg("parts", "f64_in"), Arg("moments", "f64_out"), Arg("kstats", "stat_out"),
                       Arg("n_groups", "i64"), Arg("n_parts", "i64"), Arg("eps", "f64")),
@@ -67,16 +76,40 @@ ENTRY_DOC = {
     "backward_partial": "sums of g and g·x̂ of each part of each group (added afterwards)",
     "backward_apply": "dx = c0·g + c1·(x - mean) + c2 with per-group coefficients",
     "param_partial": "the backward's parameter-gradient reduction: sums of dy·x̂ and dy per parameter index",
-    "forward_merge": "one thread per group: merge the parts' moments (Chan), finalize",
-    "backward_merge": "one thread per group: add the parts' sums, coefficients of dx",
+    "forward_merge": "a warp per group: merge the parts' moments (Chan), finalize",
+    "backward_merge": "a warp per group: add the parts' sums, coefficients of dx",
 }
+
+
+def fused_arrays(kernel: Kernel) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A fused kernel's x-like arrays besides x, y, dy and dx: (read, written)."""
+    f = kernel.fusion
+    if f is None:
+        return (), ()
+    extras = tuple(extra_array(e) for e in f.extras)
+    if kernel.direction is Direction.FORWARD:
+        return extras, ("h",) if f.keep else ()
+    source = ("h",) if f.h_from is HSource.STORED else ("y",) if f.h_from is HSource.FROM_Y else ()
+    return source + extras + (("dh",) if f.dh else ()), tuple(extra_grad(e) for e in f.grads)
 
 
 def arguments(kernel: Kernel, entry: str) -> tuple[Arg, ...]:
     """The arguments of `entry` in a kernel of this target and strategy, in order."""
     columns = kernel.strategy is Strategy.COLUMNS
-    return tuple(a for a in ENTRIES[entry]
-                 if (a.target is None or a.target == kernel.target) and (columns or not a.columns_only))
+    fused = kernel.fusion is not None
+    reads, writes = fused_arrays(kernel)
+    out: list[Arg] = []
+    for a in ENTRIES[entry]:
+        if (a.target is not None and a.target != kernel.target) or \
+                (a.columns_only and not (columns or (a.fused_too and fused))) or (a.fused_only and not fused):
+            continue
+        if a.name == "qscale" and not (fused and kernel.fusion.quantize):
+            continue
+        if a.name in ("@in", "@out"):
+            out.extend(Arg(n, a.kind) for n in (reads if a.name == "@in" else writes))
+        else:
+            out.append(a)
+    return tuple(out)
 
 
 def order(kernel: Kernel, entry: str, values: dict, skip: tuple[str, ...] = ()) -> tuple:

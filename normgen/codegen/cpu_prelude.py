@@ -1,4 +1,5 @@
-"""Loops every generated CPU module shares: chunk moments, Chan's merge, column rows.
+"""Loops every generated CPU module shares: chunk moments, Chan's merge, column rows, and the
+exponential of fused expressions.
 
 They are compiled once per process (and cached on disk by Numba) instead of once per
 generated module. Generated modules import them; their source is part of the codegen
@@ -8,7 +9,10 @@ Reductions may reassociate (so they vectorize); they compute in float64. Element
 code in the generated kernels does not reassociate (see templates/cpu/common.py.j2).
 """
 
-from numba import float64, njit
+import numpy as np
+from llvmlite import ir
+from numba import float32, float64, int32, int64, njit, types
+from numba.extending import intrinsic
 
 REDUCE_FM = {"reassoc", "contract", "arcp", "nsz"}
 
@@ -56,6 +60,21 @@ def add_chunk(n, mean, m2, v):
     m1 = sum_f64(v) / nb
     s1, s2 = dev_sums(v, m1)
     return chan(n, mean, m2, nb, m1 + s1 / nb, max(s2 - s1 * s1 / nb, 0.0))
+
+
+@njit(fastmath=REDUCE_FM, error_model="numpy", cache=True, nogil=True)
+def add_squares(n, mean, m2, v):
+    """(n, 0, sum of squares) of an uncentered group, with the chunk v added: one pass.
+
+    Uncentered statistics (rms, l2) need only the sum of squares; moments keep their
+    (count, mean, M2) form with mean 0, which Chan's merge and the finalize (M2 + n mean^2)
+    read the same way. A float32 square is exact in float64, so only the float64 sum rounds.
+    """
+    s = 0.0
+    for i in range(v.shape[0]):
+        d = float64(v[i])
+        s += d * d
+    return n + float64(v.shape[0]), 0.0 * mean, m2 + s
 
 
 # ---- the columns strategy: one accumulator per element of a row tile -----------------
@@ -127,3 +146,68 @@ def grad_row(dx, x, dy, hi, c0w, c1, c2):
     """dx[e] = dy[e] * c0w[e] + (x[e] - hi[e]) * c1[e] + c2[e]: the backward of one row."""
     for e in range(x.shape[0]):
         dx[e] = dy[e] * c0w[e] + (x[e] - hi[e]) * c1[e] + c2[e]
+
+
+# ---- the exponential of fused expressions (sigmoid, silu, exp, gelu's pdf) -----------------
+# Numba's np.exp is a call to the C library, one element at a time: a loop that evaluates
+# silu(y) runs at a tenth of memory speed. These evaluate exp(v) = 2^k * p(r) with
+# r = v - k ln2 (|r| <= ln2 / 2, Cody-Waite) in arithmetic that vectorizes, and build 2^k from
+# its bits. 2^k is applied as 2^(k >> 1) * 2^(k - (k >> 1)), so large |v| overflow to inf and
+# underflow through the subnormals to 0 as IEEE exp does; NaN stays NaN. float32: Cephes'
+# expf polynomial (max relative error ~1e-7, that of the C library's); float64: the Taylor
+# series to degree 12 (relative error < 1e-15).
+
+
+@intrinsic
+def _f32_from_bits(typingctx, v):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _f64_from_bits(typingctx, v):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+@njit(fastmath={"contract"}, error_model="numpy", cache=True, nogil=True)
+def exp_f32(v):
+    """exp(v) for a float32 v, in float32."""
+    v = min(max(v, float32(-104.0)), float32(89.0))  # beyond: 0 and inf anyway
+    kf = np.floor(v * float32(1.4426950408889634) + float32(0.5))
+    r = (v - kf * float32(0.693359375)) - kf * float32(-2.12194440e-4)
+    p = float32(1.9875691500e-4)
+    p = p * r + float32(1.3981999507e-3)
+    p = p * r + float32(8.3334519073e-3)
+    p = p * r + float32(4.1665795894e-2)
+    p = p * r + float32(1.6666665459e-1)
+    p = p * r + float32(5.0000001201e-1)
+    p = p * r * r + r + float32(1.0)
+    k = int32(kf)
+    k1 = k >> int32(1)
+    return p * _f32_from_bits((k1 + int32(127)) << int32(23)) * _f32_from_bits((k - k1 + int32(127)) << int32(23))
+
+
+@njit(fastmath={"contract"}, error_model="numpy", cache=True, nogil=True)
+def exp_f64(v):
+    """exp(v) for a float64 v, in float64."""
+    v = min(max(v, -746.0), 710.0)  # beyond: 0 and inf anyway
+    kf = np.floor(v * 1.4426950408889634 + 0.5)
+    r = (v - kf * 0.6931471803691238) - kf * 1.9082149292705877e-10
+    p = 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r * r + r + 1.0
+    k = int64(kf)
+    k1 = k >> 1
+    return p * _f64_from_bits((k1 + 1023) << 52) * _f64_from_bits((k - k1 + 1023) << 52)

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..layouts import layout_strides
 from ..op import Op, load
+from ..plan.device import DEFAULT_PROFILE
 from ..runtime.cache import write_if_changed
 from ..verify.reference import REFERENCES
 from .render import render
@@ -14,31 +15,37 @@ from .render import render
 
 def sources(op: Op, shape: tuple[int, ...], *, layout: str = "contiguous", dtype: str = "float32",
             sizes: dict[str, Any] | None = None, directions: tuple[str, ...] = ("forward", "backward"),
-            label: str | None = None, target: str = "cpu") -> dict[str, str]:
+            label: str | None = None, target: str = "cpu", device: Any = DEFAULT_PROFILE) -> dict[str, str]:
     """{file name: source} of the plans for one shape and layout, forward and backward.
 
     When the plan reduces parameter gradients in a second kernel (CUDA, parameters that
-    vary inside a group), its source is there too ("params").
+    vary inside a group), its source is there too ("params"). CUDA sources are planned for
+    `device` (a profile name or a plan.device.Device).
     """
     strides = layout_strides(shape, layout)
     ext = "cu" if target == "cuda" else "py"
     base = label or (f"{op.name}.{layout}" + (f".{dtype}" if target == "cuda" else ""))
     out = {}
     for direction in directions:
-        plan = op.plan(shape, strides=strides, dtype=dtype, direction=direction, target=target, **dict(sizes or {}))
+        plan = op.plan(shape, strides=strides, dtype=dtype, direction=direction, target=target,
+                       device=device if target == "cuda" else None, **dict(sizes or {}))
         out[f"{base}.{direction}.{ext}"] = render(plan.kernel).text
         if plan.params is not None:
             out[f"{base}.params.{ext}"] = render(plan.params.kernel).text
     return out
 
 
-def reference_sources(target: str = "cpu", dtypes: tuple[str, ...] = ("float32",)) -> dict[str, str]:
-    """{path under generated/: source} for every reference plan of the bundled specs."""
+def reference_sources(target: str = "cpu", dtypes: tuple[str, ...] = ("float32",),
+                      device: str = DEFAULT_PROFILE) -> dict[str, str]:
+    """{path under generated/: source} for every reference plan of the bundled specs (CUDA:
+    planned for the `device` profile)."""
     out = {}
     for ref in REFERENCES:
+        if target == "cuda" and load(ref.spec).spec.fuse is not None:
+            continue  # the CUDA templates do not fuse yet
         for dtype in dtypes:
             for name, src in sources(load(ref.spec), ref.shape, layout=ref.layout, sizes=dict(ref.sizes),
-                                     dtype=dtype, target=target).items():
+                                     dtype=dtype, target=target, device=device).items():
                 out[f"{target}/{name}"] = src
     return out
 

@@ -23,23 +23,32 @@ import jinja2
 
 from .. import __version__
 from ..paths import templates_dir
-from ..plan.geometry import STRIDE_PREFIX, geometry_fields
+from ..plan.geometry import STRIDE_PREFIX, geometry_fields, stride_prefix
+from ..plan.launch_cuda import ITEMSIZE, launch_bounds, stream_batch
 from ..plan.model import Kernel, Reduction, Strategy
+from ..plan.traffic import shared_doubles
 from ..spec import Center, Scale
 from . import PRELUDE_DIR
-from .abi import ENTRY_DOC, signature
+from .abi import ENTRY_DOC, arguments, signature
+from .fusion import fused_context
 
-#: CUDA storage type, compute type, load and store of each dtype
+#: CUDA storage type, compute type, load and store of each dtype, and the 16-byte vector type
 CUDA_TYPES = {
-    "float32": ("float", "float", "p[i]", "v"),
-    "float64": ("double", "double", "p[i]", "v"),
-    "float16": ("__half", "float", "__half2float(p[i])", "__float2half_rn(v)"),
-    "bfloat16": ("__nv_bfloat16", "float", "__bfloat162float(p[i])", "__float2bfloat16_rn(v)"),
+    "float32": ("float", "float", "p[i]", "v", "float4"),
+    "float64": ("double", "double", "p[i]", "v", "double2"),
+    "float16": ("__half", "float", "__half2float(p[i])", "__float2half_rn(v)", "uint4"),
+    "bfloat16": ("__nv_bfloat16", "float", "__bfloat162float(p[i])", "__float2bfloat16_rn(v)", "uint4"),
 }
+#: the fields of each vector type, in memory order
+VECTOR_LANES = {"float4": "xyzw", "double2": "xy", "uint4": "xyzw", "uint2": "xy"}
+#: a half type's bits and back (16-byte vectors of half types move as uint4)
+HALF_BITS = {"float16": ("__half_as_ushort", "__ushort_as_half"),
+             "bfloat16": ("__bfloat16_as_ushort", "__ushort_as_bfloat16")}
 #: what generated CPU modules may import, and from where
-_CPU_IMPORTS = {"np": "import numpy as np", "float64": "from numba import float64", "dt": "from numba import {dtype} as dt"}
-_CPU_PRELUDE = ("add_chunk", "affine_row", "chan", "col_add", "col_add4", "col_dev", "col_dev2", "col_grad", "col_grad2",
-                "dev_sums", "grad_row", "sum_f64")
+_CPU_IMPORTS = {"math": "import math", "np": "import numpy as np", "float64": "from numba import float64",
+                "dt": "from numba import {dtype} as dt"}
+_CPU_PRELUDE = ("add_chunk", "add_squares", "affine_row", "chan", "col_add", "col_add4", "col_dev", "col_dev2",
+                "col_grad", "col_grad2", "dev_sums", "exp_f32", "exp_f64", "grad_row", "sum_f64")
 _FINALIZE_DOC = {Scale.STD: "rstd = 1 / sqrt(M2 / n + eps)", Scale.RMS: "rstd = 1 / sqrt(sum(x^2) / n + eps)",
                  Scale.L2: "rstd = 1 / sqrt(sum(x_c^2) + eps)", Scale.NONE: "rstd = 1"}
 _KEY = "@key"
@@ -73,8 +82,10 @@ def environment() -> jinja2.Environment:
 
 
 def template_name(kernel: Kernel) -> str:
+    """One template per target and strategy; a fused plan's loops have templates of their own."""
     ext = "cu" if kernel.target == "cuda" else "py"
-    return f"{kernel.target}/{kernel.strategy.value}.{ext}.j2"
+    fused = "_fused" if kernel.fusion is not None else ""
+    return f"{kernel.target}/{kernel.strategy.value}{fused}.{ext}.j2"
 
 
 def context(k: Kernel) -> dict[str, Any]:
@@ -89,7 +100,7 @@ def context(k: Kernel) -> dict[str, Any]:
     rows = [dims[i] for i in k.rows]
     inner = dims[k.inner]
     tail = dims[k.tail] if k.tail is not None else None
-    names = ("x", "y", "dy", "dx", "stat", "param")
+    names = tuple(dict.fromkeys(("x", "y", "dy", "dx") + k.arrays + ("stat", "param")))
 
     def classes(dim: int | None) -> dict[str, str]:
         return {a: (k.stride_class(a, dim) if (a in k.arrays or a in ("stat", "param")) else "0") for a in names}
@@ -105,16 +116,30 @@ def context(k: Kernel) -> dict[str, Any]:
         "dims": dims, "groups": groups, "rows": rows, "inner": inner, "col": inner, "tail": tail,
         "groups_label": label(groups), "rows_label": label(rows), "reduced_label": label(reduced),
         "cls": cls, "tcls": classes(k.tail),
-        "pre": {"x": "xs", "y": "ys", "dy": "dys", "dx": "dxs", "s": STRIDE_PREFIX["stat"], "p": STRIDE_PREFIX["param"]},
+        "pre": {**{a: stride_prefix(a) for a in ("x", "y", "dy", "dx") + k.arrays},
+                "s": STRIDE_PREFIX["stat"], "p": STRIDE_PREFIX["param"]},
         "has_weight": k.has_weight, "has_bias": k.has_bias, "affine": k.affine,
         "affine_inner": cls["param"] != "0",
         "centered": k.center is Center.MEAN, "split": k.dtype == "float32" and k.center is Center.MEAN,
         "per_count": k.scale in (Scale.STD, Scale.RMS), "reduce_by": k.reduction.value,
         "sig": {entry: _wrap(signature(k, entry), k.target) for entry in ENTRY_DOC},
+        "fx": fused_context(k),
     }
     if k.target == "cuda":
-        ctype, compute, load, store = CUDA_TYPES[k.dtype]
-        ctx.update(prelude=cuda_prelude(), ctype=ctype, compute=compute, load_expr=load, store_expr=store)
+        ctype, compute, load, store, vtype = CUDA_TYPES[k.dtype]
+        vbytes = k.vec * ITEMSIZE[k.dtype]
+        vtype = "uint2" if vbytes == 8 else vtype  # half types, 4 at a time
+        ctx.update(prelude=cuda_prelude(), ctype=ctype, compute=compute, load_expr=load, store_expr=store,
+                   vtype=vtype, vbytes=vbytes, lanes=VECTOR_LANES[vtype], bits=HALF_BITS.get(k.dtype), vec=k.vec, cache=k.cache,
+                   tile=k.tile, copies=k.copies, span=k.span, wide=k.wide, flush=stream_batch(k)[0], scalar_batch=stream_batch(k)[1],
+                   bounds=launch_bounds(k),
+                   noun={"x": "x", "y": "y", "dy": "dy", "dx": "dx", "s": "stat", "p": "param"},
+                   shared={entry: shared_doubles(k, entry) for entry in ENTRY_DOC},
+                   usig={entry: _wrap(signature(k, entry) + "".join(f", NG_SHARED_PTR(double) {name}"
+                                                                   for name in shared_doubles(k, entry)), k.target)
+                         for entry in ENTRY_DOC},
+                   uargs={entry: ", ".join([a.name for a in arguments(k, entry)] + list(shared_doubles(k, entry)))
+                          for entry in ENTRY_DOC})
     return ctx
 
 
@@ -201,7 +226,7 @@ def _function_body(lines: list[str], start: int, cuda: bool) -> str:
 def _imports(text: str, dtype: str) -> str:
     """The import block of a CPU module: exactly what it uses."""
     used = set(re.findall(r"\b\w+\b", text))
-    lines = [_CPU_IMPORTS["np"]] if "np" in used else []
+    lines = [_CPU_IMPORTS[n] for n in ("math", "np") if n in used]
     lines.append("from numba import " + ", ".join(n for n in ("float64", "njit") if n in used))
     if "dt" in used:
         lines.append(_CPU_IMPORTS["dt"].format(dtype=dtype))
@@ -230,7 +255,7 @@ def _import_line(head: str, names: list[str]) -> str:
 
 def _kernels_doc(text: str, target: str) -> str:
     """The header's list of the module's entry points, one line each with what it does."""
-    pattern = r'^extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(' if target == "cuda" \
+    pattern = r'^extern "C" __global__ void (?:__launch_bounds__\([\d, ]+\) )?(\w+)\(' if target == "cuda" \
         else r"^def ([a-z]\w*)\("
     entries = [e for e in re.findall(pattern, text, flags=re.M) if e in ENTRY_DOC]
     mark = "//" if target == "cuda" else "#"

@@ -8,8 +8,8 @@ is a `CallError` that names the argument and says what was expected and what cam
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -18,13 +18,15 @@ from ..errors import CallError
 from ..plan.bind import Binding
 from ..runtime import select
 from ..spec import Spec
-from .distributed import Group, group_of
+from .distributed import Group, check_sync, group_of
 
 #: "use the spec's default momentum" (None already means a cumulative average)
 SPEC_DEFAULT: Any = object()
 #: call arguments every op takes besides its parameters and sizes
 CALL_ARGS = ("out", "eps", "training", "running_mean", "running_var", "momentum", "num_batches_tracked",
-             "mean_weight", "var_weight", "target", "process_group", "comm")
+             "mean_weight", "var_weight", "target", "process_group", "comm", "sync", "save")
+#: what a forward call keeps for its backward: x (and the extra inputs), or y (save="y")
+SAVE = ("x", "y")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ class Call:
     eval_mode: bool  # normalize with the running statistics
     mix: dict[str, np.ndarray] | None  # a mixture's logits (mean_weight, var_weight), float64
     group: Group | None  # the ranks that share the statistics
+    sync: str = "allreduce"  # how statistics cross the ranks (op/distributed.py)
+    extras: dict[str, Any] = field(default_factory=dict)  # a fused spec's extra inputs, by name
+    prologue: Any = None  # h, written when the spec keeps its prologue
+    qscale: Any = None  # a quantized output's scale per kept index (float32)
+    save: str = "x"
 
     @property
     def stat_dtype(self) -> np.dtype:
@@ -65,30 +72,88 @@ def check_forward(spec: Spec, bind: Callable[..., Binding], x: Any, params: tupl
                   out: Any = None, training: bool = True, running_mean: Any = None, running_var: Any = None,
                   momentum: Any = SPEC_DEFAULT, eps: Any = None, num_batches_tracked: Any = None,
                   mean_weight: Any = None, var_weight: Any = None, target: str | None = None,
-                  process_group: Any = None, comm: Any = None) -> Call:
+                  process_group: Any = None, comm: Any = None, sync: str = "allreduce", save: str = "x") -> Call:
     """Every argument of a forward call, checked; `bind(shape, sizes)` binds x's shape."""
     name = spec.name
     backend = backend_of(name, x, target)
     pvals = _params(spec, params, kwargs)
+    given = {e: kwargs.pop(e) for e in spec.extras if e in kwargs}
     sizes = _sizes(spec, kwargs)
     check_array(name, x, backend)
     dtype = backend.dtype(x)
     binding = bind(tuple(x.shape), sizes)
+    extras = {e: check_like(name, given.get(e), x, backend, e) for e in spec.extras}
     checked = {n: _param(name, n, p, binding.param_shape, dtype, backend) for n, p in pvals.items()}
+    _check_save(spec, save, checked)
     running = _running(spec, binding, running_mean, running_var, backend)
     e = _eps(spec, eps, dtype)
     eval_mode = running is not None and not training
     mix = _mix(spec, mean_weight, var_weight)
     factor = _momentum(spec, momentum, num_batches_tracked) if (running is not None and training) else None
-    y = check_out(name, out, x, backend, x)
+    fuse = spec.fuse
+    quantize = fuse.quantize if fuse else None
+    y = check_out(name, out, x, backend, x, *extras.values()) if quantize is None else \
+        _quantized_out(name, quantize, out, x, backend)
     group = _group(spec, process_group, comm, eval_mode)
+    sync = check_sync(sync, name)
     xk = x if backend.strides(x) is not None else backend.contiguous(x)
     a = spec.affine
+    weight = checked.get(a.weight) if a and a.weight else None
+    if weight is not None and spec.weight_offset:  # the kernels see the effective weight
+        weight = weight + backend.from_host(np.asarray(spec.weight_offset, dtype=weight.dtype))
     return Call(backend=backend, x=xk, y=y, params=checked, sizes=sizes, binding=binding, dtype=dtype, eps=e,
-                weight=checked.get(a.weight) if a and a.weight else None,
-                bias=checked.get(a.bias) if a and a.bias else None,
+                weight=weight, bias=checked.get(a.bias) if a and a.bias else None,
                 running=None if running is None else Running(*running, num_batches_tracked, factor),
-                eval_mode=eval_mode, mix=mix, group=group)
+                eval_mode=eval_mode, mix=mix, group=group, sync=sync, extras=extras, save=save)
+
+
+def with_outputs(spec: Spec, call: Call) -> Call:
+    """The call with a fused spec's other outputs allocated: h (a kept prologue, in x's layout)
+    and a quantized output's scales. (A Forward rebuilt for a backward has none: op/saved.py.)"""
+    fuse = spec.fuse
+    if fuse is None or not (fuse.keep_prologue or fuse.quantize):
+        return call
+    be = call.backend
+    return dataclasses.replace(
+        call, prologue=be.empty_like(call.x) if fuse.keep_prologue else None,
+        qscale=be.from_host(np.zeros(call.binding.stats_shape, np.float32)) if fuse.quantize else None)
+
+
+def check_like(name: str, a: Any, x: Any, backend, what: str):
+    """An array shaped like x, of x's dtype, in any layout (copied only when its strides cannot be walked)."""
+    if a is None:
+        raise CallError(f"{name}: missing extra input {what}= (an array shaped like x)")
+    check_array(name, a, backend, what)
+    if tuple(a.shape) != tuple(x.shape) or backend.dtype(a) != backend.dtype(x):
+        raise CallError(f"{name}: {what} has shape {tuple(a.shape)} and dtype {backend.dtype(a)}, expected "
+                        f"{tuple(x.shape)} and {backend.dtype(x)} (those of x)")
+    return a if backend.strides(a) is not None else backend.contiguous(a)
+
+
+def _check_save(spec: Spec, save: str, params: dict[str, Any]) -> None:
+    if save not in SAVE:
+        raise CallError(f"{spec.name}: save={save!r}; expected 'x' (keep x for the backward) or 'y' (keep y)")
+    if save == "y":
+        if spec.fuse is not None:
+            raise CallError(f"{spec.name}: save='y' needs a spec without prologue, epilogue or quantization "
+                            "(x_hat is rebuilt from y as (y - bias) / weight)")
+        a = spec.affine
+        if a is None or a.weight is None or a.weight not in params:
+            raise CallError(f"{spec.name}: save='y' needs the weight (x_hat = (y - bias) / weight)")
+
+
+def _quantized_out(name: str, kind: str, out: Any, x: Any, backend):
+    """The int8 output of a quantized spec: out= (checked), or a new array in x's layout."""
+    if backend.name != "cpu" or kind != "int8":
+        raise CallError(f"{name}: quantize = '{kind}' runs on the CPU backend for 'int8' only (float8_e4m3 "
+                        "and quantization on CUDA are not built yet)")
+    if out is None:
+        return np.empty_like(x, dtype=np.int8)
+    if not backend.owns(out) or out.dtype != np.int8 or tuple(out.shape) != tuple(x.shape):
+        raise CallError(f"{name}: out must be an int8 array shaped like x {tuple(x.shape)} (the quantized output)")
+    if not backend.writeable(out) or backend.strides(out) is None:
+        raise CallError(f"{name}: out cannot be written by the kernels (read-only, or strides they cannot walk)")
+    return out
 
 
 def backend_of(name: str, x: Any, target: str | None):
@@ -108,10 +173,19 @@ def check_array(name: str, a: Any, backend, what: str = "x") -> None:
     """`a` is an array of the backend, of a dtype its kernels take."""
     if not backend.owns(a):
         raise CallError(f"{name}: {what} must be a {_kind(backend)} array, got {type(a).__name__}")
+    _native(name, what, a)
     dtype = backend.dtype(a)
     if dtype not in backend.dtypes:
         raise CallError(f"{name}: {what} has dtype {dtype}; the {backend.name} backend takes "
                         + " or ".join(backend.dtypes))
+
+
+def _native(name: str, what: str, a: Any) -> None:
+    """The kernels read numbers in the machine's byte order."""
+    dtype = getattr(getattr(a, "bits", a), "dtype", None)
+    if dtype is not None and not dtype.isnative:
+        raise CallError(f"{name}: {what} has byte order '{dtype.byteorder}' ({dtype.str}), not the machine's; "
+                        f"convert it first, e.g. {what}.astype({what}.dtype.newbyteorder('='))")
 
 
 def _params(spec: Spec, params: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +218,7 @@ def _param(name: str, pname: str, p: Any, shape: tuple[int, ...], dtype: str, ba
         raise CallError(f"{name}: {pname} must be a {_kind(backend)} array, got {type(p).__name__}")
     if tuple(p.shape) != shape:
         raise CallError(f"{name}: {pname} has shape {tuple(p.shape)}, expected {shape}")
+    _native(name, pname, p)
     if backend.dtype(p) != dtype:
         raise CallError(f"{name}: {pname} has dtype {backend.dtype(p)}, expected {dtype} (the dtype of x)")
     return p if backend.dense(p) else backend.contiguous(p)
@@ -160,6 +235,7 @@ def check_out(name: str, out: Any, like, backend, *inputs):
                         f"expected {tuple(like.shape)} and {backend.dtype(like)}")
     if not backend.writeable(out):
         raise CallError(f"{name}: out is read-only")
+    _native(name, "out", out)
     if backend.strides(out) is None:
         raise CallError(f"{name}: out has strides {getattr(out, 'bits', out).strides} that the kernels cannot write "
                         "(negative, zero or not a multiple of the item size)")
@@ -181,6 +257,7 @@ def _running(spec: Spec, binding: Binding, running_mean: Any, running_var: Any, 
             raise CallError(f"{spec.name}: {rname} must be a {_kind(backend)} array, got {type(r).__name__}")
         if tuple(r.shape) != binding.running_shape:
             raise CallError(f"{spec.name}: {rname} has shape {tuple(r.shape)}, expected {binding.running_shape}")
+        _native(spec.name, rname, r)
         if backend.dtype(r) not in ("float32", "float64"):
             raise CallError(f"{spec.name}: {rname} has dtype {backend.dtype(r)}, expected float32 or float64")
         if not backend.writeable(r):
@@ -192,13 +269,18 @@ def machine_eps(dtype: str) -> float:
     return {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}.get(dtype) or float(np.finfo(np.dtype(dtype)).eps)
 
 
+def _number(spec: Spec, name: str, value: Any, also: str = "") -> float:
+    """A call's eps or momentum, as given: PyTorch takes any number (a negative eps gives NaN
+    where var + eps < 0, a momentum outside [0, 1] extrapolates), and so do normgen's calls."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
+        raise CallError(f"{spec.name}: {name} must be a number{also}, got {value!r}")
+    return float(value)
+
+
 def _eps(spec: Spec, eps: Any, dtype: str) -> float:
     if eps is None or eps is SPEC_DEFAULT:
         return machine_eps(dtype) if spec.eps == "dtype" else float(spec.eps)
-    eps = float(eps)
-    if not math.isfinite(eps) or eps < 0:
-        raise CallError(f"{spec.name}: eps must be a finite number >= 0, got {eps}")
-    return eps
+    return _number(spec, "eps", eps)
 
 
 def _momentum(spec: Spec, momentum: Any, num_batches_tracked: Any) -> float:
@@ -208,10 +290,7 @@ def _momentum(spec: Spec, momentum: Any, num_batches_tracked: Any) -> float:
         if num_batches_tracked is None:
             raise CallError(f"{spec.name}: momentum=None (cumulative average) needs num_batches_tracked")
         return 1.0 / (int(np.asarray(num_batches_tracked)) + 1)
-    m = float(momentum)
-    if not 0.0 <= m <= 1.0:
-        raise CallError(f"{spec.name}: momentum must be in [0, 1] or None, got {momentum}")
-    return m
+    return _number(spec, "momentum", momentum, " or None")
 
 
 def _mix(spec: Spec, mean_weight: Any, var_weight: Any) -> dict[str, np.ndarray] | None:

@@ -29,6 +29,10 @@ class Forward:
     centered: bool = field(repr=False, default=True)
     mix: Mix | None = field(repr=False, default=None)  # a mixture's intermediates
     count: np.ndarray | None = field(repr=False, default=None)  # elements per group over all ranks
+    # (count, mean, M2) per group [groups, 3], float64, of the backend (host for mixtures and across
+    # ranks), when this call computed batch statistics (None in evaluation): what a caller that keeps
+    # running statistics itself (normgen.torch) updates them from
+    moments: Any = field(repr=False, default=None)
 
     @property
     def binding(self) -> Binding:
@@ -41,6 +45,16 @@ class Forward:
     @property
     def x(self):
         return self.call.x
+
+    @property
+    def prologue(self):
+        """h, the value a fused spec normalized (its kept prologue, e.g. x + residual); None unless kept."""
+        return self.call.prologue
+
+    @property
+    def scale(self):
+        """A quantized output's scale per kept index (kept order): y ≈ fwd.y * fwd.scale; None otherwise."""
+        return self.call.qscale
 
     @property
     def mean(self):
@@ -70,10 +84,28 @@ class Forward:
 
 @dataclass(frozen=True)
 class Grads:
-    """Gradients of a backward call: dx and one entry per parameter that was passed."""
+    """Gradients of a backward call: dx, one entry per parameter that was passed, and one per
+    extra input of a fused spec (by its name)."""
 
     dx: Any
     params: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Any:
-        return self.dx if name in ("x", "dx") else self.params[name]
+        if name in ("x", "dx"):
+            return self.dx
+        return self.extras[name] if name in self.extras else self.params[name]
+
+
+def param_grads(spec, call: Call, dw, db) -> dict[str, Any]:
+    """Gradients of the weight and bias a call was given, shaped like them, in their dtype
+    (float32 for half types); None sums (no elements) are zeros."""
+    be, binding = call.backend, call.binding
+    pdt = be.stat_dtype(call.dtype) if call.dtype in ("float16", "bfloat16") else np.dtype(call.dtype)
+    a = spec.affine
+    out = {}
+    for name, p, g in ((a.weight if a else None, call.weight, dw), (a.bias if a else None, call.bias, db)):
+        if p is not None:
+            g = np.zeros(binding.param_shape) if g is None else np.asarray(g).reshape(binding.param_shape)
+            out[name] = be.from_host(g.astype(pdt))
+    return out

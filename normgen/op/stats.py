@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..spec.loader import Center, Scale, Spec
+from ..errors import CallError
+from ..spec import Center, Scale, Spec
 
 
 @dataclass
@@ -112,3 +113,22 @@ def backward_coefficients(spec: Spec, n: float, rstd: np.ndarray, a: np.ndarray,
         per = 1.0 if spec.scale is Scale.L2 else 1.0 / n
         c1 = -rstd * rstd * b * per
     return c0, c1, c2
+
+
+def checks_norms(spec: Spec, eps: float) -> bool:
+    """With eps = 0 a group can have nothing to divide by: see check_norms."""
+    return eps == 0 and spec.scale is not Scale.NONE
+
+
+def check_norms(spec: Spec, kstats, call) -> None:
+    """With eps = 0, a group without spread (std), of zeros (rms) or a weight row of zeros
+    (l2, weight norm) has no x̂: an error, not a silent NaN. (NaN inputs stay NaN in their
+    group: their rstd is NaN, not infinite.)"""
+    if not checks_norms(spec, call.eps):
+        return
+    bad = np.isinf(call.backend.to_host(kstats)[:, 2])
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad.reshape(call.binding.stats_shape))[0])
+        what = {Scale.STD: "zero variance, so (x - mean) / std", Scale.RMS: "zero mean square, so x / rms",
+                Scale.L2: "zero norm, so v / ||v||"}[spec.scale]
+        raise CallError(f"{spec.name}: the group at kept index {where} has {what} is undefined (eps = 0)")

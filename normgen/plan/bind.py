@@ -16,12 +16,13 @@ about loops or hardware.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import CallError
-from ..spec.loader import Spec
+from ..spec import Spec
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,12 @@ class Binding:
     component_dims: tuple[tuple[int, ...], ...]  # for a mixture: stats dims each component keeps
     running_dims: tuple[int, ...] | None  # the stats dims the running statistics index, in running order
 
-    @property
+    @functools.cached_property
     def group_size(self) -> int:
         """Elements per statistic (the product of the reduced sizes)."""
         return math.prod(d.size for d in self.dims if not d.kept)
 
-    @property
+    @functools.cached_property
     def n_groups(self) -> int:
         return math.prod(self.stats_shape)
 
@@ -129,6 +130,9 @@ def bind(spec: Spec, shape: tuple[int, ...], sizes: Mapping[str, Any] | None = N
         else:
             raw.append((item.names[0], item.names[0], dims[0], d, 1))
         d += rank
+
+    if not raw:
+        raise CallError(f"{spec.name}: an input of shape {shape} has no axes to normalize over")
 
     # 3. strides in the statistics, the parameters and the running statistics
     def dims_of(names: tuple[str, ...]) -> list[int]:

@@ -14,11 +14,28 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .fusion import hold_elements
 from .model import Kernel, Plan
 
 #: prefix of each array's stride variables in generated code, and what the array is
-STRIDE_PREFIX = {"x": "xs", "y": "ys", "dy": "dys", "dx": "dxs", "stat": "ss", "param": "ps"}
-_NOUN = {"x": "x", "y": "y", "dy": "dy", "dx": "dx", "stat": "statistics", "param": "parameter"}
+STRIDE_PREFIX = {"x": "xs", "y": "ys", "dy": "dys", "dx": "dxs", "h": "hs", "dh": "dhs", "stat": "ss", "param": "ps"}
+_NOUN = {"x": "x", "y": "y", "dy": "dy", "dx": "dx", "h": "h (the prologue)", "dh": "dh (the prologue's gradient)",
+         "stat": "statistics", "param": "parameter"}
+
+
+def stride_prefix(array: str) -> str:
+    """xs for x, es_residual for the extra input e_residual, ds_residual for its gradient d_residual."""
+    if array in STRIDE_PREFIX:
+        return STRIDE_PREFIX[array]
+    kind, _, name = array.partition("_")
+    return f"{kind}s_{name}"
+
+
+def _noun(array: str) -> str:
+    if array in _NOUN:
+        return _NOUN[array]
+    kind, _, name = array.partition("_")
+    return f"extra input {name}" if kind == "e" else f"gradient of {name}"
 
 
 def _n_param(plan: Plan) -> int:
@@ -36,10 +53,13 @@ LAUNCH_FIELDS: dict[str, tuple[tuple[str, str, Callable[[Plan], int]], ...]] = {
         ("kb_read", "1: the reading pass takes kb rows a step (columns)", lambda p: int(p.launch.kb_read)),
         ("kb_write", "1: the writing pass takes kb rows a step (columns)", lambda p: int(p.launch.kb_write)),
         ("n_param", "elements per parameter", _n_param),
+        ("n_hold", "elements of h a block holds between passes (fused rows)", hold_elements),
     ),
     "cuda": (
         ("n_parts", "parts per group (1: a unit reduces a whole group)", lambda p: p.launch.n_parts),
-        ("threads_per_unit", "threads per unit: 32 (a warp) or the block", lambda p: p.launch.threads_per_unit),
+        ("threads_per_unit", "threads per unit (rows): 32 (a warp) to 1024", lambda p: p.launch.threads_per_unit),
+        ("vec_ok", "1: sizes and strides allow 16-byte loads (pointers are checked too)",
+         lambda p: int(p.launch.vec_ok)),
         ("n_param", "elements per parameter", _n_param),
     ),
 }
@@ -55,7 +75,7 @@ def geometry_fields(kernel: Kernel) -> tuple[Field, ...]:
     """The entries of the geometry vector of a kernel, in order."""
     out = [Field(f"n_{d.name}", f"size of {d.label}") for d in kernel.dims]
     for a in kernel.arrays + ("stat", "param"):
-        out += [Field(f"{STRIDE_PREFIX[a]}_{d.name}", f"{_NOUN[a]} stride along {d.label}") for d in kernel.dims]
+        out += [Field(f"{stride_prefix(a)}_{d.name}", f"{_noun(a)} stride along {d.label}") for d in kernel.dims]
     return tuple(out) + tuple(Field(name, doc) for name, doc, _ in LAUNCH_FIELDS[kernel.target])
 
 

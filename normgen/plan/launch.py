@@ -1,17 +1,14 @@
-"""Pass 6 of the planner: how the units of work of a plan run, per target.
+"""Pass 6 of the planner on the CPU: how the units of work of a plan run (the GPU's rules
+are in launch_cuda.py).
 
 cpu   fused (statistics, then normalize while the group is hot in cache) when there are
       enough groups to keep every thread busy; otherwise each group's reduction is split
       into parts, merged with Chan's formula, then applied. Work below `PARALLEL_MIN`
       elements runs on the calling thread (waking the others costs more). Columns plans
       also choose their tiles and whether rows lying back to back are taken `kb` at a time.
-cuda  a warp per group when a group has at most 4096 elements (8 groups a block), else a
-      block of 256 or 512 threads per group; groups are split into parts when there are
-      too few to fill every SM twice. Columns: a 2-D block, x over a tile of whole columns
-      (with their tail), y over rows; rows are split into parts to fill the GPU.
 
-The steps a call runs and how parameter gradients are reduced are decided here too, so
-that `normgen plan` prints exactly what will run.
+The steps a call runs and how parameter gradients are reduced (both targets) are decided
+here too, so that `normgen plan` prints exactly what will run.
 """
 
 from __future__ import annotations
@@ -36,21 +33,21 @@ COL_APPLY = 1024
 COL_READ_MAX_TILE = 64
 #: below this many elements one thread is faster than waking the others
 PARALLEL_MIN = 32 * 1024
-#: threads of the CUDA merge kernels (one thread per group)
-MERGE_BLOCK = 256
 
 _READS = {Direction.FORWARD: ("x",), Direction.BACKWARD: ("x", "dy")}
 _WRITES = {Direction.FORWARD: ("x", "y"), Direction.BACKWARD: ("x", "dy", "dx")}
 
 
-def _sizes_strides(dims: tuple[PDim, ...]) -> dict:
+def sizes_strides(dims: tuple[PDim, ...]) -> dict:
     arrays = [a for a, _ in dims[0].strides]
     return {"sizes": tuple(d.size for d in dims),
             "strides": tuple((a, tuple(d.s(a) for d in dims)) for a in arrays)}
 
 
-def cpu_launch(dims: tuple[PDim, ...], lay: Layout, direction: Direction, threads: int, options: Options) -> Launch:
-    """(parts, blocks, chunk sizes, row blocking) for the Numba kernels on `threads` threads."""
+def cpu_launch(dims: tuple[PDim, ...], lay: Layout, direction: Direction, threads: int, options: Options,
+               whole_groups: bool = False) -> Launch:
+    """(parts, blocks, chunk sizes, row blocking) for the Numba kernels on `threads` threads;
+    `whole_groups`: one unit per group (a quantized output needs the group's absmax before writing)."""
     parts = options.parts
     n_groups = math.prod(dims[i].size for i in lay.groups)
     n_rows = math.prod(dims[i].size for i in lay.rows)
@@ -75,9 +72,11 @@ def cpu_launch(dims: tuple[PDim, ...], lay: Layout, direction: Direction, thread
         def back_to_back(arrays: tuple[str, ...]) -> bool:
             return whole and all(dims[lay.rows[0]].s(a) == tile for a in arrays)
 
+        # a fused spec's passes touch every x-like array (extras, h, gradients)
+        fused_arrays = tuple(a for a, _ in dims[0].strides if a not in ("stat", "param") + _WRITES[direction])
         read_ok = direction is Direction.BACKWARD or tile <= COL_READ_MAX_TILE
-        kb_read = read_ok and back_to_back(_READS[direction])
-        kb_write = back_to_back(_WRITES[direction])
+        kb_read = read_ok and back_to_back(_READS[direction] + fused_arrays)
+        kb_write = back_to_back(_WRITES[direction] + fused_arrays)
     want = 2 * threads
     if parts is not None:
         n_parts = max(1, min(units_per_group, parts))
@@ -85,43 +84,12 @@ def cpu_launch(dims: tuple[PDim, ...], lay: Layout, direction: Direction, thread
         n_parts = 1
     else:
         n_parts = max(1, min(units_per_group, -(-want // n_groups)))
+    if whole_groups:
+        n_parts = 1
     n_blocks = max(1, min(n_groups * n_parts, 4 * threads))
-    return Launch(**_sizes_strides(dims), n_parts=n_parts, fused=n_parts == 1, n_blocks=n_blocks,
+    return Launch(**sizes_strides(dims), n_parts=n_parts, fused=n_parts == 1, n_blocks=n_blocks,
                   threads=1 if total < PARALLEL_MIN else min(threads, n_blocks), seg=seg, row_chunk=row_chunk,
                   kb=kb, kb_read=kb_read, kb_write=kb_write)
-
-
-def cuda_launch(dims: tuple[PDim, ...], lay: Layout, sms: int, options: Options) -> Launch:
-    """(parts, grid, block, threads per unit) for the CUDA kernels on a GPU with `sms` SMs."""
-    parts = options.parts
-    n_groups = math.prod(dims[i].size for i in lay.groups)
-    n_rows = math.prod(dims[i].size for i in lay.rows)
-    want = 2 * sms
-    if lay.strategy is Strategy.ROWS:
-        elems = n_rows * dims[lay.inner].size
-        tpu = 32 if elems <= 4096 else (512 if elems >= 65536 else 256)
-        block = 256 if tpu == 32 else tpu
-        per_block = block // tpu
-        n_parts = 1
-        if parts is not None:
-            n_parts = max(1, min(parts, elems))
-        elif n_groups < want * per_block and elems >= 8 * tpu:
-            n_parts = max(1, min(-(-want * per_block // max(n_groups, 1)), elems // (4 * tpu)))
-        grid = -(-n_groups * n_parts // per_block)
-        return Launch(**_sizes_strides(dims), n_parts=n_parts, fused=n_parts == 1, grid=grid, block=(block, 1),
-                      threads_per_unit=tpu)
-    tail_size = dims[lay.tail].size if lay.tail is not None else 1
-    per_tile = max(1, 32 // tail_size)
-    bx = min(per_tile, dims[lay.inner].size) * tail_size
-    by = max(1, min(8, 1024 // bx))
-    tiles = -(-dims[lay.inner].size // per_tile) * n_groups
-    if parts is not None:
-        n_parts = max(1, min(parts, n_rows))
-    else:
-        n_parts = max(1, min(-(-2 * want // tiles), max(1, n_rows // (4 * by))))
-    # the columns kernels always merge their parts in a kernel of their own
-    return Launch(**_sizes_strides(dims), n_parts=n_parts, fused=False, grid=tiles * n_parts, block=(bx, by),
-                  threads_per_unit=bx * by)
 
 
 def param_grads(target: str, lay: Layout, dims: tuple[PDim, ...], direction: Direction, has_params: bool,
@@ -137,20 +105,12 @@ def param_grads(target: str, lay: Layout, dims: tuple[PDim, ...], direction: Dir
     return ParamGrads.PER_GROUP if affine_in_groups else ParamGrads.REDUCTION
 
 
-def steps(target: str, direction: Direction, la: Launch, n_groups: int, grads: ParamGrads,
-          params_launch: Launch | None) -> tuple[Step, ...]:
-    """The kernel launches (and host work) of a training call, in order."""
-    if target == "cpu":
-        where = (f"{la.n_blocks} blocks on the calling thread" if la.threads == 1
-                 else f"{la.n_blocks} blocks over {la.threads} threads")
-        merge = Step("host", "", "merge the parts (Chan), finalize mean and rstd" if direction is Direction.FORWARD
-                     else "add the parts, coefficients of dx")
-    else:
-        where = f"grid {la.grid} x block {la.block}"
-        merge_where = f"grid {-(-n_groups // MERGE_BLOCK)} x block ({MERGE_BLOCK}, 1)"
-        merge = Step(f"{direction.value}_merge", merge_where,
-                     "merge the parts (Chan), finalize" if direction is Direction.FORWARD
-                     else "add the parts, coefficients of dx")
+def steps(direction: Direction, la: Launch, n_groups: int, grads: ParamGrads) -> tuple[Step, ...]:
+    """The work of a training call on the CPU, in order (CUDA: traffic.py)."""
+    where = (f"{la.n_blocks} blocks on the calling thread" if la.threads == 1
+             else f"{la.n_blocks} blocks over {la.threads} threads")
+    merge = Step("host", "", "merge the parts (Chan), finalize mean and rstd" if direction is Direction.FORWARD
+                 else "add the parts, coefficients of dx")
     parts = f"{la.n_parts} parts per group"
     if direction is Direction.FORWARD:
         if la.fused:
@@ -163,9 +123,6 @@ def steps(target: str, direction: Direction, la: Launch, n_groups: int, grads: P
     else:
         out = [Step("backward_partial", where, f"sums of g and g·x̂ over {parts}"), merge,
                Step("backward_apply", where, "dx")]
-    if grads is ParamGrads.REDUCTION and params_launch is not None:
-        out.append(Step("param_partial", f"grid {params_launch.grid} x block {params_launch.block}",
-                        "sums of dy·x̂ and dy per parameter index (the parameter-gradient reduction)"))
     if grads is not ParamGrads.NONE:
         out.append(Step("host", "", f"parameter gradients: {grads.value} partials, summed in a fixed order"))
     return tuple(out)

@@ -14,7 +14,9 @@ import enum
 from dataclasses import dataclass, field
 
 from ..spec import Center, Scale
+from ..spec.expr import Expr
 from .bind import Binding
+from .device import Device
 
 
 class Strategy(enum.Enum):
@@ -44,8 +46,51 @@ class ParamGrads(enum.Enum):
     REDUCTION = "second reduction"  # cuda rows, parameters vary inside a group: `Plan.params`, its own plan
 
 
-#: the x-like arrays (shaped like x) each direction touches, besides statistics and parameters
+#: the x-like arrays (shaped like x) each direction touches, besides statistics and parameters; a
+#: fused spec adds its extra inputs "e_<name>", the prologue "h" (forward: written when kept;
+#: backward: read), the prologue's incoming gradient "dh" and the extras' gradients "d_<name>"
 ARRAYS = {Direction.FORWARD: ("x", "y"), Direction.BACKWARD: ("x", "dy", "dx")}
+
+
+def extra_array(name: str) -> str:
+    """The array name of a fused spec's extra input in plans and generated code."""
+    return f"e_{name}"
+
+
+def extra_grad(name: str) -> str:
+    """The array name of an extra input's gradient."""
+    return f"d_{name}"
+
+
+class HSource(enum.Enum):
+    """Where a pass finds h, the value that is normalized (x itself without a prologue)."""
+
+    X = "x"  # no prologue: h is x
+    RECOMPUTE = "recompute"  # evaluate the prologue again from x and the extra inputs
+    STORED = "stored"  # read the h array (a kept prologue, written by the forward)
+    HELD = "held"  # forward, rows, one unit per group: the moments pass held the group's h in scratch
+    FROM_Y = "from y"  # backward of save="y": x_hat = (y - bias) / weight, no x at all
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """What a fused spec adds to a kernel, and where the plan takes h from (plan/fusion.py decides)."""
+
+    prologue: Expr | None
+    epilogue: Expr | None
+    pro_inputs: tuple[str, ...]  # extra inputs the prologue reads
+    epi_inputs: tuple[str, ...]  # extra inputs the epilogue reads
+    keep: bool  # forward: h is written
+    h_from: HSource  # forward: the normalizing pass; backward: every pass
+    quantize: str | None = None  # forward: the output is quantized per group
+    dh: bool = False  # backward: a gradient for h is added before the prologue's chain rule
+    grads: tuple[str, ...] = ()  # backward: extras whose gradients are written (the others equal dx)
+    reads_x: bool = True  # backward: the kernels read x (for h or for the prologue's derivatives)
+    reads_pro: bool = True  # backward: ... and the prologue's extra inputs
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.pro_inputs + self.epi_inputs))
 
 
 @dataclass(frozen=True)
@@ -53,6 +98,8 @@ class Options:
     """Planner options that are not properties of the call (tests, experiments)."""
 
     parts: int | None = None  # split every reduction into this many parts (exercises the phased kernels)
+    copies: int | None = None  # cuda: units per group of the fused kernels that keep groups in registers
+    registers: bool = True  # cuda: False streams groups twice instead of keeping them in registers
 
 
 @dataclass(frozen=True)
@@ -91,16 +138,21 @@ class Kernel:
     has_weight: bool
     has_bias: bool
     reduction: Reduction = Reduction.STATS
+    # cuda: what the CUDA kernels are compiled for (see launch_cuda.py)
+    vec: int = 1  # elements per 16-byte load along the contiguous inner dim (1: the inner dim is strided)
+    cache: int = 0  # rows: vector slots per thread per array the fused kernels keep in registers (0: stream)
+    tile: tuple[int, int] = (0, 0)  # columns: a block's threads along the row tile (each `vec` elements) x rows
+    copies: int = 1  # rows: units per group of the fused kernels (Launch.n_copies)
+    span: int = 1  # columns: columns among a thread's `vec` elements of a row (1: they are in one column)
+    wide: bool = False  # a group has 2**31 elements or more: 64-bit indices inside groups
+    arrays: tuple[str, ...] = ()  # the x-like arrays of the call (ARRAYS[direction] unless fused)
+    fusion: Fusion | None = None
 
     def stride_class(self, array: str, dim: int | None) -> str:
         """'1' contiguous, '0' constant, 's' strided: how `array` moves along `dim`."""
         if dim is None:
             return "0"
         return dict(self.unit_stride)[f"{array}@{self.dims[dim].name}"]
-
-    @property
-    def arrays(self) -> tuple[str, ...]:
-        return ARRAYS[self.direction]
 
     @property
     def affine(self) -> bool:
@@ -126,19 +178,38 @@ class Launch:
     # cuda
     grid: int = 0  # blocks
     block: tuple[int, int] = (0, 0)  # threads (x, y)
-    threads_per_unit: int = 0  # rows: 32 (a warp) or the whole block
+    threads_per_unit: int = 0  # rows: a power of two from 32 (a warp) to 1024
+    n_copies: int = 1  # rows, fused: units per group, each reading the whole group and normalizing its share
+    vec_ok: bool = False  # sizes and strides allow `Kernel.vec`-wide loads (pointers are checked at run time)
+    merge_grid: int = 0  # the merge kernels: a warp per group
+    merge_block: int = 0
 
     def stride(self, array: str) -> tuple[int, ...]:
         return dict(self.strides)[array]
 
+    @property
+    def pieces(self) -> int:
+        """Units per group in the partial and apply kernels: parts, and copies of fused plans."""
+        return self.n_parts * self.n_copies
+
 
 @dataclass(frozen=True)
 class Step:
-    """One kernel launch of a call, in the order a training call runs them."""
+    """One kernel launch (or host work) of a call, in the order the call runs them."""
 
-    entry: str  # the kernel's entry point, e.g. "forward_partial"
+    entry: str  # the kernel's entry point, e.g. "forward_partial"; "host" for work on the host
     launch: str  # how it runs: "16 blocks over 2 threads", "grid 512 x block (256, 1)"
     what: str  # what it computes, in a few words
+    # cuda: the launch, and the traffic model's bytes to and from DRAM (plan/traffic.py)
+    grid: tuple[int, int, int] = (0, 0, 0)
+    block: tuple[int, int, int] = (0, 0, 0)
+    shared_bytes: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+    @property
+    def threads(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2] * self.block[0] * self.block[1] * self.block[2]
 
 
 @dataclass(frozen=True)
@@ -146,6 +217,9 @@ class Plan:
     kernel: Kernel
     launch: Launch
     binding: Binding = field(compare=False, repr=False)
-    steps: tuple[Step, ...] = ()
+    steps: tuple[Step, ...] = ()  # a training call
     param_grads: ParamGrads = ParamGrads.NONE
     params: Plan | None = None  # the parameter-gradient reduction, when param_grads is REDUCTION
+    device: Device | None = field(default=None, compare=False)  # cuda: the GPU planned for
+    eval_steps: tuple[Step, ...] = ()  # an evaluation call (forward with running statistics)
+    min_bytes: int = 0  # cuda: the inputs read once and every output written once (plan/traffic.py)

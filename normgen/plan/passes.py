@@ -112,19 +112,20 @@ def _name(axes: tuple[str, ...], binding: Binding) -> str:
     return "_".join(parts)
 
 
-def choose_strategy(dims: tuple[PDim, ...]) -> Layout:
+def choose_strategy(dims: tuple[PDim, ...], columns: bool = True) -> Layout:
     """Pass 5: rows or columns, and which dims are groups, rows, inner (and tail).
 
     Columns when a kept dim is innermost (or has a reduced tail shorter than ROW_MIN), its
     row tile is contiguous in every array, there are reduced dims outside it to walk as
-    rows, and the parameters do not vary along those rows; rows otherwise (any strides).
+    rows, and the parameters do not vary along those rows; rows otherwise (any strides),
+    and always when `columns` is False (a quantized output needs whole groups per unit).
     """
     kept = [i for i, d in enumerate(dims) if d.kept]
     last_kept = kept[-1] if kept else None
     tail = list(range(last_kept + 1, len(dims))) if last_kept is not None else []
     tail_size = math.prod(dims[i].size for i in tail)
     outer_reduced = [i for i, d in enumerate(dims) if not d.kept and (last_kept is None or i < last_kept)]
-    columns = (last_kept is not None and outer_reduced and len(tail) <= 1
+    columns = (columns and last_kept is not None and outer_reduced and len(tail) <= 1
                and (not tail or tail_size < ROW_MIN)
                and _dense_tile(dims, last_kept, tail[0] if tail else None)
                and not any(dims[i].s("param") for i in outer_reduced))

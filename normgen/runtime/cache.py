@@ -165,6 +165,8 @@ def info() -> dict[str, object]:
 def clear() -> int:
     """Delete the cache folder's contents; returns the number of modules removed."""
     root = cache_dir()
+    with _lock:
+        _loaded.clear()  # modules this process loaded (from this or another folder) are built again
     if not root.is_dir():
         return 0
     n = len(list(root.rglob("kernels.py")))

@@ -17,8 +17,9 @@ from typing import Callable
 import numpy as np
 
 from ..codegen import PRELUDE_DIR
-from ..codegen.abi import order
+from ..codegen.abi import arguments
 from ..codegen.render import render
+from ..plan.fusion import hold_elements
 from ..plan.geometry import geometry_values
 from ..plan.model import Direction, Options, Plan, Strategy
 from ..plan.planner import make_plan
@@ -69,16 +70,30 @@ def geometry(plan: Plan) -> np.ndarray:
 
 def run(plan: Plan, entry: str, **values) -> None:
     """Run the kernel `entry` over the plan's blocks, on as many threads as the plan says."""
-    k, la = plan.kernel, plan.launch
-    values["g"] = geometry(plan)
-    if k.strategy is Strategy.COLUMNS:
+    fn, names, g = launcher(plan, entry)
+    values["g"] = g
+    if plan.kernel.strategy is Strategy.COLUMNS:
         values["scratch"], values["scratch_dt"] = _scratch(plan, values["x"].dtype)
-    args = order(k, entry, values, skip=("blk_lo", "blk_hi"))
-    fn = getattr(module(k), entry)
+    elif plan.kernel.fusion is not None:  # a fused rows kernel: h held between passes
+        values["scratch_dt"] = np.empty(max(1, plan.launch.n_blocks * hold_elements(plan)), values["x"].dtype)
+    args = [values[n] for n in names]
+    la = plan.launch
     if la.threads <= 1:
         fn(*args, 0, la.n_blocks)
     else:
         split(fn, la.n_blocks, la.threads, *args)
+
+
+def launcher(plan: Plan, entry: str):
+    """(compiled kernel, argument names in order, geometry vector) of a plan's entry point,
+    worked out once per plan: repeated calls only gather their arrays."""
+    cache = plan.__dict__.setdefault("_launchers", {})
+    found = cache.get(entry)
+    if found is None:
+        k = plan.kernel
+        names = tuple(a.name for a in arguments(k, entry) if a.name not in ("blk_lo", "blk_hi"))
+        found = cache[entry] = (getattr(module(k), entry), names, geometry(plan))
+    return found
 
 
 def _scratch(plan: Plan, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -86,11 +101,21 @@ def _scratch(plan: Plan, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     per-element constants, for kb rows of a tile of seg columns x tail elements."""
     la, k = plan.launch, plan.kernel
     td = la.seg * (la.sizes[k.tail] if k.tail is not None else 1) * la.kb
-    return np.empty(la.n_blocks * (5 * td + 2 * la.seg), np.float64), np.empty(la.n_blocks * 4 * td, dtype)
+    f64 = 6 if k.fusion is not None and k.direction is Direction.BACKWARD else 5  # fused: the bias per element too
+    return np.empty(la.n_blocks * (f64 * td + 2 * la.seg), np.float64), np.empty(la.n_blocks * 4 * td, dtype)
 
 
 def _param(p: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
     return np.zeros(1, dtype) if p is None else np.ascontiguousarray(p).reshape(-1)
+
+
+def _fused(fx: dict | None, dtype: np.dtype) -> dict:
+    """A fused call's other arrays as the kernels take them: x-like arrays as flat views, the
+    bias (backward) as a parameter, a quantized output's scales as they are."""
+    out = {}
+    for name, a in (fx or {}).items():
+        out[name] = _param(a, dtype) if name == "bias" else a.reshape(-1) if name == "qscale" else flat(a)
+    return out
 
 
 def _flat_stats(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -119,6 +144,12 @@ def _reduce_dparams(plan: Plan, dparams: np.ndarray) -> tuple[np.ndarray | None,
     return total[0], total[1]
 
 
+@functools.lru_cache(maxsize=64)
+def dtype_name(dtype: np.dtype) -> str:
+    """np.dtype.name, remembered (NumPy computes it in Python on every access)."""
+    return dtype.name
+
+
 class CpuBackend:
     """NumPy arrays on the CPU: Numba kernels, statistics merged and finalized on the host."""
 
@@ -130,7 +161,7 @@ class CpuBackend:
         return isinstance(a, np.ndarray)
 
     def dtype(self, a) -> str:
-        return a.dtype.name
+        return dtype_name(a.dtype)
 
     def stat_dtype(self, dtype: str) -> np.dtype:
         return np.dtype(dtype)
@@ -169,7 +200,11 @@ class CpuBackend:
         return ("cpu", threads())
 
     # ---- forward ----
-    def train_forward(self, plan: Plan, x, y, w, b, eps: float, finalize: Callable[[np.ndarray], np.ndarray]):
+    # A fused spec's other arrays come in `fx` by their names in the plan (plan/model.py ARRAYS):
+    # "e_<name>" extra inputs, "h" (forward: written when kept; backward: read), "dh", "d_<name>",
+    # "y" (backward of save="y"), "bias" (backward), "qscale" (a quantized forward's scales).
+    def train_forward(self, plan: Plan, x, y, w, b, eps: float, finalize: Callable[[np.ndarray], np.ndarray],
+                      fx: dict | None = None):
         """Statistics and normalization: (moments [g, 3] (count, mean, M2), kstats [g, 3]).
 
         `finalize(moments) -> kstats` turns merged moments into what the kernels use
@@ -179,47 +214,47 @@ class CpuBackend:
             moments = np.empty(_n_stat(plan) * 3, np.float64)
             kstats = np.empty(_n_stat(plan) * 3, x.dtype)
             run(plan, "forward_fused", x=flat(x), y=flat(y), weight=_param(w, x.dtype), bias=_param(b, x.dtype),
-                moments=moments, kstats=kstats, eps=float(eps))
+                moments=moments, kstats=kstats, eps=float(eps), **_fused(fx, x.dtype))
             return moments.reshape(-1, 3), kstats.reshape(-1, 3)
-        moments = self.moments(plan, x)
+        moments = self.moments(plan, x, fx)
         kstats = finalize(moments)
-        self.apply(plan, x, y, w, b, kstats)
+        self.apply(plan, x, y, w, b, kstats, fx)
         return moments, kstats
 
-    def moments(self, plan: Plan, x) -> np.ndarray:
+    def moments(self, plan: Plan, x, fx: dict | None = None) -> np.ndarray:
         """(count, mean, M2) per group [g, 3], the parts merged in order."""
         parts = np.zeros(_n_stat(plan) * plan.launch.n_parts * 3, np.float64)
-        run(plan, "forward_partial", x=flat(x), moments=parts)
+        run(plan, "forward_partial", x=flat(x), moments=parts, **_fused(fx, x.dtype))
         return merge_parts(parts.reshape(-1, plan.launch.n_parts, 3))
 
-    def apply(self, plan: Plan, x, y, w, b, kstats) -> None:
+    def apply(self, plan: Plan, x, y, w, b, kstats, fx: dict | None = None) -> None:
         run(plan, "forward_apply", x=flat(x), y=flat(y), weight=_param(w, x.dtype), bias=_param(b, x.dtype),
-            kstats=_flat_stats(kstats, x.dtype))
+            kstats=_flat_stats(kstats, x.dtype), **_fused(fx, x.dtype))
 
     # ---- backward ----
-    def train_backward(self, plan: Plan, x, dy, dx, w, kstats, coefficients):
+    def train_backward(self, plan: Plan, x, dy, dx, w, kstats, coefficients, fx: dict | None = None):
         """dx and (dweight, dbias) in training mode; `coefficients(a, b) -> [g, 3]` when phased."""
         if plan.launch.fused:
             dparams = _dparams(plan)
             run(plan, "backward_fused", x=flat(x), dy=flat(dy), dx=flat(dx), weight=_param(w, x.dtype),
-                kstats=_flat_stats(kstats, x.dtype), dparams=dparams)
+                kstats=_flat_stats(kstats, x.dtype), dparams=dparams, **_fused(fx, x.dtype))
             return _reduce_dparams(plan, dparams)
-        a, b, dw, db = self.grad_sums(plan, x, dy, w, kstats)
-        self.grad_apply(plan, x, dy, dx, w, kstats, coefficients(a, b))
+        a, b, dw, db = self.grad_sums(plan, x, dy, w, kstats, fx)
+        self.grad_apply(plan, x, dy, dx, w, kstats, coefficients(a, b), fx)
         return dw, db
 
-    def grad_sums(self, plan: Plan, x, dy, w, kstats):
+    def grad_sums(self, plan: Plan, x, dy, w, kstats, fx: dict | None = None):
         """(sum g, sum g x_hat) per group on the host, and (dweight, dbias)."""
         sums = np.zeros(_n_stat(plan) * plan.launch.n_parts * 2, np.float64)
         dparams = _dparams(plan)
         run(plan, "backward_partial", x=flat(x), dy=flat(dy), weight=_param(w, x.dtype),
-            kstats=_flat_stats(kstats, x.dtype), sums=sums, dparams=dparams)
+            kstats=_flat_stats(kstats, x.dtype), sums=sums, dparams=dparams, **_fused(fx, x.dtype))
         sums = sums.reshape(-1, plan.launch.n_parts, 2)
         return sums[:, :, 0].sum(axis=1), sums[:, :, 1].sum(axis=1), *_reduce_dparams(plan, dparams)
 
-    def grad_apply(self, plan: Plan, x, dy, dx, w, kstats, coef: np.ndarray) -> None:
+    def grad_apply(self, plan: Plan, x, dy, dx, w, kstats, coef: np.ndarray, fx: dict | None = None) -> None:
         run(plan, "backward_apply", x=flat(x), dy=flat(dy), dx=flat(dx), weight=_param(w, x.dtype),
-            kstats=_flat_stats(kstats, x.dtype), coef=_flat_stats(coef, x.dtype))
+            kstats=_flat_stats(kstats, x.dtype), coef=_flat_stats(coef, x.dtype), **_fused(fx, x.dtype))
 
 
 BACKEND = CpuBackend()

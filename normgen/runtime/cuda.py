@@ -21,14 +21,16 @@ import numpy as np
 
 from ..codegen.abi import order
 from ..codegen.render import render
+from ..errors import CallError
+from ..plan.device import Device, from_cupy
 from ..plan.geometry import geometry_values
-from ..plan.launch import MERGE_BLOCK
 from ..plan.model import Direction, Options, ParamGrads, Plan, Reduction, Strategy
 from ..plan.planner import make_plan
+from ..plan.traffic import param_partial_entries, pgrad_entries
 from . import cache
 from .arrays import BF16, bits, elem_strides
 
-_KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(')
+_KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\([\d, ]+\) )?(\w+)\(')
 
 
 class CupyDevice:
@@ -40,7 +42,7 @@ class CupyDevice:
         import cupy
 
         self.cp = cupy
-        self.sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+        self.profile = from_cupy(cupy)  # what the planner plans for
 
     def target_id(self) -> str:
         dev = self.cp.cuda.Device()
@@ -86,9 +88,7 @@ def device_name() -> str:
     dev = cupy_device()
     if dev is None:
         return "the CPU emulator (no CUDA GPU visible to CuPy)"
-    props = dev.cp.cuda.runtime.getDeviceProperties(dev.cp.cuda.Device().id)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    return f"{name} ({dev.sms} SMs, CuPy {dev.cp.__version__})"
+    return f"{dev.profile.name} ({dev.profile.sms} SMs, CuPy {dev.cp.__version__})"
 
 
 class CudaBackend:
@@ -140,9 +140,13 @@ class CudaBackend:
         return self.device.asarray(np.ascontiguousarray(a))
 
     def plan(self, binding, arrays, direction: Direction, dtype: str, has_weight: bool, has_bias: bool,
-             options: Options) -> Plan:
+             options: Options, device: Device | None = None) -> Plan:
+        """The plan for this backend's device, or for `device` (a profile: to print, not to run)."""
+        if binding.spec.fuse is not None or (direction is Direction.BACKWARD and "y" in arrays):
+            raise CallError(f"{binding.spec.name}: fused specs (prologue, epilogue, quantize) and save='y' run on "
+                            "the CPU backend; the CUDA templates for them are not built yet")
         return make_plan(binding, arrays, direction=direction, dtype=dtype, has_weight=has_weight,
-                         has_bias=has_bias, target="cuda", sms=self.device.sms, options=options)
+                         has_bias=has_bias, target="cuda", device=device or self.device.profile, options=options)
 
     def plan_key(self) -> tuple:
         return ("cuda", id(self.device))
@@ -175,10 +179,10 @@ class CudaBackend:
         self.device.launch(self.module(plan), entry, la.grid, la.block, args)
 
     def run_merge(self, plan: Plan, entry: str, **values) -> None:
-        """A merge kernel: one thread per group (`n_groups`)."""
+        """A merge kernel: a warp per group, as the plan launches it."""
         args = order(plan.kernel, entry, values)
-        grid = -(-int(values["n_groups"]) // MERGE_BLOCK)
-        self.device.launch(self.module(plan), entry, grid, (MERGE_BLOCK, 1), args)
+        la = plan.launch
+        self.device.launch(self.module(plan), entry, la.merge_grid, (la.merge_block, 1), args)
 
     def _param(self, p, dtype):
         if p is None:
@@ -208,11 +212,11 @@ class CudaBackend:
 
     def _merged_moments(self, plan: Plan, x, kstats, eps: float):
         ng = self._n_groups(plan)
-        parts = self.device.empty((ng * plan.launch.n_parts, 3), np.float64)
+        parts = self.device.empty((ng * plan.launch.pieces, 3), np.float64)
         self.run(plan, "forward_partial", x=x, moments=parts)
         moments = self.device.empty((ng, 3), np.float64)
         self.run_merge(plan, "forward_merge", parts=parts, moments=moments, kstats=kstats, n_groups=np.int64(ng),
-                       n_parts=np.int64(plan.launch.n_parts), eps=np.float64(eps))
+                       n_parts=np.int64(plan.launch.pieces), eps=np.float64(eps))
         return moments
 
     def moments(self, plan: Plan, x) -> np.ndarray:
@@ -241,7 +245,7 @@ class CudaBackend:
             sums, pgrad = self._partial_sums(plan, x, dy, w, kstats)
             coef = self._stats(ng, dtype)
             self.run_merge(plan, "backward_merge", sums=sums, kstats=kstats, totals=totals, coef=coef,
-                           n_groups=np.int64(ng), n_parts=np.int64(plan.launch.n_parts),
+                           n_groups=np.int64(ng), n_parts=np.int64(plan.launch.pieces),
                            count=np.float64(plan.binding.group_size))
             self.run(plan, "backward_apply", x=x, dy=dy, dx=dx, weight=self._param(w, dtype), kstats=kstats,
                      coef=coef)
@@ -249,10 +253,10 @@ class CudaBackend:
 
     def _partial_sums(self, plan: Plan, x, dy, w, kstats):
         ng = self._n_groups(plan)
-        sums = self.device.empty((ng * plan.launch.n_parts, 4), np.float64)
+        sums = self.device.empty((ng * plan.launch.pieces, 4), np.float64)
         pgrad = None  # the columns kernels always write per-element partials of dy·x̂ and dy
         if plan.kernel.strategy is Strategy.COLUMNS:
-            pgrad = self.device.empty((_pgrad_len(plan), 2), np.float64)
+            pgrad = self.device.empty((pgrad_entries(plan.kernel, plan.launch), 2), np.float64)
         self.run(plan, "backward_partial", x=x, dy=dy, weight=self._param(w, plan.kernel.dtype), kstats=kstats,
                  sums=sums, pgrad=pgrad)
         return sums, pgrad
@@ -261,7 +265,7 @@ class CudaBackend:
         """(sum g, sum g x_hat) per group on the host, and (dweight, dbias)."""
         ng = self._n_groups(plan)
         sums, pgrad = self._partial_sums(plan, x, dy, w, kstats)
-        host = self.to_host(sums).reshape(ng, plan.launch.n_parts, 4).sum(axis=1)
+        host = self.to_host(sums).reshape(ng, plan.launch.pieces, 4).sum(axis=1)
         dw, db = self._param_grads(plan, x, dy, kstats, self.from_host(host), pgrad)
         return host[:, 0], host[:, 1], dw, db
 
@@ -284,25 +288,15 @@ class CudaBackend:
         else:  # ParamGrads.REDUCTION: the plan's second reduction, over the parameter indices
             pplan = plan.params
             if pplan.kernel.strategy is Strategy.COLUMNS:
-                length, index = _pgrad_len(pplan), _columns_param_index(pplan)
+                index = _columns_param_index(pplan)
             else:
-                ng = max(1, math.prod(pplan.launch.sizes[i] for i in pplan.kernel.groups))
-                length = ng * pplan.launch.n_parts
                 index = np.repeat(_group_param_index(pplan), pplan.launch.n_parts)
-            partial = self.device.empty((length, 2), np.float64)
+            partial = self.device.empty((param_partial_entries(pplan), 2), np.float64)
             self.run(pplan, "param_partial", x=x, dy=dy, kstats=kstats, partial=partial)
             part = self.to_host(partial)
         dw = np.bincount(index, weights=part[:, 0], minlength=n_param)
         db = np.bincount(index, weights=part[:, 1], minlength=n_param)
         return dw, db
-
-
-def _pgrad_len(plan: Plan) -> int:
-    """Entries of the columns kernels' per-element partial sums."""
-    k, la = plan.kernel, plan.launch
-    n_groups = math.prod(la.sizes[i] for i in k.groups)
-    tail = la.sizes[k.tail] if k.tail is not None else 1
-    return n_groups * la.n_parts * la.sizes[k.inner] * tail
 
 
 def _offsets(sizes: list[int], strides: list[int]) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..plan.device import EMULATOR
 from ..testing.cuda_emu import compile_source, driver
 from .arrays import bits, flat
 
@@ -18,7 +19,7 @@ class EmuDevice:
     """The CUDA kernels on the CPU emulator (NumPy arrays): for CI and for tests."""
 
     name = "emulator"
-    sms = 4  # few SMs: small shapes still take the split (multi-part) paths
+    profile = EMULATOR  # few SMs: small shapes still take the split (multi-part) paths
 
     def __init__(self, order: str = "forward", seed: int = 0):
         self.order, self.seed = order, seed

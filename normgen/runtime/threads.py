@@ -3,34 +3,77 @@
 The generated kernels release the GIL, so blocks of units run in parallel on Python
 threads. Which thread runs which block changes no result: each block writes its own
 outputs and partial sums.
+
+A forked child (DataLoader workers, multiprocessing with fork, pre-forking servers) has
+the parent's pool object but none of its threads: waiting on it would hang forever. So
+the pool is dropped in every forked child (`os.register_at_fork`) and made anew on first
+use there.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from ..errors import NormgenError
+
 _pool: ThreadPoolExecutor | None = None
-_threads: int | None = None
+_threads: int | None = None  # set by NORMGEN_NUM_THREADS or set_num_threads(): used as given
+_budget: int | None = None  # otherwise: the CPUs this process may use, and OMP_NUM_THREADS
+
+
+def _positive(name: str, text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise NormgenError(f"{name}={text!r} is not a number of threads", allowed="a positive integer, e.g. 4")
+    return n
 
 
 def threads() -> int:
-    """Threads the CPU kernels use: NORMGEN_NUM_THREADS, else the CPUs this process may use."""
-    global _threads
-    if _threads is None:
+    """Threads the CPU kernels use.
+
+    NORMGEN_NUM_THREADS or `set_num_threads(n)` when given. Otherwise the process's thread
+    budget: the CPUs it may use, at most OMP_NUM_THREADS (which torchrun and job schedulers
+    set per worker), and, in a process that has imported PyTorch, at most
+    `torch.get_num_threads()` — so normgen never runs more threads than PyTorch was told to.
+    """
+    global _threads, _budget
+    if _threads is not None:
+        return _threads
+    if _budget is None:
         env = os.environ.get("NORMGEN_NUM_THREADS")
-        _threads = max(1, int(env)) if env else max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                                    else (os.cpu_count() or 1))
-    return _threads
+        if env:
+            _threads = _positive("NORMGEN_NUM_THREADS", env)
+            return _threads
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        omp = os.environ.get("OMP_NUM_THREADS")
+        _budget = max(1, min(cpus, _positive("OMP_NUM_THREADS", omp.split(",")[0]) if omp else cpus))
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        return max(1, min(_budget, torch.get_num_threads()))
+    return _budget
 
 
 def set_num_threads(n: int) -> None:
     """Use n threads from now on (plans made afterwards split their work for n)."""
     global _threads, _pool
-    _threads = max(1, int(n))
+    _threads = _positive("set_num_threads", str(n))
     if _pool is not None:
         _pool.shutdown(wait=True)
         _pool = None
+
+
+def _forget_pool_after_fork() -> None:
+    global _pool
+    _pool = None  # its threads were not forked; a new pool starts on first use
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def split(fn, n: int, t: int, *args) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..op import load
 from ..op.distributed import Group, group_of
 
 TOL = 1e-10  # float64 data: the sharded and the single-process runs differ only in summation order
@@ -57,10 +58,8 @@ def _sum_over_ranks(group: Group, a: np.ndarray) -> np.ndarray:
     return group.gather(np.ascontiguousarray(a, np.float64)).sum(axis=0)
 
 
-def check_batch_norm(group: Group, steps: int = 2) -> None:
+def check_batch_norm(group: Group, sync: str = "allreduce", steps: int = 2) -> None:
     """Batch split unequally (an empty rank when world > 2); running statistics over steps."""
-    from ..op.op import load
-
     op = load("batch_norm")
     rng = np.random.default_rng(7)
     n_total, c = 11, 6
@@ -72,7 +71,8 @@ def check_batch_norm(group: Group, steps: int = 2) -> None:
     for step in range(steps):
         x = rng.standard_normal((n_total, c, 5, 3)) * 3.0 + 2.0
         dy = rng.standard_normal(x.shape)
-        fwd = op.forward(x[mine], w, b, running_mean=rm, running_var=rv, training=True, process_group=group)
+        fwd = op.forward(x[mine], w, b, running_mean=rm, running_var=rv, training=True, process_group=group,
+                         sync=sync)
         ref = op.forward(x, w, b, running_mean=rm_ref, running_var=rv_ref, training=True)
         _close(f"batch_norm step {step} y", fwd.y, ref.y[mine], group.rank)
         grads = op.backward(np.ascontiguousarray(dy[mine]), fwd)
@@ -87,10 +87,8 @@ def check_batch_norm(group: Group, steps: int = 2) -> None:
     _same_everywhere(group, "batch_norm running_var", rv)
 
 
-def check_group_norm_spatial(group: Group) -> None:
+def check_group_norm_spatial(group: Group, sync: str = "allreduce") -> None:
     """group_norm with the image split along H (spatial parallelism): strided shards."""
-    from ..op.op import load
-
     op = load("group_norm")
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 6, 9, 4)) + 1.0
@@ -98,7 +96,7 @@ def check_group_norm_spatial(group: Group) -> None:
     w, b = rng.standard_normal(6), rng.standard_normal(6)
     rows = _bounds(shares(9, group.world), group.rank)
     shard = x[:, :, rows]  # a view: the kernels walk its strides
-    fwd = op.forward(shard, w, b, num_groups=3, process_group=group)
+    fwd = op.forward(shard, w, b, num_groups=3, process_group=group, sync=sync)
     ref = op.forward(x, w, b, num_groups=3)
     _close("group_norm y", fwd.y, ref.y[:, :, rows], group.rank)
     grads = op.backward(dy[:, :, rows], fwd)
@@ -107,10 +105,8 @@ def check_group_norm_spatial(group: Group) -> None:
     _close("group_norm dweight (summed)", _sum_over_ranks(group, grads["weight"]), rgrads["weight"], group.rank)
 
 
-def check_hidden_sharded(group: Group, name: str) -> None:
+def check_hidden_sharded(group: Group, name: str, sync: str = "allreduce") -> None:
     """layer_norm / rms_norm with the hidden dimension (and the parameters) split: tensor parallel."""
-    from ..op.op import load
-
     op = load(name)
     rng = np.random.default_rng(9)
     rows, hidden = 10, 24
@@ -122,7 +118,7 @@ def check_hidden_sharded(group: Group, name: str) -> None:
     cols = _bounds(shares(hidden, group.world), group.rank)
     local = {k: np.ascontiguousarray(v[cols]) for k, v in params.items()}
     width = cols.stop - cols.start
-    fwd = op.forward(x[:, cols], **local, normalized_shape=(width,), process_group=group, eps=1e-5)
+    fwd = op.forward(x[:, cols], **local, normalized_shape=(width,), process_group=group, eps=1e-5, sync=sync)
     ref = op.forward(x, **params, normalized_shape=(hidden,), eps=1e-5)
     _close(f"{name} y", fwd.y, ref.y[:, cols], group.rank)
     grads = op.backward(dy[:, cols], fwd)
@@ -132,15 +128,35 @@ def check_hidden_sharded(group: Group, name: str) -> None:
         _close(f"{name} d{p}", grads[p], rgrads[p][cols], group.rank)
 
 
-def check_all(group: Group) -> list[str]:
+def check_far_offset(group: Group, sync: str = "allreduce") -> None:
+    """float32 rows with mean 1e4 and std 1e-2, the hidden dimension split: the statistics
+    keep their digits (the shifted sums are reduced again around the mean), within the
+    float32 tolerance of `normgen check`, and are bit-identical on every rank."""
+    op = load("layer_norm")
+    rng = np.random.default_rng(10)
+    rows, hidden = 6, 40
+    x = (rng.standard_normal((rows, hidden)) * 1e-2 + 1e4).astype(np.float32)
+    cols = _bounds(shares(hidden, group.world), group.rank)
+    width = cols.stop - cols.start
+    fwd = op.forward(np.ascontiguousarray(x[:, cols]), normalized_shape=(width,), process_group=group, sync=sync)
+    ref = op.forward(x.astype(np.float64), normalized_shape=(hidden,))
+    err = float(np.abs(fwd.y.astype(np.float64) - ref.y[:, cols]).max()) if width else 0.0
+    if not err <= 2e-3:  # x_hat is of order 1; float32 rounding of x - mean with |mean| = 1e4 is ~1e-3 of std
+        raise AssertionError(f"rank {group.rank}: far-offset layer_norm y: max error {err:.2e} > 2e-3")
+    _same_everywhere(group, "far-offset layer_norm statistics", fwd.host)
+
+
+def check_all(group: Group, sync: str = "allreduce") -> list[str]:
     done = []
-    check_batch_norm(group)
+    check_batch_norm(group, sync)
     done.append("batch_norm (unequal shards" + (", an empty rank)" if group.world > 2 else ")"))
-    check_group_norm_spatial(group)
+    check_group_norm_spatial(group, sync)
     done.append("group_norm (split along H)")
     for name in ("layer_norm", "rms_norm"):
-        check_hidden_sharded(group, name)
+        check_hidden_sharded(group, name, sync)
         done.append(f"{name} (hidden split)")
+    check_far_offset(group, sync)
+    done.append("far-offset float32 (mean 1e4, std 1e-2)")
     return done
 
 
@@ -148,7 +164,7 @@ def check_torch_sync_batchnorm(group: Group, process_group: Any = None) -> None:
     """normgen.torch.SyncBatchNorm vs torch.nn.BatchNorm2d over the whole batch, 2 steps."""
     import torch
 
-    from ..torch.modules import SyncBatchNorm
+    from ..torch import SyncBatchNorm  # (torch is optional: imported when this check runs)
 
     torch.manual_seed(0)
     n_total, c = 9, 4
@@ -178,6 +194,17 @@ def check_torch_sync_batchnorm(group: Group, process_group: Any = None) -> None:
         raise AssertionError(f"rank {group.rank}: num_batches_tracked {int(sync.num_batches_tracked)}")
 
 
+def step_bytes(group: Group, shape: tuple[int, ...] = (4, 64, 7, 7)) -> tuple[int, int]:
+    """(sent, received) by this rank in one batch_norm training step (forward and backward)
+    on a fresh group: the payload of every collective, counted."""
+    op = load("batch_norm")
+    x = np.random.default_rng(group.rank).standard_normal(shape)
+    fwd = op.forward(x, running_mean=np.zeros(shape[1]), running_var=np.ones(shape[1]), training=True,
+                     process_group=group)
+    op.backward(x, fwd)
+    return group.bytes_sent, group.bytes_received
+
+
 def run_torch(rank: int, world: int, init_method: str, with_module: bool = True) -> list[str]:
     """One rank of a gloo group on loopback (the target of torch.multiprocessing.spawn)."""
     import torch.distributed as dist
@@ -189,6 +216,7 @@ def run_torch(rank: int, world: int, init_method: str, with_module: bool = True)
         if with_module:
             check_torch_sync_batchnorm(group)
             done.append("normgen.torch.SyncBatchNorm")
+        done.append(f"bytes per step {step_bytes(group_of(distributed=True))}")
         dist.barrier()
         return done
     finally:

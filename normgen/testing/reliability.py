@@ -1,7 +1,8 @@
 """The reliability campaign behind docs/RELIABILITY.md.
 
-    python -m normgen.testing.reliability                     # full counts, rewrites docs/RELIABILITY.md
+    python -m normgen.testing.reliability --update-docs       # full counts, rewrites docs/RELIABILITY.md
     python -m normgen.testing.reliability --quick --out F     # small counts (what CI runs)
+    python -m normgen.testing.reliability                     # full counts, report in the temporary folder
 
 It fuzzes spec files, makes hostile calls, checks hard numerics against the float64
 oracle (and PyTorch's float32 error on the same data, when PyTorch is installed), and
@@ -26,7 +27,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import __version__
+from ..bench.cpu import machine
 from ..errors import CallError, SpecError
+from ..layouts import make_array
+from ..op import load
+from ..paths import repo_root
+from ..spec import parse_spec
+from ..verify import oracle
 
 
 @dataclass
@@ -45,8 +53,7 @@ def fuzz_specs(examples: int, seed: int = 0) -> list[Outcome]:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from . import hostile as strategies  # the strategies the test suite uses
-    from ..spec.loader import parse_spec
+    from . import hostile as strategies  # the strategies the test suite uses (needs hypothesis, a test extra)
 
     out = []
     for label, strategy in (("random text", st.text(max_size=400)),
@@ -114,9 +121,6 @@ def hostile_calls() -> list[Outcome]:
 
 def numerics() -> list[Outcome]:
     """Large offsets in float32: normgen and PyTorch against the float64 oracle."""
-    from ..verify import oracle
-    from ..layouts import make_array
-    from ..op.op import load
 
     try:
         import torch
@@ -234,8 +238,6 @@ def cache_faults(processes: int = 8) -> list[Outcome]:
 
 
 def report(sections: dict[str, list[Outcome]], command: str) -> str:
-    from .. import __version__
-    from ..bench.cpu import machine
 
     m = machine()
     lines = ["# Reliability", "",
@@ -261,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small counts (CI)")
     ap.add_argument("--examples", type=int, help="fuzzed specs per strategy (default 2000, quick 100)")
     ap.add_argument("--processes", type=int, help="concurrent builders (default 8, quick 3)")
-    ap.add_argument("--out", help="where to write the report (default docs/RELIABILITY.md)")
+    ap.add_argument("--out", help="where to write the report (default: a file in the temporary folder)")
+    ap.add_argument("--update-docs", action="store_true", help="write the report to the checkout's docs/RELIABILITY.md")
     args = ap.parse_args(argv)
     examples = args.examples or (100 if args.quick else 2000)
     processes = args.processes or (3 if args.quick else 8)
@@ -281,7 +284,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
     cmd = "python -m normgen.testing.reliability" + (" --quick" if args.quick else "")
     text = report(sections, cmd)
-    path = Path(args.out) if args.out else Path(__file__).resolve().parent.parent / "docs" / "RELIABILITY.md"
+    if args.update_docs:
+        root = repo_root()
+        if root is None:
+            ap.error("--update-docs needs a source checkout (docs/RELIABILITY.md beside the normgen package)")
+        path = root / "docs" / "RELIABILITY.md"
+    else:
+        path = Path(args.out) if args.out else Path(tempfile.gettempdir()) / "normgen-reliability.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
     print(f"wrote {path}")

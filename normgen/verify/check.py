@@ -136,8 +136,18 @@ def run_case(op: Op, case: Case, layout: str, dtype: str, training: bool, seed: 
             if spec.eps == "dtype" and dtype in ("float16", "bfloat16") else {}
         res.plan = _plan_label(op, x64, sizes, target, dtype)
         kw = {k: (dev(v) if isinstance(v, np.ndarray) and k.startswith("running") else v) for k, v in kw.items()}
-        fwd = op.forward(dev(x), training=training, target=target, **params, **kw, **sizes)
+        # extra inputs of a fused spec: in the same layout as x, of moderate size (gates, residuals)
+        typed_extras = {e: _typed(rng.standard_normal(case.shape), layout, dtype) for e in spec.extras}
+        extras = {e: dev(t[0]) for e, t in typed_extras.items()}
+        if spec.extras:
+            okw["extras"] = {e: t[1] for e, t in typed_extras.items()}
+        fwd = op.forward(dev(x), training=training, target=target, **params, **kw, **extras, **sizes)
         ref = oracle.forward(spec, x64, params64, sizes=sizes, training=training, **okw, **eps)
+        if ref.prologue is not None:
+            res.errors["prologue"] = _err(_values(fwd.prologue), ref.prologue)
+        if spec.fuse is not None and spec.fuse.quantize is not None:
+            _check_quantized(res, fwd, ref)
+            return res
         res.errors["y"] = _err(_values(fwd.y), ref.y)
         if fwd.mean is not None:
             res.errors["mean"] = _err(_values(fwd.mean), ref.mean)
@@ -146,14 +156,29 @@ def run_case(op: Op, case: Case, layout: str, dtype: str, training: bool, seed: 
             res.errors["running_mean"] = _err(_host(kw["running_mean"]), ref.running_mean)
             res.errors["running_var"] = _err(_host(kw["running_var"]), ref.running_var)
         dy, dy64 = _typed(rng.standard_normal(case.shape), layout, dtype)
-        grads = op.backward(dev(dy), fwd)
-        oref = oracle.backward(spec, dy64, x64, params64, sizes=sizes, training=training, **okw, **eps)
+        dh = dh64 = None
+        if ref.prologue is not None:  # the kept prologue feeds the next layer: it has a gradient too
+            dh, dh64 = _typed(rng.standard_normal(case.shape), layout, dtype)
+        grads = op.backward(dev(dy), fwd, dprologue=dev(dh) if dh is not None else None)
+        oref = oracle.backward(spec, dy64, x64, params64, sizes=sizes, training=training, dprologue=dh64, **okw,
+                               **eps)
         res.errors["dx"] = _err(_values(grads.dx), oref["x"])
-        for name in list(params) + (["mean_weight", "var_weight"] if spec.is_mixture else []):
+        for name in list(params) + (["mean_weight", "var_weight"] if spec.is_mixture else []) + list(spec.extras):
             res.errors["d" + name] = _err(_values(grads[name]), oref[name])
     except Exception as e:  # a crash is a failed check, reported with the case
         res.error = f"{type(e).__name__}: {e}"
     return res
+
+
+def _check_quantized(res: Result, fwd: Any, ref: Any) -> None:
+    """The scales within tolerance; q within one step of the oracle's (a float32 output can fall
+    on the other side of a rounding tie): errors["q"] counts the steps beyond that one."""
+    scale, want = _values(fwd.scale).astype(np.float64), ref.scale
+    # the scales are float32 by contract (for any input dtype): one float32 rounding is exact
+    rel = float(np.max(np.abs(scale - want), initial=0.0)) / max(float(np.max(np.abs(want), initial=0.0)), 1e-300)
+    res.errors["scale"] = max(0.0, rel - 2.0 ** -23) if scale.shape == want.shape else math.inf
+    steps = np.abs(_values(fwd.y).astype(np.float64) - ref.q)
+    res.errors["q"] = float(max(0.0, steps.max(initial=0.0) - 1.0))
 
 
 def _plan_label(op: Op, x64: np.ndarray, sizes: dict[str, Any], target: str, dtype: str) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import CallError
 from ..spec import Center, Scale, Spec
+from . import npexpr
 
 
 @dataclass
@@ -37,11 +38,14 @@ class Axes:
 
 @dataclass
 class OracleForward:
-    y: np.ndarray
+    y: np.ndarray  # what is written: the epilogue's value (y itself without one), before quantization
     mean: np.ndarray  # statistics in kept order (the mixed ones for a mixture)
     rstd: np.ndarray
     running_mean: np.ndarray | None = None  # the updated running statistics, if any
     running_var: np.ndarray | None = None
+    prologue: np.ndarray | None = None  # h, when the spec keeps its prologue
+    q: np.ndarray | None = None  # quantized output (integers, as float64) ...
+    scale: np.ndarray | None = None  # ... and its scale per kept index: out ≈ q * scale
 
 
 def expand(spec: Spec, shape: tuple[int, ...], sizes: Mapping[str, Any]) -> Axes:
@@ -233,16 +237,76 @@ def _moments(spec: Spec, axes: Axes, xf: np.ndarray, eps: float, use_running: bo
 def forward(spec: Spec, x: np.ndarray, params: Mapping[str, Any] | None = None, *,
             sizes: Mapping[str, Any] | None = None, training: bool = True, running_mean: Any = None,
             running_var: Any = None, momentum: float | None | str = "spec", eps: float | None = None,
-            num_batches_tracked: int = 0, mean_weight: Any = None, var_weight: Any = None) -> OracleForward:
-    """y = affine(normalize(x)) in float64, plus the statistics and updated running stats.
+            num_batches_tracked: int = 0, mean_weight: Any = None, var_weight: Any = None,
+            extras: Mapping[str, Any] | None = None) -> OracleForward:
+    """out = epilogue(affine(normalize(prologue(x)))) in float64, plus the statistics and
+    updated running stats (and h, and the quantized output, when the spec asks for them).
 
-    `training=False` with running statistics normalizes with them (evaluation).
+    `training=False` with running statistics normalizes with them (evaluation). `extras`
+    are a fused spec's extra inputs, by name.
     """
+    fuse = spec.fuse
+    env = {k: np.asarray(v, dtype=np.float64) for k, v in (extras or {}).items()}
+    h = _prologue(spec, x, env)
+    out = _normalize(spec, h, x.dtype, params, sizes=sizes, training=training, running_mean=running_mean,
+                     running_var=running_var, momentum=momentum, eps=eps, num_batches_tracked=num_batches_tracked,
+                     mean_weight=mean_weight, var_weight=var_weight)
+    if fuse is None:
+        return out
+    if fuse.keep_prologue:
+        out.prologue = h
+    if fuse.epilogue is not None:
+        out.y = npexpr.value(fuse.epilogue, {**env, "y": out.y})
+    if fuse.quantize is not None:
+        out.q, out.scale = _quantize(spec, out.y, dict(sizes or {}), fuse.quantize)
+    return out
+
+
+#: the largest magnitude of each quantized type
+QMAX = {"int8": 127.0, "float8_e4m3": 448.0}
+
+
+def _prologue(spec: Spec, x: np.ndarray, env: dict[str, np.ndarray]) -> np.ndarray:
+    """h = prologue(x, extras) (x itself without a prologue), in float64."""
+    x64 = np.asarray(x, dtype=np.float64)
+    if spec.fuse is None or spec.fuse.prologue is None:
+        return x64
+    return npexpr.value(spec.fuse.prologue, {**env, "x": x64})
+
+
+def _quantize(spec: Spec, out: np.ndarray, sizes: dict[str, Any], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per kept index: scale = max|out| / QMAX; q = round(out / scale), clamped (int8: to ±127, ties
+    to even). A group of zeros has scale 0 and q 0. float8: q is out / scale rounded to e4m3."""
+    axes = expand(spec, out.shape, sizes)
+    of = out.reshape(axes.sizes)
+    red = _reduced_dims(axes, spec.kept_axes)
+    amax = np.abs(of).max(axis=red, keepdims=True) if red else np.abs(of)
+    scale = amax / QMAX[kind]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v = np.where(scale > 0, of / np.where(scale > 0, scale, 1.0), 0.0)
+    q = np.clip(np.rint(v), -127, 127) if kind == "int8" else _e4m3(v)
+    return q.reshape(out.shape), _to_kept_order(axes, spec.kept_axes, scale)
+
+
+def _e4m3(v: np.ndarray) -> np.ndarray:
+    """Round to the nearest float8 e4m3 value (3 mantissa bits, min normal 2^-6), saturating at 448."""
+    v = np.clip(v, -448.0, 448.0)
+    with np.errstate(divide="ignore"):
+        e = np.floor(np.log2(np.maximum(np.abs(v), 2.0 ** -9)))
+    step = 2.0 ** (np.maximum(e, -6.0) - 3.0)
+    return np.rint(v / step) * step
+
+
+def _normalize(spec: Spec, x: np.ndarray, dtype: np.dtype, params: Mapping[str, Any] | None = None, *,
+               sizes: Mapping[str, Any] | None = None, training: bool = True, running_mean: Any = None,
+               running_var: Any = None, momentum: float | None | str = "spec", eps: float | None = None,
+               num_batches_tracked: int = 0, mean_weight: Any = None, var_weight: Any = None) -> OracleForward:
+    """y = affine(normalize(x)) (x is h for a fused spec); `dtype` is the input's, for eps = "dtype"."""
     params = dict(params or {})
     sizes = dict(sizes or {})
     axes = expand(spec, x.shape, sizes)
     xf = np.asarray(x, dtype=np.float64).reshape(axes.sizes)
-    e = _eps(spec, eps, x.dtype)
+    e = _eps(spec, eps, dtype)
     has_running = spec.running is not None and running_mean is not None
     use_running = has_running and not training
     m = _moments(spec, axes, xf, e, use_running, running_mean, running_var, mean_weight, var_weight)
@@ -254,7 +318,7 @@ def forward(spec: Spec, x: np.ndarray, params: Mapping[str, Any] | None = None, 
         w = param_full(spec, axes, params.get(spec.affine.weight) if spec.affine.weight else None)
         b = param_full(spec, axes, params.get(spec.affine.bias) if spec.affine.bias else None)
         if w is not None:
-            y = y * w
+            y = y * (w + spec.weight_offset)
         if b is not None:
             y = y + b
     kept = spec.kept_axes
@@ -290,17 +354,50 @@ def _expand_names(axes: Axes, names: tuple[str, ...]) -> list[str]:
 def backward(spec: Spec, dy: np.ndarray, x: np.ndarray, params: Mapping[str, Any] | None = None, *,
              sizes: Mapping[str, Any] | None = None, training: bool = True, running_mean: Any = None,
              running_var: Any = None, eps: float | None = None, mean_weight: Any = None,
-             var_weight: Any = None) -> dict[str, np.ndarray]:
-    """Gradients of sum(dy * y) with respect to x and every parameter, in float64.
+             var_weight: Any = None, extras: Mapping[str, Any] | None = None,
+             dprologue: Any = None) -> dict[str, np.ndarray]:
+    """Gradients of sum(dy * out) (+ sum(dprologue * h) when given) with respect to x, every
+    parameter and every extra input, in float64 (DESIGN.md, "Fusion": the chain rule through
+    the epilogue, the normalization and the prologue).
 
-    Returns {"x": dx, <weight name>: ..., <bias name>: ..., "mean_weight": ..., "var_weight": ...}.
+    Returns {"x": dx, <weight name>: ..., <bias name>: ..., "mean_weight": ..., "var_weight": ...,
+    <extra name>: ...}.
     """
+    fuse = spec.fuse
+    env = {k: np.asarray(v, dtype=np.float64) for k, v in (extras or {}).items()}
+    h = _prologue(spec, x, env)
+    stats = {"sizes": sizes, "training": training, "running_mean": running_mean, "running_var": running_var,
+             "eps": eps, "mean_weight": mean_weight, "var_weight": var_weight}
+    d_out = np.asarray(dy, dtype=np.float64)
+    grads: dict[str, np.ndarray] = {}
+    if fuse is not None and fuse.epilogue is not None:
+        kw = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in stats.items()}
+        y = _normalize(spec, h, x.dtype, params, **kw).y  # y before the epilogue
+        e_env = {**env, "y": y}
+        for name in fuse.epilogue_inputs:
+            grads[name] = d_out * npexpr.grad(fuse.epilogue, e_env, name)
+        d_out = d_out * npexpr.grad(fuse.epilogue, e_env, "y")
+    grads.update(_backward_core(spec, d_out, h, x.dtype, params, **stats))
+    if fuse is not None and fuse.prologue is not None:
+        dh = grads["x"] + (np.asarray(dprologue, dtype=np.float64) if dprologue is not None else 0.0)
+        p_env = {**env, "x": np.asarray(x, dtype=np.float64)}
+        grads["x"] = dh * npexpr.grad(fuse.prologue, p_env, "x")
+        for name in fuse.prologue_inputs:
+            grads[name] = grads.get(name, 0.0) + dh * npexpr.grad(fuse.prologue, p_env, name)
+    return grads
+
+
+def _backward_core(spec: Spec, dy: np.ndarray, x: np.ndarray, dtype: np.dtype,
+                   params: Mapping[str, Any] | None = None, *, sizes: Mapping[str, Any] | None = None,
+                   training: bool = True, running_mean: Any = None, running_var: Any = None,
+                   eps: float | None = None, mean_weight: Any = None, var_weight: Any = None) -> dict[str, np.ndarray]:
+    """The normalization's gradients: dy is the gradient of y (before any epilogue), x is h."""
     params = dict(params or {})
     sizes = dict(sizes or {})
     axes = expand(spec, x.shape, sizes)
     xf = np.asarray(x, dtype=np.float64).reshape(axes.sizes)
     dyf = np.asarray(dy, dtype=np.float64).reshape(axes.sizes)
-    e = _eps(spec, eps, x.dtype)
+    e = _eps(spec, eps, dtype)
     use_running = spec.running is not None and running_mean is not None and not training
     m = _moments(spec, axes, xf, e, use_running, running_mean, running_var, mean_weight, var_weight)
     xhat = (xf - m.mu) * m.rstd
@@ -309,7 +406,7 @@ def backward(spec: Spec, dy: np.ndarray, x: np.ndarray, params: Mapping[str, Any
     if spec.affine and spec.affine.weight:
         w = param_full(spec, axes, params.get(spec.affine.weight))
         if w is not None:
-            g = dyf * w
+            g = dyf * (w + spec.weight_offset)
             grads[spec.affine.weight] = param_reduce(spec, axes, dyf * xhat)
     if spec.affine and spec.affine.bias and params.get(spec.affine.bias) is not None:
         grads[spec.affine.bias] = param_reduce(spec, axes, dyf)

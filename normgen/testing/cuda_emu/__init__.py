@@ -24,17 +24,9 @@ kernel, block, threads, shared array, element and source lines:
 errors), so that nothing runs in the emulator that nvcc would reject.
 """
 
-from .driver import (
-    PRELUDE,
-    EmuKernel,
-    EmuModule,
-    EmulationError,
-    Param,
-    compile_source,
-    include_dirs,
-    nvcc_check,
-    nvcc_path,
-)
+from .base import PRELUDE, EmulationError
+from .driver import compile_source, include_dirs, nvcc_check, nvcc_path
+from .module import EmuKernel, EmuModule, Param
 
 __all__ = ["PRELUDE", "EmuKernel", "EmuModule", "EmulationError", "Param", "compile_source", "include_dirs",
            "nvcc_check", "nvcc_path"]
