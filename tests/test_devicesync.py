@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from normgen import load
+from normgen.op.distributed import Group
 from normgen.runtime.device_kernels import source
 from normgen.testing.cuda_emu import nvcc_check, nvcc_path
 from normgen.testing.devicesync import DeviceArray, HostRead, RecordingDevice, RecordingGroup
@@ -245,3 +246,30 @@ def test_evaluation_statistics_come_from_the_running_ones_on_the_device(name):
     assert dev.kernels() == ["eval_kstats_f64_f32", "forward_apply"] and dev.count("to_host") == 0
     ref = oracle.forward(op.spec, x.astype(np.float64), running_mean=rm0, running_var=rv0, training=False)
     _close(dev.to_host(fwd.y), ref.y, tol=1e-6)
+
+
+class _HostOnlyGroup(Group):
+    """One rank whose collectives take host arrays (as mpi4py's do): the default reduce_on_device."""
+
+    world, rank = 1, 0
+
+    def gather(self, a):
+        return np.asarray(a)[None]
+
+    def allreduce(self, a):
+        return np.array(a)
+
+
+def test_a_group_without_device_collectives_copies_each_through_the_host():
+    """The device kernels still run; each collective's sums go to the host and back (and that
+    is all that does): 3 copies for the 3 collectives of a training step, results as the oracle's."""
+    op, dev = load("layer_norm"), RecordingDevice()
+    rng = np.random.default_rng(6)
+    x, dy = rng.standard_normal((5, 12)) + 2, rng.standard_normal((5, 12))
+    xd, dyd = dev.put(x), dev.put(dy)
+    dev.clear()
+    fwd = op.forward(xd, normalized_shape=(12,), process_group=_HostOnlyGroup())
+    grads = op.backward(dyd, fwd)
+    assert dev.count("to_host") == 3
+    _close(dev.to_host(fwd.y), oracle.forward(op.spec, x, sizes={"normalized_shape": (12,)}).y)
+    _close(dev.to_host(grads.dx), oracle.backward(op.spec, dy, x, sizes={"normalized_shape": (12,)})["x"])
