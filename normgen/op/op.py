@@ -24,7 +24,6 @@ import numpy as np
 from ..errors import CallError
 from ..plan.bind import Binding, bind
 from ..plan.model import Direction, Options, Plan
-from ..runtime.arrays import dense_strides
 from ..spec import Center, Scale, Spec, find_spec, load_spec
 from . import stats as st
 from .args import CALL_ARGS, Call, backend_of, check_array, check_forward, check_out, with_outputs
@@ -32,7 +31,7 @@ from .distributed import merge_moments, on_device, sum_ranks
 from .fast import recipe_for, remember
 from .fused import backward_arrays, check_weight_nonzero, forward_arrays, strides_of
 from .mixture import mix_backward, mix_forward
-from .planning import plan_for
+from .planning import plan_for, stand_in_plan
 from .results import Forward, Grads, param_grads
 from .running import broadcast_running, commit, running_normalizer, updated
 
@@ -155,9 +154,9 @@ class Op:
             st.check_norms(self.spec, kstats, call)
             return kstats, moments, None, None, n
         if on_device(spec, call):  # moments, the collectives and the apply without the host (cuda_ranks.py)
-            merge_plan = plan if plan is not None else self._stand_in_plan(call)
+            merge_plan = plan if plan is not None else stand_in_plan(self, call)
             moments, kstats = be.ranks_forward(plan, merge_plan, call.x, call.group, call.binding.n_groups, call.eps)
-            if kstats is None:  # no plan for this rank's statistics (see _stand_in_plan): from the host
+            if kstats is None:  # no plan for this rank's statistics (see stand_in_plan): from the host
                 kstats = be.from_host(st.kstats(st.moments_normalizer(spec, be.to_host(moments), call.eps,
                                                                       call.binding.stats_shape), call.stat_dtype))
             st.check_norms(self.spec, kstats, call)
@@ -184,26 +183,6 @@ class Op:
         if plan is not None:
             be.apply(plan, call.x, call.y, call.weight, call.bias, kstats, **kw)
         return kstats, moments, norm, mix, count
-
-    def _stand_in_plan(self, call: Call) -> Plan | None:
-        """For a rank without elements: the plan of its shape with every empty dim made 1 (the
-        same kept axes, so the same groups), whose forward_merge finalizes the reduced moments
-        exactly as the other ranks' plans do (bit-identical statistics everywhere). None when
-        that shape does not bind (a call-time size names the empty dim)."""
-        shape = tuple(max(1, int(n)) for n in call.x.shape)
-        try:
-            binding = self._bind(shape, call.sizes)
-        except CallError:
-            return None
-        if binding.n_groups != call.binding.n_groups:
-            return None
-        be, dense = call.backend, dense_strides(shape)
-        strides = {"x": dense, "y": dense}
-        has_w, has_b = call.weight is not None, call.bias is not None
-        key = (be.plan_key(), _binding_key(shape, call.sizes), tuple(strides.items()), Direction.FORWARD, call.dtype,
-               has_w, has_b)
-        return self._plans.get_or_make(key, lambda: be.plan(binding, strides, Direction.FORWARD, call.dtype, has_w,
-                                                            has_b, self.options))
 
     def _kstats(self, call: Call, moments: np.ndarray) -> np.ndarray:
         norm = st.moments_normalizer(self.spec, moments, call.eps, call.binding.stats_shape)
