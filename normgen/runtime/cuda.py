@@ -315,21 +315,35 @@ class CudaBackend:
             return None, None
         n_param = math.prod(plan.binding.param_shape)
         if grads is ParamGrads.PER_ELEMENT:
-            part, index = self.to_host(pgrad), _columns_param_index(plan)
-        elif grads is ParamGrads.PER_GROUP:
-            part, index = self.to_host(totals)[:, 2:4], _group_param_index(plan)
+            part, width, first = pgrad, 2, 0
+            index_of = functools.partial(_columns_param_index, plan)
+        elif grads is ParamGrads.PER_GROUP:  # columns 2 and 3 of the totals [g, 4]
+            part, width, first = totals, 4, 2
+            index_of = functools.partial(_group_param_index, plan)
         else:  # ParamGrads.REDUCTION: the plan's second reduction, over the parameter indices
             pplan = plan.params
             if pplan.kernel.strategy is Strategy.COLUMNS:
-                index = _columns_param_index(pplan)
+                index_of = functools.partial(_columns_param_index, pplan)
             else:
-                index = np.repeat(_group_param_index(pplan), pplan.launch.n_parts)
-            partial = self.device.empty((param_partial_entries(pplan), 2), np.float64)
-            self.run(pplan, "param_partial", x=x, dy=dy, kstats=kstats, partial=partial)
-            part = self.to_host(partial)
-        dw = np.bincount(index, weights=part[:, 0], minlength=n_param)
-        db = np.bincount(index, weights=part[:, 1], minlength=n_param)
+                index_of = lambda: np.repeat(_group_param_index(pplan), pplan.launch.n_parts)
+            part, width, first = self.device.empty((param_partial_entries(pplan), 2), np.float64), 2, 0
+            self.run(pplan, "param_partial", x=x, dy=dy, kstats=kstats, partial=part)
+        order, offsets = self._param_entries(plan, index_of, n_param)
+        dw, db = self.device.empty(n_param, np.float64), self.device.empty(n_param, np.float64)
+        cuda_ranks.kernels(self).param_sums(part, width, first, order, offsets, n_param, dw, db)
         return dw, db
+
+    def _param_entries(self, plan: Plan, index_of, n_param: int):
+        """The partials' rows grouped by parameter index, in row order (order, offsets [n_param + 1]),
+        on the device: made once per plan, a constant of its shape."""
+        found = plan.__dict__.get("_param_entries")
+        if found is None:
+            index = np.asarray(index_of(), np.int64)
+            order = np.argsort(index, kind="stable").astype(np.int64)
+            offsets = np.zeros(n_param + 1, np.int64)
+            np.cumsum(np.bincount(index, minlength=n_param), out=offsets[1:])
+            found = plan.__dict__["_param_entries"] = (self.device.asarray(order), self.device.asarray(offsets))
+        return found
 
 
 def _offsets(sizes: list[int], strides: list[int]) -> np.ndarray:

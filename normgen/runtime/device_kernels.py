@@ -125,6 +125,23 @@ extern "C" __global__ void NAME(const R* running_mean, const R* running_var, con
         }                                                                                                  \
     }                                                                                                      \
 }
+// Parameter gradients: dw[p], db[p] = the sums of the partials' rows that belong to parameter p
+// (rows order[offsets[p]] .. order[offsets[p + 1] - 1], in row order: a fixed order, so the same
+// bits every call), each row `width` doubles with its two sums at `first`.
+extern "C" __global__ void param_sums(const double* part, long long width, long long first, const long long* order,
+                                      const long long* offsets, long long n_param, double* dw, double* db) {
+    NG_EACH(p, n_param) {
+        double a = 0.0, b = 0.0;
+        for (long long e = offsets[p]; e < offsets[p + 1]; ++e) {
+            const long long row = order[e] * width + first;
+            a += part[row];
+            b += part[row + 1];
+        }
+        dw[p] = a;
+        db[p] = b;
+    }
+}
+
 NG_EVAL_KSTATS(eval_kstats_f32_f32, float, float)
 NG_EVAL_KSTATS(eval_kstats_f32_f64, float, double)
 NG_EVAL_KSTATS(eval_kstats_f64_f32, double, float)
@@ -132,7 +149,7 @@ NG_EVAL_KSTATS(eval_kstats_f64_f64, double, double)
 """
 
 NAMES = ("ranks_mean_sums", "ranks_m2_sums", "ranks_moments", "ranks_grad_pack", "ranks_grad_parts",
-         "running_update_f32", "running_update_f64", "eval_kstats_f32_f32", "eval_kstats_f32_f64",
+         "running_update_f32", "running_update_f64", "param_sums", "eval_kstats_f32_f32", "eval_kstats_f32_f64",
          "eval_kstats_f64_f32", "eval_kstats_f64_f64")
 
 
@@ -179,6 +196,12 @@ class DeviceKernels:
         self.launch(name, n_running, moments, members, np.int64(n_running), np.int64(k), np.float64(factor),
                     running_mean, running_var)
 
+    # ---- parameter gradients ----
+    def param_sums(self, part, width: int, first: int, order, offsets, n_param: int, dw, db) -> None:
+        self.launch("param_sums", n_param, part, np.int64(width), np.int64(first), order, offsets,
+                    np.int64(n_param), dw, db)
+
+    # ---- evaluation ----
     def eval_kstats(self, running_mean, running_var, members, eps: float, kstats) -> None:
         n_running, k = members.shape
         name = f"eval_kstats_{_short(running_mean.dtype)}_{_short(kstats.dtype)}"
