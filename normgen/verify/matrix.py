@@ -33,6 +33,7 @@ import numpy as np
 from ..codegen.abi import ENTRIES
 from ..layouts import make_array
 from ..op import Op
+from ..op.fused import plan_arrays
 from ..plan.bind import bind
 from ..plan.model import Direction, Kernel, Plan, Strategy
 from ..runtime.cpu import BACKEND as CPU
@@ -146,10 +147,12 @@ def plans(op: Op, check: Check) -> tuple[Plan, Plan]:
     has_w = bool(spec.affine and spec.affine.weight)  # run_case passes every parameter
     has_b = bool(spec.affine and spec.affine.bias)
     out = CPU.strides(CPU.empty_like(x))  # y and dx: allocated by the op
-    fwd = CPU.plan(binding, {"x": CPU.strides(x), "y": out}, Direction.FORWARD, check.dtype, has_w, has_b,
-                   op.options)
-    bwd = CPU.plan(binding, {"x": CPU.strides(x), "dy": CPU.strides(dy), "dx": out}, Direction.BACKWARD,
-                   check.dtype, has_w, has_b, op.options)
+    # a fused spec's extras are laid out like x (run_case), its new arrays like the output
+    fx = {d: plan_arrays(spec, d, CPU.strides(x), out) for d in ("forward", "backward")}
+    fwd = CPU.plan(binding, {"x": CPU.strides(x), "y": out, **fx["forward"]}, Direction.FORWARD, check.dtype,
+                   has_w, has_b, op.options)
+    bwd = CPU.plan(binding, {"x": CPU.strides(x), "dy": CPU.strides(dy), "dx": out, **fx["backward"]},
+                   Direction.BACKWARD, check.dtype, has_w, has_b, op.options)
     return fwd, bwd
 
 
