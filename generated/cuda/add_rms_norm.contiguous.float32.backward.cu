@@ -8,7 +8,7 @@
 //            backward_apply    dx = c0·g + c1·(x - mean) + c2 with per-group coefficients
 //            forward_merge     a warp per group: merge the parts' moments (Chan), finalize
 //            backward_merge    a warp per group: add the parts' sums, coefficients of dx
-// key:       13a346d49def32821b9ebaaaf4ef557b
+// key:       de4c5cf0186e50e88c7f4a2211b4b955
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Each thread accumulates
@@ -141,7 +141,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) backward_fused(
     const CT rs = live ? kstats[3 * s_u + 2] : (CT)0;
     double acc[4] = {0.0, 0.0, 0.0, 0.0};
     for (ix e = e_lo + lane; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long h_o = h_u + (long long)i * hs_normalized;
         [[maybe_unused]] const long long dy_o = dy_u + (long long)i * dys_normalized;
         [[maybe_unused]] const long long p_o = p_u + (long long)i * ps_normalized;
@@ -171,7 +171,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) backward_fused(
         sums[4 * s_u + 3] = acc[3];
     }
     for (ix e = e_lo + lane; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long h_o = h_u + (long long)i * hs_normalized;
         [[maybe_unused]] const long long dy_o = dy_u + (long long)i * dys_normalized;
         [[maybe_unused]] const long long dh_o = dh_u + (long long)i * dhs_normalized;
@@ -225,7 +225,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) backward_partial(
     const CT rs = live ? kstats[3 * s_u + 2] : (CT)0;
     double acc[4] = {0.0, 0.0, 0.0, 0.0};
     for (ix e = e_lo + lane; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long h_o = h_u + (long long)i * hs_normalized;
         [[maybe_unused]] const long long dy_o = dy_u + (long long)i * dys_normalized;
         [[maybe_unused]] const long long p_o = p_u + (long long)i * ps_normalized;
@@ -294,7 +294,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) backward_apply(
     const CT c0 = live ? coef[3 * s_u] : (CT)0, c1 = live ? coef[3 * s_u + 1] : (CT)0;
     const CT c2 = live ? coef[3 * s_u + 2] : (CT)0;
     for (ix e = e_lo + lane; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long h_o = h_u + (long long)i * hs_normalized;
         [[maybe_unused]] const long long dy_o = dy_u + (long long)i * dys_normalized;
         [[maybe_unused]] const long long dh_o = dh_u + (long long)i * dhs_normalized;

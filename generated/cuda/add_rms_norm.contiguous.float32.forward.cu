@@ -8,7 +8,7 @@
 //            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
 //            forward_merge    a warp per group: merge the parts' moments (Chan), finalize
 //            backward_merge   a warp per group: add the parts' sums, coefficients of dx
-// key:       9e77a61d9f60f4d7333b50f96950216a
+// key:       8a5e3ee0bcf88d7c823fc49fd0ea95a2
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Each thread accumulates
@@ -140,7 +140,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) forward_fused(
     CT shift = (CT)0;  // the shift K: h of the range's first element, so that h - K is small and nothing cancels
     if (e_lo < e_hi) {
         const ix e = e_lo;
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long x_o = x_u + (long long)i * xs_normalized;
         [[maybe_unused]] const long long e_residual_o = e_residual_u + (long long)i * es_residual_normalized;
         [[maybe_unused]] const long long h_o = h_u + (long long)i * hs_normalized;
@@ -151,7 +151,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) forward_fused(
     }
     double acc[2] = {0.0, 0.0};  // sums of h - K and (h - K)^2
     for (ix e = e_lo + lane; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long x_o = x_u + (long long)i * xs_normalized;
         [[maybe_unused]] const long long e_residual_o = e_residual_u + (long long)i * es_residual_normalized;
         [[maybe_unused]] const long long h_o = h_u + (long long)i * hs_normalized;
@@ -179,7 +179,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) forward_fused(
         kstats[3 * s_u + 2] = rs;
     }
     for (ix e = e_lo + lane; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long h_o = h_u + (long long)i * hs_normalized;
         [[maybe_unused]] const long long y_o = y_u + (long long)i * ys_normalized;
         [[maybe_unused]] const long long p_o = p_u + (long long)i * ps_normalized;
@@ -223,7 +223,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) forward_partial(
     CT shift = (CT)0;  // the shift K: h of the range's first element, so that h - K is small and nothing cancels
     if (e_lo < e_hi) {
         const ix e = e_lo;
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long x_o = x_u + (long long)i * xs_normalized;
         [[maybe_unused]] const long long e_residual_o = e_residual_u + (long long)i * es_residual_normalized;
         [[maybe_unused]] const CT x_e = ld(x, x_o);
@@ -233,7 +233,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) forward_partial(
     }
     double acc[2] = {0.0, 0.0};  // sums of h - K and (h - K)^2
     for (ix e = e_lo + lane; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long x_o = x_u + (long long)i * xs_normalized;
         [[maybe_unused]] const long long e_residual_o = e_residual_u + (long long)i * es_residual_normalized;
         [[maybe_unused]] const CT x_e = ld(x, x_o);
@@ -295,7 +295,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) forward_apply(
     [[maybe_unused]] const CT hi = live ? kstats[3 * s_u] : (CT)0, lo = live ? kstats[3 * s_u + 1] : (CT)0;
     const CT rs = live ? kstats[3 * s_u + 2] : (CT)0;
     for (ix e = e_lo + lane; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long x_o = x_u + (long long)i * xs_normalized;
         [[maybe_unused]] const long long e_residual_o = e_residual_u + (long long)i * es_residual_normalized;
         [[maybe_unused]] const long long h_o = h_u + (long long)i * hs_normalized;

@@ -8,7 +8,7 @@
 //            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
 //            forward_merge    a warp per group: merge the parts' moments (Chan), finalize
 //            backward_merge   a warp per group: add the parts' sums, coefficients of dx
-// key:       2f9cdc467363ba05587c357c302798ce
+// key:       50d27124aa5bd34f44a9e4973ebdb8b0
 //
 // Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`;
 // array arguments point at element 0 of the arrays they stand for. Each thread accumulates
@@ -137,7 +137,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) forward_fused(
     CT shift = (CT)0;  // the shift K: h of the range's first element, so that h - K is small and nothing cancels
     if (e_lo < e_hi) {
         const ix e = e_lo;
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long x_o = x_u + (long long)i * xs_normalized;
         [[maybe_unused]] const long long e_z_o = e_z_u + (long long)i * es_z_normalized;
         [[maybe_unused]] const CT x_e = ld(x, x_o);
@@ -148,7 +148,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) forward_fused(
     }
     double acc[2] = {0.0, 0.0};  // sums of h - K and (h - K)^2
     for (ix e = e_lo + lane; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long x_o = x_u + (long long)i * xs_normalized;
         [[maybe_unused]] const long long e_z_o = e_z_u + (long long)i * es_z_normalized;
         [[maybe_unused]] const CT x_e = ld(x, x_o);
@@ -175,7 +175,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) forward_fused(
         kstats[3 * s_u + 2] = rs;
     }
     for (ix e = e_lo + lane; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long x_o = x_u + (long long)i * xs_normalized;
         [[maybe_unused]] const long long e_z_o = e_z_u + (long long)i * es_z_normalized;
         [[maybe_unused]] const long long y_o = y_u + (long long)i * ys_normalized;
@@ -222,7 +222,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) forward_partial(
     CT shift = (CT)0;  // the shift K: h of the range's first element, so that h - K is small and nothing cancels
     if (e_lo < e_hi) {
         const ix e = e_lo;
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long x_o = x_u + (long long)i * xs_normalized;
         [[maybe_unused]] const long long e_z_o = e_z_u + (long long)i * es_z_normalized;
         [[maybe_unused]] const CT x_e = ld(x, x_o);
@@ -233,7 +233,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) forward_partial(
     }
     double acc[2] = {0.0, 0.0};  // sums of h - K and (h - K)^2
     for (ix e = e_lo + lane; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long x_o = x_u + (long long)i * xs_normalized;
         [[maybe_unused]] const long long e_z_o = e_z_u + (long long)i * es_z_normalized;
         [[maybe_unused]] const CT x_e = ld(x, x_o);
@@ -292,7 +292,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) forward_apply(
     [[maybe_unused]] const CT hi = live ? kstats[3 * s_u] : (CT)0, lo = live ? kstats[3 * s_u + 1] : (CT)0;
     const CT rs = live ? kstats[3 * s_u + 2] : (CT)0;
     for (ix e = e_lo + lane; e < e_hi; e += tpu) {  // rows: nothing; inner: normalized
-        const ix q = e / (ix)n_normalized, i = e - q * (ix)n_normalized;
+        const ix i = e;  // a group is one row of normalized: no division
         [[maybe_unused]] const long long x_o = x_u + (long long)i * xs_normalized;
         [[maybe_unused]] const long long e_z_o = e_z_u + (long long)i * es_z_normalized;
         [[maybe_unused]] const long long y_o = y_u + (long long)i * ys_normalized;
