@@ -124,6 +124,8 @@ def _cuda_nest(plan: Plan) -> list[str]:
     g = ", ".join(k.dims[i].label for i in k.groups) or "(one group)"
     r = ", ".join(k.dims[i].label for i in k.rows)
     inner = k.dims[k.inner].label
+    if k.fusion is not None:
+        return _cuda_fused_nest(plan, g, r, inner)
     if k.strategy is Strategy.COLUMNS:
         tail = f" x {k.dims[k.tail].label}" if k.tail is not None else ""
         return [f"for block in parallel(groups {g} x row tiles of {k.tile[0]} x {k.vec} elements x {la.n_parts} parts):",
@@ -145,4 +147,28 @@ def _cuda_nest(plan: Plan) -> list[str]:
         out += ["    sums of x - K in the compute type, added to float64 every few slots",
                 "  sums over the unit (float64); mean, M2" + ("" if la.fused else "; parts: warp merge (Chan)"),
                 "  for slot again: y = (x - mean) * rstd * weight + bias"]
+    return out
+
+
+def _cuda_fused_nest(plan: Plan, g: str, r: str, inner: str) -> list[str]:
+    """The loop nest of a fused spec's CUDA kernels (templates/cuda/*_fused.cu.j2): element by element."""
+    k, la = plan.kernel, plan.launch
+    f = k.fusion
+    h = {"stored": "h read back", "recompute": "h evaluated again", "x": "h = x",
+         "from y": "x_hat = (y - bias) / weight"}.get(f.h_from.value, f.h_from.value)
+    if k.strategy is Strategy.COLUMNS:
+        tail = f" x {k.dims[k.tail].label}" if k.tail is not None else ""
+        return [f"for thread in parallel(groups {g} x elements of {inner}{tail} x {la.n_parts} parts):",
+                f"  for row in the part's rows({r}): h = prologue(x, extras); sums of h - K (float64)",
+                "  pieces of each column's statistics: warp merge (Chan)",
+                f"  for row: y = epilogue(affine((h - mean) * rstd), extras)   # {h}"]
+    rows = f"rows({r}) x " if r else ""
+    share = f" x {la.n_parts} parts" if la.n_parts > 1 else ""
+    out = [f"for unit of {la.threads_per_unit} threads in parallel(groups {g}{share}):",
+           f"  for element in {rows}{inner}, strided by {la.threads_per_unit}: h = prologue(x, extras)"
+           + ("; write h" if f.keep else "") + "; sums of h - K (float64)",
+           "  sums over the unit (float64); mean, M2" + ("" if la.fused else "; parts: warp merge (Chan)")]
+    if f.quantize:
+        out.append(f"  for element: absmax of out over the unit; scale = absmax / max {f.quantize}")
+    out.append(f"  for element again: out = epilogue(affine((h - mean) * rstd), extras)   # {h}")
     return out
