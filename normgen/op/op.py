@@ -25,13 +25,14 @@ from ..errors import CallError
 from ..plan.bind import Binding, bind
 from ..plan.model import Direction, Options, Plan
 from ..spec import Center, Scale, Spec, find_spec, load_spec
+from . import device
 from . import stats as st
 from .args import CALL_ARGS, Call, backend_of, check_array, check_forward, check_out, with_outputs
 from .distributed import merge_moments, on_device, sum_ranks
 from .fast import recipe_for, remember
 from .fused import backward_arrays, check_weight_nonzero, forward_arrays, strides_of
 from .mixture import mix_backward, mix_forward
-from .planning import plan_for, stand_in_plan
+from .planning import plan_for
 from .results import Forward, Grads, param_grads
 from .running import broadcast_running, commit, running_normalizer, updated
 
@@ -117,7 +118,8 @@ class Op:
         plan = self._plan(call, Direction.FORWARD, fx) if call.x.size else None
         kstats, moments, norm, mix, count = self._statistics(call, plan, fx)
         if call.running is not None and call.running.factor is not None:
-            self._update_running(call, moments, norm, mix, count)
+            new = lambda: commit(self._new_running(call, moments, norm, mix, count), call.running, call.backend)
+            device.update_running(call, moments, mix, on_host=new)
         if call.save == "y":  # the backward reads y: the Forward does not keep x alive
             call = dataclasses.replace(call, x=None)
         return Forward(y=call.y, kstats=kstats, call=call, centered=self.spec.center is Center.MEAN, mix=mix,
@@ -137,11 +139,8 @@ class Op:
         n = call.binding.group_size
         kw = {"fx": fx} if fx else {}  # only fused calls pass their other arrays
         if call.eval_mode and not spec.is_mixture:  # the running statistics
-            run = call.running
-            kstats = be.running_kstats(call.binding, run.mean, run.var, call.eps, call.stat_dtype) \
-                if getattr(be, "device_stats", False) else None
+            kstats = device.eval_statistics(call, plan, kw)
             if kstats is not None:  # on the device (CUDA): no copy of the running statistics to the host
-                be.apply(plan, call.x, call.y, call.weight, call.bias, kstats, **kw)
                 return kstats, None, None, None, n
             norm = running_normalizer(call.binding, be.to_host(call.running.mean), be.to_host(call.running.var),
                                       call.eps)
@@ -154,14 +153,7 @@ class Op:
             st.check_norms(self.spec, kstats, call)
             return kstats, moments, None, None, n
         if on_device(spec, call):  # moments, the collectives and the apply without the host (cuda_ranks.py)
-            merge_plan = plan if plan is not None else stand_in_plan(self, call)
-            moments, kstats = be.ranks_forward(plan, merge_plan, call.x, call.group, call.binding.n_groups, call.eps)
-            if kstats is None:  # no plan for this rank's statistics (see stand_in_plan): from the host
-                kstats = be.from_host(st.kstats(st.moments_normalizer(spec, be.to_host(moments), call.eps,
-                                                                      call.binding.stats_shape), call.stat_dtype))
-            st.check_norms(self.spec, kstats, call)
-            if plan is not None:
-                be.apply(plan, call.x, call.y, call.weight, call.bias, kstats, **kw)
+            moments, kstats = device.ranks_statistics(self, call, plan, kw)
             return kstats, moments, None, None, None
         # moments first (merged over the ranks), then the statistics they give, then normalize
         moments = be.moments(plan, call.x, **kw) if plan is not None else np.zeros((call.binding.n_groups, 3))
@@ -195,19 +187,6 @@ class Op:
             raise CallError(f"{self.name}: expected more than 1 value per statistic when training (the ranks of "
                             "the process group have 1 in all); running variance needs n - 1 > 0")
         return count.reshape(call.binding.stats_shape)
-
-    def _update_running(self, call: Call, moments, norm, mix, count) -> None:
-        """Assign the running statistics after this batch: on the device by a kernel when the
-        backend has one and the moments are there (no host synchronization in a CUDA training
-        step), else computed on the host and committed."""
-        be, run = call.backend, call.running
-        if mix is None and getattr(be, "device_stats", False) and \
-                be.update_running(call.binding, moments, run.factor, run.mean, run.var):
-            tracked = run.num_batches_tracked
-            if isinstance(tracked, np.ndarray):
-                tracked += 1  # in place: the caller's counter (a host array)
-            return
-        commit(self._new_running(call, moments, norm, mix, count), run, be)
 
     def _new_running(self, call: Call, moments, norm, mix, count):
         """The running statistics after this batch (PyTorch's formulas); assigned by the caller."""
