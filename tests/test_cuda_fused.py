@@ -111,6 +111,29 @@ def test_int8_output_on_cuda():
     assert {"scale", "q", "prologue"} <= set(r.errors)
 
 
+def test_int8_output_with_running_statistics():
+    """Training (forward_fused), then evaluation: forward_apply with the running statistics finds
+    each group's absmax and writes the codes too (a channel's group, strided in channels_last)."""
+    spec = normgen.parse_spec(textwrap.dedent("""
+        name = "bn_relu_q"
+        input = "N C *spatial"
+        kept = "C"
+        [affine]
+        axes = "C"
+        [running]
+        axes = "C"
+        momentum = 0.1
+        [fuse]
+        epilogue = "relu(y)"
+        quantize = "int8"
+        """), "bn_relu_q.toml")
+    op = normgen.load(spec)
+    results = [run_case(op, Case("q", (4, 6, 5, 3)), "channels_last", "float32", tr, seed=27, target="cuda")
+               for tr in (True, False)]
+    _assert_ok(results)
+    assert all({"scale", "q"} <= set(r.errors) for r in results)
+
+
 def _e4m3_value(codes: np.ndarray) -> np.ndarray:
     """The value of float8 e4m3 codes (sign, 4 exponent bits of bias 7, 3 mantissa bits), from the format."""
     c = codes.astype(np.int64)
