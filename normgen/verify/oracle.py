@@ -192,7 +192,8 @@ def round_to(v: np.ndarray, storage: str) -> np.ndarray:
     """float64 values rounded to the dtype named `storage` (nearest even), as float64. bfloat16
     (no NumPy dtype): float32 first, as PyTorch's float32 math does, then its top 16 bits."""
     if storage == "bfloat16":
-        f = np.ascontiguousarray(v, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range is beyond bfloat16's: inf either way
+            f = np.ascontiguousarray(v, dtype=np.float32)
         bits = f.view(np.uint32).astype(np.uint64)
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000  # round half to even on bit 16
         out = np.where(np.isnan(f), f, rounded.astype(np.uint32).view(np.float32))
