@@ -22,7 +22,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .function import normalize
-from .model_norms import ADD_LLAMA_RMS_NORM, LLAMA_RMS_NORM, ModelNorm
+from .model_norms import ADD_LLAMA_RMS_NORM, HALF, LLAMA_RMS_NORM, ModelNorm
 from .registry import spec_key
 
 _LLAMA_LIKE = ("llama.modeling_llama.LlamaDecoderLayer", "mistral.modeling_mistral.MistralDecoderLayer",
@@ -80,7 +80,11 @@ def _fused_forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Te
     hidden_states = self.input_layernorm(hidden_states)
     hidden_states, _ = self.self_attn(hidden_states=hidden_states, **named)
     norm = self.post_attention_layernorm
+    shape = tuple(norm.weight.shape)
+    if hidden_states.dtype in HALF:  # x_hat rounded before the weight: see model_norms.HALF
+        hidden_states, residual = normalize("add_rms_norm", hidden_states, None, extras={"residual": residual},
+                                            eps=norm.norm_eps, normalized_shape=shape)
+        return residual + self.mlp(norm.weight * hidden_states)
     hidden_states, residual = normalize(self.fused_spec_id, hidden_states, {"weight": norm.weight},
-                                        extras={"residual": residual}, eps=norm.norm_eps,
-                                        normalized_shape=tuple(norm.weight.shape))
+                                        extras={"residual": residual}, eps=norm.norm_eps, normalized_shape=shape)
     return residual + self.mlp(hidden_states)
