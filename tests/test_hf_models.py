@@ -159,8 +159,9 @@ def test_bf16_norms_within_one_ulp(family: str) -> None:
         pytest.skip(why)
     original = _model(family).to(torch.bfloat16).eval()
     seen: dict[str, tuple] = {}
+    # copies: a model may add to a norm's output in place afterwards (ResNet's residual)
     hooks = [original.get_submodule(n).register_forward_hook(
-        lambda m, args, out, n=n: seen.__setitem__(n, (args[0], out))) for n in _norm_modules(original)]
+        lambda m, args, out, n=n: seen.__setitem__(n, (args[0].clone(), out.clone()))) for n in _norm_modules(original)]
     with torch.no_grad():
         original(**_inputs("text"))
     for h in hooks:
