@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..spec import parse_spec
+from ..spec import Spec, parse_spec
 from .function import normalize
 from .registry import spec_key
 
@@ -74,7 +74,7 @@ class NormClass:
     """How a model's norm class maps to normgen: the spec, where eps is stored, and whether
     the normalized axis is dim 1 (channels first) rather than the trailing dims."""
 
-    spec: object  # a bundled spec name or a Spec
+    spec: str | Spec  # a bundled spec name or a Spec
     eps_attr: str  # "variance_epsilon" (Llama, T5) or "eps" (Gemma, ConvNeXt)
     has_bias: bool = False
     channels_first: bool = False  # ConvNeXt's data_format="channels_first": (N, C, H, W), normalized over C
