@@ -6,6 +6,8 @@ interleaved in one run (medians; ratios against the original layer in eager mode
     converted               normgen.torch.convert: both RMSNorms on normgen's kernels
     converted + fused       and fuse_residual_norms: the attention residual add fused into
                             post_attention_layernorm (add_llama_rms_norm)
+    fused, compiled         torch.compile(fullgraph=True) of that (normgen's custom ops are opaque
+                            to Inductor, which fuses the rest)
 
 A second table times the layer's norm work alone (input norm, residual add, post-attention
 norm; forward + backward), the part the four differ in.
@@ -126,7 +128,7 @@ def main() -> None:
     fused = nt.fuse_residual_norms(nt.convert(copy.deepcopy(original)))
     compiled = torch.compile(copy.deepcopy(original))
     layers = {"original eager": original, "original compiled": compiled, "converted": converted,
-              "converted + fused": fused}
+              "converted + fused": fused, "fused, compiled": torch.compile(fused, fullgraph=True)}
     with torch.no_grad():  # the four compute the same layer
         want = original(x, position_embeddings=pe)
         for name, layer in layers.items():
@@ -141,9 +143,10 @@ def main() -> None:
     grads = [torch.randn(x.shape, generator=gen) for _ in range(3)]
     twin = copy.deepcopy(original)  # the compiled part's own parameters
     parts = {"original eager": norm_part(original, False), "original compiled": torch.compile(norm_part(twin, False)),
-             "converted": norm_part(converted, False), "converted + fused": norm_part(fused, True)}
+             "converted": norm_part(converted, False), "converted + fused": norm_part(fused, True),
+             "fused, compiled": torch.compile(norm_part(fused, True), fullgraph=True)}
     owners = {"original eager": original, "original compiled": twin, "converted": converted,
-              "converted + fused": fused}
+              "converted + fused": fused, "fused, compiled": fused}
     part_steps = {n: part_step(p, list(owners[n].parameters()), x, a, grads) for n, p in parts.items()}
     part_med, part_times = timed(part_steps, args.repeat * 3, args.warmup)
     table(f"its norms alone (input norm, residual add, post-attention norm), forward + backward, {shape}; "
