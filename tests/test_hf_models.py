@@ -77,7 +77,7 @@ FAMILIES = {
     "convnext": (_convnext, "image"),
     "resnet": (_resnet, "image"),
 }
-FUSABLE = ["llama", "mistral", "qwen2", "qwen3"]
+FUSABLE = ["llama", "mistral", "qwen2", "qwen3", "gemma"]
 
 
 def _inputs(kind: str) -> dict:

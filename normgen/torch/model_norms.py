@@ -62,6 +62,27 @@ keep_prologue = true
 ''', "<normgen.torch.model_norms>")
 
 
+# Gemma's decoder layer: the residual add fused with GemmaRMSNorm ((1 + weight) in float32, then cast)
+ADD_GEMMA_RMS_NORM = parse_spec('''
+name   = "add_gemma_rms_norm"
+doc    = "Residual add + Gemma RMSNorm: h = x + residual (returned), y = gemma_rms_norm(h)."
+input  = "*batch *normalized"
+kept   = "*batch"
+center = "none"
+scale  = "rms"
+eps    = 1e-6
+[sizes]
+normalized = "normalized_shape"
+[affine]
+axes          = "*normalized"
+bias          = false
+weight_offset = 1.0
+[fuse]
+prologue      = "x + residual"
+keep_prologue = true
+''', "<normgen.torch.model_norms>")
+
+
 #: no kernel rounds x_hat to a half type before the weight yet (llama_rms_norm's cast =
 #: "before_weight" is refused there): for these inputs the kernel normalizes without the weight,
 #: its one rounding being x_hat's, and torch multiplies the weight, as Llama's code does

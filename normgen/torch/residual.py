@@ -1,7 +1,8 @@
 """Fused residual adds in decoder layers: `fuse_residual_norms(model)` rewires the pre-norm
-decoder layers of the Llama family so that `residual + attention_output` and the
-post-attention RMSNorm run as one kernel (add_llama_rms_norm: h = x + residual is normalized
-and returned as the new residual stream), in the forward and the backward.
+decoder layers of the Llama family (and Gemma's, the same forward) so that
+`residual + attention_output` and the post-attention RMSNorm run as one kernel
+(add_llama_rms_norm or add_gemma_rms_norm: h = x + residual is normalized and returned as the
+new residual stream), in the forward and the backward.
 
 Only layers whose forward is Llama's, line for line, are rewired (LAYER_CLASSES): the
 replacement forward below repeats it with the one fused call, so any other order of
@@ -22,11 +23,12 @@ from typing import Any
 from torch import Tensor, nn
 
 from .function import normalize
-from .model_norms import ADD_LLAMA_RMS_NORM, HALF, LLAMA_RMS_NORM, ModelNorm
+from .model_norms import ADD_GEMMA_RMS_NORM, ADD_LLAMA_RMS_NORM, HALF, LLAMA_RMS_NORM, ModelNorm
 from .registry import spec_key
 
 _LLAMA_LIKE = ("llama.modeling_llama.LlamaDecoderLayer", "mistral.modeling_mistral.MistralDecoderLayer",
-               "qwen2.modeling_qwen2.Qwen2DecoderLayer", "qwen3.modeling_qwen3.Qwen3DecoderLayer")
+               "qwen2.modeling_qwen2.Qwen2DecoderLayer", "qwen3.modeling_qwen3.Qwen3DecoderLayer",
+               "gemma.modeling_gemma.GemmaDecoderLayer")
 #: decoder layers whose forward is Llama's (checked against transformers' source for each)
 LAYER_CLASSES = frozenset(f"transformers.models.{c}" for c in _LLAMA_LIKE)
 
@@ -40,23 +42,27 @@ class FuseReport:
 
 
 def fuse_residual_norms(model: nn.Module, *, report: bool = False) -> nn.Module | tuple[nn.Module, FuseReport]:
-    """Rewire every Llama-family decoder layer of `model` (after `convert`: its norms must be
+    """Rewire every Llama-family (or Gemma) decoder layer of `model` (after `convert`: its norms must be
     normgen's) so that the attention residual add runs fused with post_attention_layernorm.
     In place; returns `model` (and a FuseReport when `report=True`).
 
     >>> model = fuse_residual_norms(convert(LlamaForCausalLM(config)))
     """
     rep = FuseReport()
+    fused_spec = {spec_key(LLAMA_RMS_NORM): spec_key(ADD_LLAMA_RMS_NORM),
+                  spec_key("gemma_rms_norm"): spec_key(ADD_GEMMA_RMS_NORM)}  # post-attention norm -> fused
     for path, module in model.named_modules():
         cls = type(module)
         if f"{cls.__module__}.{cls.__qualname__}" not in LAYER_CLASSES:
             continue
         norm = getattr(module, "post_attention_layernorm", None)
-        if not (isinstance(norm, ModelNorm) and norm.spec_id == spec_key(LLAMA_RMS_NORM)):
-            rep.left.append((path, "its post_attention_layernorm is not normgen's llama_rms_norm (run convert first)"))
+        if not (isinstance(norm, ModelNorm) and norm.spec_id in fused_spec):
+            why = "its post_attention_layernorm is not normgen's llama_rms_norm or gemma_rms_norm (run convert first)"
+            rep.left.append((path, why))
             continue
         module.__class__ = _fused_class(cls)
-        module.fused_spec_id = spec_key(ADD_LLAMA_RMS_NORM)  # a plain string: cheap to trace under torch.compile
+        module.fused_spec_id = fused_spec[norm.spec_id]  # a plain string: cheap to trace under torch.compile
+        module.round_before_weight = norm.spec_id == spec_key(LLAMA_RMS_NORM)
         rep.fused.append(path)
     return (model, rep) if report else model
 
@@ -81,7 +87,7 @@ def _fused_forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Te
     hidden_states, _ = self.self_attn(hidden_states=hidden_states, **named)
     norm = self.post_attention_layernorm
     shape = tuple(norm.weight.shape)
-    if hidden_states.dtype in HALF:  # x_hat rounded before the weight: see model_norms.HALF
+    if self.round_before_weight and hidden_states.dtype in HALF:  # x_hat rounded before the weight: model_norms.HALF
         hidden_states, residual = normalize("add_rms_norm", hidden_states, None, extras={"residual": residual},
                                             eps=norm.norm_eps, normalized_shape=shape)
         return residual + self.mlp(norm.weight * hidden_states)
