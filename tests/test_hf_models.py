@@ -230,3 +230,15 @@ def test_report_names_unknown_norm_classes() -> None:
     assert rep.swapped == [("2", "torch.nn.modules.normalization.LayerNorm")]
     assert len(rep.left) == 1 and rep.left[0][0] == "1"
     assert "a subclass of torch.nn.modules.normalization.LayerNorm with its own forward" in rep.left[0][2]
+
+
+def test_fuse_leaves_layers_whose_fused_call_cannot_run() -> None:
+    # an integer weight: no kernel takes it, so the fused call fails; the layer must stay as it was
+    model = nt.convert(_model("llama"))
+    norm = model.layers[0].post_attention_layernorm
+    norm.weight = nn.Parameter(norm.weight.data.to(torch.int32), requires_grad=False)
+    _, rep = nt.fuse_residual_norms(model, report=True)
+    assert rep.fused == ["layers.1"]
+    assert rep.left[0][0] == "layers.0"
+    assert rep.left[0][1].startswith("normgen cannot run the fused residual norm in torch.int32 on cpu: ")
+    assert type(model.layers[0]).__name__ == "LlamaDecoderLayer"

@@ -20,8 +20,10 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from ..errors import NormgenError
 from .function import normalize
 from .model_norms import ADD_GEMMA_RMS_NORM, ADD_LLAMA_RMS_NORM, HALF, LLAMA_RMS_NORM, ModelNorm
 from .registry import spec_key
@@ -60,11 +62,32 @@ def fuse_residual_norms(model: nn.Module, *, report: bool = False) -> nn.Module 
             why = "its post_attention_layernorm is not normgen's llama_rms_norm or gemma_rms_norm (run convert first)"
             rep.left.append((path, why))
             continue
+        before = norm.spec_id == spec_key(LLAMA_RMS_NORM)
+        why = _cannot_run(fused_spec[norm.spec_id], norm, before)
+        if why is not None:
+            rep.left.append((path, why))
+            continue
         module.__class__ = _fused_class(cls)
         module.fused_spec_id = fused_spec[norm.spec_id]  # a plain string: cheap to trace under torch.compile
-        module.round_before_weight = norm.spec_id == spec_key(LLAMA_RMS_NORM)
+        module.round_before_weight = before
         rep.fused.append(path)
     return (model, rep) if report else model
+
+
+def _cannot_run(spec_id: str, norm: ModelNorm, round_before_weight: bool) -> str | None:
+    """Why the fused call cannot run in the norm's dtype and device (None when it can): the
+    call the forward makes, tried on one row, so that a model is not rewired into layers that
+    fail on their first call."""
+    w = norm.weight
+    x = torch.zeros(1, *w.shape, dtype=w.dtype, device=w.device)
+    half_llama = round_before_weight and w.dtype in HALF
+    try:
+        with torch.no_grad():
+            normalize("add_rms_norm" if half_llama else spec_id, x, None if half_llama else {"weight": w},
+                      extras={"residual": x}, eps=norm.norm_eps, normalized_shape=tuple(w.shape))
+    except NormgenError as e:
+        return f"normgen cannot run the fused residual norm in {w.dtype} on {w.device.type}: {e}"
+    return None
 
 
 @functools.cache
