@@ -242,3 +242,12 @@ def test_fuse_leaves_layers_whose_fused_call_cannot_run() -> None:
     assert rep.left[0][0] == "layers.0"
     assert rep.left[0][1].startswith("normgen cannot run the fused residual norm in torch.int32 on cpu: ")
     assert type(model.layers[0]).__name__ == "LlamaDecoderLayer"
+
+
+def test_a_model_on_the_meta_device_converts_without_values() -> None:
+    # built for loading weights later: the check runs on a CPU copy with random values
+    with torch.device("meta"):
+        model = transformers.LlamaModel(transformers.LlamaConfig(**_TEXT))
+    converted, rep = nt.convert(model, report=True)
+    assert len(rep.swapped) == 5 and rep.left == []
+    assert converted.norm.weight.is_meta
