@@ -209,3 +209,27 @@ def test_the_traffic_model_counts_the_fused_arrays():
     assert kernels["backward_fused"].bytes_read == 5 * X + 4096 * 4 + 8192 * 3 * 4
     assert kernels["backward_fused"].bytes_written == X + 8192 * 4 * 8
     assert kernels["param_partial"].bytes_read == 2 * X + 8192 * 3 * 4 + 4096 * 4
+
+
+def test_a_fused_spec_across_ranks_takes_the_host_way():
+    """cuda_ranks.py's device path passes no fused arrays: a fused call with a process group
+    merges its moments and sums through the host (op/distributed.py `on_device`), with the
+    fused kernels' extra inputs, and matches the oracle."""
+    from normgen.testing.devicesync import RecordingDevice, RecordingGroup
+
+    op, dev = normgen.load("add_rms_norm"), RecordingDevice()
+    rng = np.random.default_rng(28)
+    x, r, dy, dh = (rng.standard_normal((6, 16)) for _ in range(4))
+    w = rng.standard_normal(16)
+    fwd = op.forward(dev.put(x), dev.put(w), residual=dev.put(r), normalized_shape=(16,),
+                     process_group=RecordingGroup(dev))
+    grads = op.backward(dev.put(dy), fwd, dprologue=dev.put(dh))
+    assert not any(k.startswith("ranks_") for k in dev.kernels())
+    sizes, extras = {"normalized_shape": (16,)}, {"residual": r}
+    ref = oracle.forward(op.spec, x, {"weight": w}, sizes=sizes, extras=extras)
+    rgrads = oracle.backward(op.spec, dy, x, {"weight": w}, sizes=sizes, extras=extras, dprologue=dh)
+    np.testing.assert_allclose(dev.to_host(fwd.y), ref.y, atol=1e-12)
+    np.testing.assert_allclose(dev.to_host(fwd.prologue), ref.prologue, atol=1e-12)
+    np.testing.assert_allclose(dev.to_host(grads.dx), rgrads["x"], atol=1e-10)
+    np.testing.assert_allclose(dev.to_host(grads["residual"]), rgrads["residual"], atol=1e-10)
+    np.testing.assert_allclose(dev.to_host(grads["weight"]), rgrads["weight"], atol=1e-10)
