@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from ..codegen.abi import ENTRIES
 from ..layouts import make_array
 from ..op import Op
+from ..op.fused import plan_arrays
 from ..plan.bind import bind
 from ..plan.model import Direction, Kernel, Plan, Strategy
 from ..runtime.cpu import BACKEND as CPU
@@ -146,11 +148,21 @@ def plans(op: Op, check: Check) -> tuple[Plan, Plan]:
     has_w = bool(spec.affine and spec.affine.weight)  # run_case passes every parameter
     has_b = bool(spec.affine and spec.affine.bias)
     out = CPU.strides(CPU.empty_like(x))  # y and dx: allocated by the op
-    fwd = CPU.plan(binding, {"x": CPU.strides(x), "y": out}, Direction.FORWARD, check.dtype, has_w, has_b,
-                   op.options)
-    bwd = CPU.plan(binding, {"x": CPU.strides(x), "dy": CPU.strides(dy), "dx": out}, Direction.BACKWARD,
+    xs = CPU.strides(x)
+    fwd = CPU.plan(binding, {"x": xs, "y": out, **_fused_arrays(spec, "forward", xs, out)}, Direction.FORWARD,
                    check.dtype, has_w, has_b, op.options)
+    bwd = CPU.plan(binding, {"x": xs, "dy": CPU.strides(dy), "dx": out, **_fused_arrays(spec, "backward", xs, out)},
+                   Direction.BACKWARD, check.dtype, has_w, has_b, op.options)
     return fwd, bwd
+
+
+def _fused_arrays(spec: Spec, direction: str, xs: tuple[int, ...], out: tuple[int, ...]) -> dict:
+    """A fused spec's other arrays as run_case passes them: extras laid out like x, the kept
+    prologue and the extras' gradients allocated like the output, dprologue laid out like x."""
+    arrays = plan_arrays(spec, direction, xs, out)
+    if "dh" in arrays:
+        arrays["dh"] = xs
+    return arrays
 
 
 def entries(plan: Plan, training: bool, mixture: bool) -> tuple[str, ...]:
