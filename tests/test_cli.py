@@ -74,7 +74,7 @@ def test_generate_and_check_a_user_spec(tmp_path):
     out = run("generate", str(spec), "--shape", "8,16,4,4", "-o", str(tmp_path / "gen"))
     assert out.returncode == 0, out.stderr
     files = sorted(p.name for p in (tmp_path / "gen").iterdir())
-    assert files == ["pos_norm.contiguous.backward.py", "pos_norm.contiguous.forward.py"]
+    assert files == ["pos_norm.contiguous.float32.rows.backward.py", "pos_norm.contiguous.float32.rows.forward.py"]
     out = run("check", str(spec), "--dtype", "float64", "--layout", "contiguous")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "pos_norm" in out.stdout and "OK" in out.stdout
