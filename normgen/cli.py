@@ -75,7 +75,7 @@ def _device(args: argparse.Namespace):
 
     if args.target != "cuda":
         if args.device:
-            raise NormgenError("--device is for --target cuda")
+            raise NormgenError("--device is for --target cuda", allowed="--target cuda --device PROFILE")
         return None
     if args.device:
         profile(args.device)  # an unknown name is a user error
@@ -252,6 +252,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import cuda as bench_gpu
     from .progress import Progress
 
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:  # what a run writes when it is done: checked before it starts
+            cli_args.output_file(path, option)
     if args.memory:
         return _bench_memory(args)
     cli_args.target_dtype(args.dtype, args.target)
@@ -262,7 +265,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if "normgen" not in providers or not set(providers) <= set(every_provider):
         raise NormgenError(f"--providers {args.providers}: expected normgen and any of the others, each known on "
                            f"--target {args.target}", allowed=", ".join(every_provider))
-    if args.plot and args.target == "cpu":
+    if args.plot and args.target == "cpu" and not (args.memory or args.fused):
         _require_matplotlib()
     if args.device and args.target != "cuda":
         raise NormgenError("--device is for --target cuda", allowed="--target cuda --device PROFILE")
@@ -277,6 +280,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise NormgenError("bench --shape needs exactly one --spec", allowed="--spec SPEC --shape N,C,...")
         op = _op(args.spec[0])  # a bad name or size is an error before anything compiles
         sizes = cli_args.call_sizes(op.spec, args.size)
+        if args.eval and op.spec.running is None:
+            raise NormgenError(f"bench --eval: {op.name} has no running statistics to evaluate with",
+                               allowed="--eval for a spec with [running] statistics (batch_norm, instance_norm)")
         cases = [bench.Case(f"{args.spec[0]} {list(args.shape)} {args.layout}", args.spec[0], args.shape,
                             args.layout, tuple(sizes.items()), "eval" if args.eval else "train")]
     else:
@@ -353,7 +359,8 @@ def _bench_fused(args: argparse.Namespace) -> int:
     from .runtime import threads as cpu
 
     if args.target != "cpu":
-        raise NormgenError("bench --fused runs on the CPU (the CUDA templates do not fuse yet)")
+        raise NormgenError("bench --fused runs on the CPU (the CUDA templates do not fuse yet)",
+                           allowed="bench --fused with --target cpu (the default)")
     if args.threads:
         cpu.set_num_threads(args.threads)
     directions = ("forward",) if args.forward else ("train",) if args.backward else ("forward", "train")
@@ -552,7 +559,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:  # argparse's own message names them under the top-level usage: say it under the command's
+        (sub,) = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(map(repr, extra))}; allowed: the "
+                                        f"arguments in the usage line above (normgen {args.command} -h)")
     try:
         return args.fn(args)
     except NormgenError as e:

@@ -107,6 +107,9 @@ def call_sizes(spec, given: list[tuple[str, tuple[int, ...]]]) -> dict[str, Any]
                                "takes one integer", allowed=f"{name}=N with N >= 1")
         else:
             out[name] = value[0]
+    missing = [a for a in args if a not in out]  # bind needs every one (a split's last part may be left out
+    if missing:                                   # only where the spec gives no argument for it)
+        raise NormgenError(f"{spec.name} needs " + " and ".join(f"--size {a}=..." for a in missing), allowed=allowed)
     return out
 
 
@@ -156,4 +159,21 @@ def output_dir(path: str | Path) -> Path:
                            allowed="a folder you can write to, or a path where one can be made") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise NormgenError(f"-o {path}: the folder is not writable", allowed="a folder you can write to")
+    return out
+
+
+def output_file(path: str | Path, option: str) -> Path:
+    """A file a command writes when it is done (--json, --plot): checked first, so that an hour
+    of benchmarking does not end in an unwritable path. Its folder is made now if missing."""
+    out = Path(path)
+    if out.is_dir() or str(path).endswith(os.sep):
+        raise NormgenError(f"{option} {path}: is a folder", allowed="a file path (its folder is made if missing)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NormgenError(f"{option} {path}: cannot make its folder {out.parent} ({e.strerror})",
+                           allowed="a path in a folder you can write to") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise NormgenError(f"{option} {path}: cannot write in {out.parent}",
+                           allowed="a path in a folder you can write to")
     return out

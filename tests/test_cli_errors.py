@@ -88,6 +88,11 @@ def test_bench_size_reaches_torch_as_a_shape(capsys, monkeypatch):
     (["--spec", "layer_norm", "--eval"], "allowed: --eval with --shape"),
     (["--spec", "layer_norm", "--size", "normalized_shape=8"], "allowed: --size with --shape"),
     (["--case", "nothing like it"], "no benchmark case matches"),
+    (["--spec", "layer_norm", "--shape", "8,16", "--size", "normalized_shape=16", "--eval"],
+     "layer_norm has no running statistics to evaluate with"),
+    (["--json", "/proc/normgen_nowhere/r.json"], "--json /proc/normgen_nowhere/r.json: cannot make its folder"),
+    (["--memory", "--json", "/proc/normgen_nowhere/r.json"], "cannot make its folder"),
+    (["--plot", "/"], "--plot /: is a folder"),
     (["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
     (["--repeat", "-1"], "argument --repeat: expected an integer >= 1"),
     (["--compile-budget", "nan"], "expected a number of seconds >= 0"),
@@ -96,7 +101,7 @@ def test_bench_refuses_before_timing_anything(capsys, monkeypatch, argv, said):
     from normgen.bench import cpu as bench
 
     monkeypatch.setattr(bench, "run_cases", lambda *a, **kw: pytest.fail("a refused benchmark ran"))
-    code, out, err = run(capsys, "bench", *argv)
+    code, _, err = run(capsys, "bench", *argv)
     assert code == 2 and said in err, err
 
 

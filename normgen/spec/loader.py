@@ -33,8 +33,8 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ..errors import Location, SpecError
@@ -65,7 +65,8 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError(f"not UTF-8 text ({e.reason} at byte {e.start})", location=Location(str(path), None),
                         allowed="a TOML text file in UTF-8") from None
     except OSError as e:
-        raise SpecError(f"cannot read spec file ({e.strerror or e})", location=Location(str(path), None)) from None
+        raise SpecError(f"cannot read spec file ({e.strerror or e})", location=Location(str(path), None),
+                        allowed="a readable .toml spec file, or a bundled spec name (normgen list)") from None
     return parse_spec(text, str(path), default_name=path.stem)
 
 
