@@ -113,12 +113,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .plan.describe import describe_plan
     from .plan.traffic import plan_json
 
+    if args.json and args.target != "cuda":
+        raise NormgenError("--json describes CUDA plans: add --target cuda", allowed="--json with --target cuda")
     op = _op(args.spec)
     sizes = cli_args.call_sizes(op.spec, args.size)
     cli_args.target_dtype(args.dtype, args.target)
     shape = args.shape
-    if args.json and args.target != "cuda":
-        raise NormgenError("--json describes CUDA plans: add --target cuda", allowed="--json with --target cuda")
     strides, copied = cli_args.call_strides(shape, args.strides or layout_strides(shape, args.layout))
     plan = op.plan(shape, strides=strides, dtype=args.dtype, direction="backward" if args.backward else "forward",
                    params=not args.no_params, target=args.target, device=_device(args), **sizes)

@@ -91,3 +91,11 @@ def test_a_module_asked_again_for_other_entry_points_compiles_them_after_the_fir
     run = _run(tmp_path, tmp_path / "c", 2, "instance_norm,switchable_norm", "contiguous", "float64", "each")
     assert run["errors"] == [] and run["compiled"] == run["needed"] > 0 and run["cached"] == 0
     assert run["compiled_here"] == 0 and run["misses"] == [] and run["ok"]
+
+
+def test_a_fused_spec_compiles_ahead_what_its_checks_run(tmp_path):
+    # the extras (residual) and the kept prologue are arrays of the plan: planning without them
+    # rendered templates that need their strides ('e_residual' undefined: check --all crashed)
+    one = _run(tmp_path, tmp_path / "c", 1, "add_rms_norm", "contiguous", "float64")
+    assert one["errors"] == [] and one["compiled"] == one["needed"] > 0
+    assert one["misses"] == [] and one["ok"] and one["checks"] > 0
