@@ -87,3 +87,14 @@ def test_kernels_with_equal_bodies_share_one_module():
     assert all(len(k) == 1 for k in keys.values())  # one body, one module
     assert len(set().union(*keys.values())) == len(keys)  # and the other way round
     assert any(s == {"instance_norm", "switchable_norm"} for s in specs.values())  # shared across specs
+
+
+@pytest.mark.parametrize("name", [n for n in bundled_names() if load(n).spec.fuse is not None])
+def test_a_fused_spec_plans_the_kernels_its_checks_render(name):
+    """The matrix plans a fused spec's calls with its extra arrays (op/fused.plan_arrays), as
+    the op does: the planned kernels render (the prebuild keys them by their source)."""
+    op = load(name)
+    planned = session.plan(op, LAYOUTS, DTYPES, whole=False, have=set())
+    kernels = [n.kernel for n in planned.needs]
+    assert kernels and all(set(op.spec.fuse.extras) <= {a.removeprefix("e_") for a in k.arrays} for k in kernels)
+    assert all(cpu.module_key(k) for k in kernels)

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -148,21 +147,13 @@ def plans(op: Op, check: Check) -> tuple[Plan, Plan]:
     has_w = bool(spec.affine and spec.affine.weight)  # run_case passes every parameter
     has_b = bool(spec.affine and spec.affine.bias)
     out = CPU.strides(CPU.empty_like(x))  # y and dx: allocated by the op
-    xs = CPU.strides(x)
-    fwd = CPU.plan(binding, {"x": xs, "y": out, **_fused_arrays(spec, "forward", xs, out)}, Direction.FORWARD,
-                   check.dtype, has_w, has_b, op.options)
-    bwd = CPU.plan(binding, {"x": xs, "dy": CPU.strides(dy), "dx": out, **_fused_arrays(spec, "backward", xs, out)},
+    # a fused spec's extras are laid out like x (run_case), its new arrays like the output
+    fx = {d: plan_arrays(spec, d, CPU.strides(x), out) for d in ("forward", "backward")}
+    fwd = CPU.plan(binding, {"x": CPU.strides(x), "y": out, **fx["forward"]}, Direction.FORWARD, check.dtype,
+                   has_w, has_b, op.options)
+    bwd = CPU.plan(binding, {"x": CPU.strides(x), "dy": CPU.strides(dy), "dx": out, **fx["backward"]},
                    Direction.BACKWARD, check.dtype, has_w, has_b, op.options)
     return fwd, bwd
-
-
-def _fused_arrays(spec: Spec, direction: str, xs: tuple[int, ...], out: tuple[int, ...]) -> dict:
-    """A fused spec's other arrays as run_case passes them: extras laid out like x, the kept
-    prologue and the extras' gradients allocated like the output, dprologue laid out like x."""
-    arrays = plan_arrays(spec, direction, xs, out)
-    if "dh" in arrays:
-        arrays["dh"] = xs
-    return arrays
 
 
 def entries(plan: Plan, training: bool, mixture: bool) -> tuple[str, ...]:
