@@ -94,8 +94,8 @@ def test_a_module_asked_again_for_other_entry_points_compiles_them_after_the_fir
 
 
 def test_a_fused_spec_compiles_ahead_what_its_checks_run(tmp_path):
-    # the extras (residual) and the kept prologue are arrays of the plan: planning without them
-    # rendered templates that need their strides ('e_residual' undefined: check --all crashed)
-    one = _run(tmp_path, tmp_path / "c", 1, "add_rms_norm", "contiguous", "float64")
+    # the extras (residual), the kept prologue h and its gradient dh are arrays of the plan, each
+    # with the strides run_case gives it: sliced, dh (laid out like x) is strided where h is not
+    one = _run(tmp_path, tmp_path / "c", 1, "add_rms_norm", "sliced", "float64")
     assert one["errors"] == [] and one["compiled"] == one["needed"] > 0
     assert one["misses"] == [] and one["ok"] and one["checks"] > 0
