@@ -107,8 +107,8 @@ def call_sizes(spec, given: list[tuple[str, tuple[int, ...]]]) -> dict[str, Any]
                                "takes one integer", allowed=f"{name}=N with N >= 1")
         else:
             out[name] = value[0]
-    missing = [a for a in args if a not in out]  # bind needs every one (a split's last part may be left out
-    if missing:                                   # only where the spec gives no argument for it)
+    missing = [a for a in args if a not in out]  # a call needs every size its spec names (plan/bind.py)
+    if missing:
         raise NormgenError(f"{spec.name} needs " + " and ".join(f"--size {a}=..." for a in missing), allowed=allowed)
     return out
 
