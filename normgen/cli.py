@@ -560,6 +560,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
+    if argv is not None and any("\0" in a for a in argv):  # only in-process: an OS argv cannot hold NUL
+        p.error("an argument holds a NUL character; expected text without NUL (as any command line has)")
     args, extra = p.parse_known_args(argv)
     if extra:  # argparse's own message names them under the top-level usage: say it under the command's
         (sub,) = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]

@@ -150,11 +150,12 @@ def output_dir(path: str | Path) -> Path:
     """-o: a folder that exists or can be made, and that we may write into (checked before rendering
     anything is written, so that a bad path leaves nothing behind)."""
     out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise NormgenError(f"-o {path}: exists and is not a folder", allowed="a folder, or a path to create one at")
     try:
+        if out.exists() and not out.is_dir():
+            raise NormgenError(f"-o {path}: exists and is not a folder",
+                               allowed="a folder, or a path to create one at")
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
+    except OSError as e:  # no such parent, not a folder, a name too long, no permission
         raise NormgenError(f"-o {path}: cannot create the folder ({e.strerror})",
                            allowed="a folder you can write to, or a path where one can be made") from None
     if not os.access(out, os.W_OK | os.X_OK):
@@ -163,17 +164,20 @@ def output_dir(path: str | Path) -> Path:
 
 
 def output_file(path: str | Path, option: str) -> Path:
-    """A file a command writes when it is done (--json, --plot): checked first, so that an hour
-    of benchmarking does not end in an unwritable path. Its folder is made now if missing."""
+    """A file a command writes when it is done (--json, --plot): checked first, by opening it,
+    so that an hour of benchmarking does not end in an unwritable path. Its folder is made now
+    if missing; a file that was not there is not left behind."""
     out = Path(path)
-    if out.is_dir() or str(path).endswith(os.sep):
-        raise NormgenError(f"{option} {path}: is a folder", allowed="a file path (its folder is made if missing)")
     try:
+        if out.is_dir() or str(path).endswith(os.sep):
+            raise NormgenError(f"{option} {path}: is a folder", allowed="a file path (its folder is made if missing)")
         out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise NormgenError(f"{option} {path}: cannot make its folder {out.parent} ({e.strerror})",
-                           allowed="a path in a folder you can write to") from None
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise NormgenError(f"{option} {path}: cannot write in {out.parent}",
-                           allowed="a path in a folder you can write to")
+        existed = out.exists()
+        with open(out, "ab"):
+            pass
+        if not existed:
+            out.unlink()
+    except OSError as e:  # no such parent, not a folder, a name too long, no permission, a read-only disk
+        raise NormgenError(f"{option} {path}: cannot write there ({e.strerror})",
+                           allowed="a file path in a folder you can write to") from None
     return out

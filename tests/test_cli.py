@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run(*args, cwd=None):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "normgen", *args], capture_output=True, text=True, env=env, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "normgen", *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          check=False)
 
 
 def test_list_and_show():
@@ -99,7 +100,7 @@ def test_a_mismatch_fails_the_check(monkeypatch, capsys):
 def test_cache_info(tmp_path):
     env_dir = tmp_path / "c"
     out = subprocess.run([sys.executable, "-m", "normgen", "cache", "info"], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(REPO), NORMGEN_CACHE_DIR=str(env_dir)))
+                         env=dict(os.environ, PYTHONPATH=str(REPO), NORMGEN_CACHE_DIR=str(env_dir)), check=False)
     assert out.returncode == 0 and str(env_dir) in out.stdout
 
 

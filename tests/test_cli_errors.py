@@ -90,8 +90,9 @@ def test_bench_size_reaches_torch_as_a_shape(capsys, monkeypatch):
     (["--case", "nothing like it"], "no benchmark case matches"),
     (["--spec", "layer_norm", "--shape", "8,16", "--size", "normalized_shape=16", "--eval"],
      "layer_norm has no running statistics to evaluate with"),
-    (["--json", "/proc/normgen_nowhere/r.json"], "--json /proc/normgen_nowhere/r.json: cannot make its folder"),
-    (["--memory", "--json", "/proc/normgen_nowhere/r.json"], "cannot make its folder"),
+    (["--json", "/proc/normgen_nowhere/r.json"], "--json /proc/normgen_nowhere/r.json: cannot write there"),
+    (["--memory", "--json", "/proc/normgen_nowhere/r.json"], "cannot write there (No such file or directory)"),
+    (["--json", "x" * 300 + ".json"], "cannot write there (File name too long)"),
     (["--plot", "/"], "--plot /: is a folder"),
     (["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
     (["--repeat", "-1"], "argument --repeat: expected an integer >= 1"),
@@ -185,6 +186,15 @@ def test_generate_output_errors_write_nothing(capsys, tmp_path):
     code, _, err = run(capsys, "generate", "--reference", "layer_norm")
     assert code == 2 and "it takes no SPEC or --shape" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"] + (["locked"] if os.geteuid() else [])
+
+
+def test_paths_no_file_system_takes(capsys, tmp_path):
+    long = tmp_path / ("x" * 300)
+    code, _, err = run(capsys, "generate", "standardize", "--shape", "4,8", "-o", str(long), "-q")
+    assert code == 2 and "cannot create the folder (File name too long)" in err
+    code, _, err = run(capsys, "show", "a\0b.toml")  # in process only: an OS argv cannot hold NUL
+    assert code == 2 and "an argument holds a NUL character" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_plan_of_strides_a_call_copies(capsys):

@@ -46,7 +46,7 @@ def int_list(lo: int, hi: int, min_size: int = 1) -> st.SearchStrategy[str]:
 
 HOSTILE = st.one_of(st.sampled_from(["", " ", "-", "--", "nan", "inf", "1e309", "0x10", "☃", "a=b=c", "=", ",", "-1",
                                      "../", "/", "/proc/x/y", "NUL", "1,,2", "4,-3", "0", "3,0,2",
-                                     "100000000000,100000000000", str(2 ** 64)]),
+                                     "100000000000,100000000000", str(2 ** 64), "a\0b", "x" * 300]),
                     st.text(max_size=12))
 COUNTS = mostly(st.integers(1, 3).map(str), st.sampled_from(["0", "-2", "10000000000000000000000", "1.5", "two"]))
 
@@ -63,7 +63,8 @@ def values(tmp) -> dict[str, st.SearchStrategy]:
                       mostly(int_list(1, 8), int_list(-3, 3, min_size=0)))
     good_path = st.sampled_from([str(tmp / "out"), str(tmp / "out" / "deeper"), str(tmp / "p.png"),
                                  str(tmp / "r.json")])
-    path = mostly(good_path, st.sampled_from([str(a_file), str(a_file / "below"), "/proc/normgen_fuzz/x", str(tmp)]))
+    path = mostly(good_path, st.sampled_from([str(a_file), str(a_file / "below"), "/proc/normgen_fuzz/x", str(tmp),
+                                              str(tmp / ("x" * 300)), str(tmp / "a\0b")]))
     return {
         "spec": spec,
         "shape": mostly(int_list(1, 12), HOSTILE),
