@@ -66,7 +66,8 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError(f"not UTF-8 text ({e.reason} at byte {e.start})", location=Location(str(path), None),
                         allowed="a TOML text file in UTF-8") from None
     except OSError as e:
-        raise SpecError(f"cannot read spec file ({e.strerror or e})", location=Location(str(path), None)) from None
+        raise SpecError(f"cannot read spec file ({e.strerror or e})", location=Location(str(path), None),
+                        allowed="a readable .toml spec file, or a bundled spec name (normgen list)") from None
     return parse_spec(text, str(path), default_name=path.stem)
 
 

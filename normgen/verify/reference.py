@@ -31,7 +31,7 @@ REFERENCES = (
     Reference("weight_norm", (512, 256, 3, 3)),
     Reference("weight_standardization", (512, 256, 3, 3)),
     Reference("standardize", (100000, 64)),
-    # fused specs (CPU only until the CUDA templates learn fusion)
+    # fused specs (their CPU and CUDA kernels)
     Reference("add_rms_norm", (8192, 4096), sizes=(("normalized_shape", (4096,)),)),
     Reference("gated_rms_norm", (8192, 1024), sizes=(("normalized_shape", (1024,)),)),
     Reference("group_norm_silu", (8, 256, 64, 64), sizes=(("num_groups", 32),)),
