@@ -15,7 +15,6 @@ runs alone: at most the thread budget when normgen keeps to it.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -90,11 +89,6 @@ def setup(case: InterleavedCase, direction: str) -> tuple[dict[str, Callable[[],
     return calls, between
 
 
-def _cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 def measure(calls: dict[str, Callable[[], Any]], between: Callable[[], Any], repeat: int,
             warmup: int) -> tuple[dict[str, dict[str, float]], float]:
     """Median ms per provider and setting (settings and providers interleaved in every round),
@@ -109,11 +103,11 @@ def measure(calls: dict[str, Callable[[], Any]], between: Callable[[], Any], rep
     for _ in range(repeat):
         for name, fn in calls.items():
             fn()  # after a call of its own: no PyTorch op just ran (for PyTorch: its own op did)
-            c0, t0 = _cpu_seconds(), clock()
+            c0, t0 = time.process_time(), clock()
             fn()
             t1 = clock()
             if name == "normgen":
-                busy_cpu += _cpu_seconds() - c0
+                busy_cpu += time.process_time() - c0
                 busy_wall += t1 - t0
             times[name]["alone"].append(t1 - t0)
             between()
@@ -141,8 +135,9 @@ def run(directions=("forward", "backward"), repeat: int = 15, warmup: int = 3, o
 
 
 def table(results: list[InterleavedResult]) -> str:
-    lines = [f"{'case':<30} {'dir':<4} {'normgen ms':>10} {'interleaved':>11} {'ratio':>6} "
-             f"{'torch ms':>9} {'interleaved':>11} {'ratio':>6} {'busy cores':>10}"]
+    head = (f"{'case':<30} {'dir':<4} {'normgen ms':>10} {'interleaved':>11} {'ratio':>6} "
+            f"{'torch ms':>9} {'interleaved':>11} {'ratio':>6} {'busy cores':>10}")
+    lines = [head]
     for r in results:
         ng, tm = r.ms["normgen"], r.ms["torch"]
         lines.append(f"{r.case:<30} {r.direction[:3]:<4} {ng['alone']:10.2f} {ng['interleaved']:11.2f} "

@@ -48,6 +48,36 @@ def forward_impl(x: Tensor, weight: Tensor | None, bias: Tensor | None, extras: 
     return y, stats, moments, [_tensor(getattr(fwd, name)) for name in extra_outputs(op.spec)]
 
 
+def forward_y_impl(x: Tensor, weight: Tensor | None, bias: Tensor | None, spec: str, sizes: dict[str, Any],
+                   eps: float | None, training: bool) -> Tensor:
+    """y alone, for a plain CPU tensor outside autograd (inference, no_grad): what
+    `forward_impl` returns as y, without the statistics and moments nobody will read.
+
+    It calls the Op for y only (`Op.__call__`), whose repeated calls run the recipe the first
+    call left (op/fast.py), so a small call costs little more than the kernel. y is allocated
+    as `forward_impl` allocates it (the layout the fake implementation promises).
+    """
+    op = op_of(spec)
+    a = op.spec.affine
+    params = {}
+    if weight is not None:
+        params[_role(op.spec, a, "weight")] = weight.detach().numpy() if weight.requires_grad else weight.numpy()
+    if bias is not None:
+        params[_role(op.spec, a, "bias")] = bias.detach().numpy() if bias.requires_grad else bias.numpy()
+    y = empty_like(x)
+    op(x.detach().numpy() if x.requires_grad else x.numpy(), out=y.numpy() if y.numel() else None,
+       training=training, eps=eps, **params, **sizes)
+    return y
+
+
+def _role(spec: Spec, a: Any, role: str) -> str:
+    name = getattr(a, role, None) if a else None
+    if name is None:
+        raise CallError(f"{spec.name}: this spec has no {role} parameter (it takes "
+                        f"{', '.join(spec.param_names) or 'no parameters'})")
+    return name
+
+
 def backward_impl(dy: Tensor, dextra_out: list[Tensor | None], x: Tensor, weight: Tensor | None,
                   bias: Tensor | None, extras: list[Tensor], running_mean: Tensor | None,
                   running_var: Tensor | None, mean_weight: Tensor | None, var_weight: Tensor | None, stats: Tensor,
