@@ -119,14 +119,15 @@ def _inference_on_cpu(input: Tensor, weight: Tensor | None, bias: Tensor | None)
     nothing requires grad): its statistics are not needed, only y (kernels.forward_y_impl).
     Anything else (tracers, subclasses, other dtypes, CUDA) takes the general path, which
     also says what is wrong with a bad argument."""
-    if type(input) is not torch.Tensor or input.device.type != "cpu" or input.dtype not in _CPU_FLOATS:
+    # (is_cpu: t.device would build a torch.device object on every call)
+    if type(input) is not torch.Tensor or not input.is_cpu or input.dtype not in _CPU_FLOATS:
         return False
     grad = torch.is_grad_enabled()
     needs = grad and input.requires_grad
     for p in (weight, bias):
         if p is not None:
             # (the exact types: isinstance on a Parameter runs its metaclass's Python check)
-            if type(p) not in _PLAIN_PARAMS or p.device.type != "cpu" or p.dtype not in _CPU_FLOATS:
+            if type(p) not in _PLAIN_PARAMS or not p.is_cpu or p.dtype not in _CPU_FLOATS:
                 return False
             needs = needs or (grad and p.requires_grad)
     return not needs and not _traced() and _plain(input)
