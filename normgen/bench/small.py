@@ -10,8 +10,7 @@ same run:
     compiled      torch.compile(normgen.torch module)         vs torch.compile(torch.nn module), no grad
 
 Providers are interleaved: every round runs a block of `inner` calls of each provider in turn,
-and a provider's time is the median over rounds of its block's mean (the quieter moments of
-a loaded machine, as a model running steadily sees them).
+and a provider's time is the median of its single calls (`measure`).
 """
 
 from __future__ import annotations
@@ -149,21 +148,25 @@ def _no_grad(fn):
 
 
 def measure(run: dict[str, Callable[[], Any]], rounds: int, inner: int, warmup: int) -> dict[str, float]:
-    """Median µs per call over `rounds` blocks of `inner` calls, providers interleaved."""
+    """Median µs of single calls: `rounds` blocks of `inner` calls per provider, providers
+    interleaved block by block. Each call is timed on its own: on a loaded machine the
+    scheduler takes the core away every few milliseconds, and the median of single calls
+    leaves those pauses out, where the mean of a block would charge them to whichever
+    provider's block was longer."""
     names = list(run)
     for _ in range(warmup):
         for n in names:
             run[n]()
-    per: dict[str, list[float]] = {n: [] for n in names}
+    per: dict[str, list[int]] = {n: [] for n in names}
     clock = time.perf_counter_ns
     for _ in range(rounds):
         for n in names:
-            fn = run[n]
-            t0 = clock()
+            fn, times = run[n], per[n]
             for _ in range(inner):
+                t0 = clock()
                 fn()
-            per[n].append((clock() - t0) / inner / 1e3)
-    return {n: statistics.median(v) for n, v in per.items()}
+                times.append(clock() - t0)
+    return {n: statistics.median(v) / 1e3 for n, v in per.items()}
 
 
 def run(paths=PATHS, dtype: str = "float32", rounds: int = 40, inner: int = 20, warmup: int = 20,
