@@ -102,14 +102,18 @@ def test_inference_errors_are_the_general_paths():
 
 def test_threads_claim_every_piece_exactly_once(monkeypatch):
     monkeypatch.setattr(cpu_threads, "_threads", 3)
-    for n, t in ((1000, 3), (7, 3), (5, 8), (1, 2)):
+    for n, t, claim in ((1000, 3, True), (7, 3, True), (5, 8, True), (1, 2, True), (1000, 3, False), (2, 3, False)):
         covered = np.zeros(n, np.int64)
+        calls = []
 
-        def piece(covered, lock, lo, hi):
+        def piece(covered, calls, lock, lo, hi):
             with lock:
                 covered[lo:hi] += 1
-        cpu_threads.split(piece, n, t, covered, threading.Lock())
+                calls.append((lo, hi))
+        cpu_threads.split(piece, n, t, covered, calls, threading.Lock(), claim=claim)
         assert (covered == 1).all(), (n, t)
+        pieces = min(n, cpu_threads.PIECES_PER_THREAD * t) if claim else min(n, t)
+        assert len(calls) == pieces, (n, t, claim)
 
 
 def test_a_piece_that_raises_raises_in_the_caller(monkeypatch):

@@ -81,15 +81,17 @@ if hasattr(os, "register_at_fork"):
 PIECES_PER_THREAD = 4
 
 
-def split(fn, n: int, t: int, *args) -> None:
+def split(fn, n: int, t: int, *args, claim: bool = True) -> None:
     """fn(*args, lo, hi) over [0, n) on t threads (the caller's among them).
 
-    The range is cut into up to PIECES_PER_THREAD * t contiguous pieces, and each thread
-    claims the next piece when it is done with its last. Fixed shares would make the call
-    as slow as its slowest thread: right after a PyTorch op, PyTorch's OpenMP workers spin
-    for milliseconds on the cores this process may use (and other processes share them),
-    so one of our threads can get half a core. Claiming, the threads that run at full speed
-    take the pieces the slowed one would have had.
+    With `claim`, the range is cut into up to PIECES_PER_THREAD * t contiguous pieces, and
+    each thread claims the next piece when it is done with its last. Fixed shares would make
+    the call as slow as its slowest thread: right after a PyTorch op, PyTorch's OpenMP
+    workers spin for milliseconds on the cores this process may use (and other processes
+    share them), so one of our threads can get half a core. Claiming, the threads that run
+    at full speed take the pieces the slowed one would have had. Each piece is one more
+    call of fn (microseconds): callers pass claim=False for work of well under a millisecond,
+    which then takes one share per thread.
     """
     global _pool
     t = min(t, n)
@@ -98,7 +100,7 @@ def split(fn, n: int, t: int, *args) -> None:
         return
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="normgen")
-    pieces = min(n, PIECES_PER_THREAD * t)
+    pieces = min(n, PIECES_PER_THREAD * t) if claim else t
     claim = itertools.count().__next__  # atomic under the GIL: each piece is claimed once
     futures = [_pool.submit(_claim_pieces, fn, args, n, pieces, claim) for _ in range(t - 1)]
     _claim_pieces(fn, args, n, pieces, claim)
