@@ -138,3 +138,18 @@ def test_small_and_interleaved_benchmarks_run():
     ms, busy = interleaved.measure(calls, between, repeat=2, warmup=1)
     assert set(ms) == {"normgen", "torch"} and all(v["alone"] > 0 and v["interleaved"] > 0 for v in ms.values())
     assert busy >= 0
+
+
+def test_bench_small_cli_writes_json_and_refuses_unknown_paths(tmp_path, capsys):
+    import json
+
+    from normgen import cli
+
+    assert cli.main(["bench", "--small", "--paths", "foo"]) == 2
+    assert "unknown path(s) foo" in capsys.readouterr().err
+    out = tmp_path / "small.json"
+    assert cli.main(["bench", "--small", "--paths", "ops", "--case", "rms_norm [1, 4096]", "--repeat", "2",
+                     "--calls", "2", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [r["path"] for r in data["results"]] == ["ops"] and data["results"][0]["case"] == "rms_norm [1, 4096]"
+    assert "ng/torch" in capsys.readouterr().out
