@@ -245,6 +245,11 @@ def _cuda_runner_note() -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     import os
 
+    # --small and --interleaved measure what a user's process does: OpenMP's settings as they are
+    if args.small:
+        return _bench_small(args)
+    if args.interleaved:
+        return _bench_interleaved(args)
     # PyTorch's OpenMP workers spin after every call by default, taking the cores from
     # whichever provider runs next; waiting passively leaves PyTorch's own times unchanged.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -406,6 +411,82 @@ def _bench_fused(args: argparse.Namespace) -> int:
                                     "repeat": args.repeat, "results": [vars(r) for r in results]}, indent=1))
         print(f"wrote {path}")
     return 0
+
+
+def _bench_small(args: argparse.Namespace) -> int:
+    """`normgen bench --small`: µs per call of small calls against PyTorch (bench/small.py)."""
+    from .bench import small
+    from .runtime import threads as cpu
+
+    _cpu_only(args, "--small")
+    paths = tuple(args.paths.split(",")) if args.paths else small.PATHS
+    unknown = [p for p in paths if p not in small.PATHS]
+    if unknown:
+        raise NormgenError(f"bench --small: unknown path(s) {', '.join(unknown)}", allowed=", ".join(small.PATHS))
+    rounds = args.repeat if args.repeat != 15 else 40  # (15: the parser's default, for the other modes)
+    print(f"normgen bench --small: {args.dtype}, {cpu.threads()} threads, µs per call: median of {rounds} rounds "
+          f"of {args.calls or 20} calls, providers interleaved; ng/torch = normgen's time over PyTorch's", flush=True)
+    results = small.run(paths, args.dtype, rounds=rounds, inner=args.calls or 20, only=args.case,
+                        progress=lambda r: print(f"  {r.case:<30} {r.path:<12} normgen {r.us['normgen']:9.1f} µs  "
+                                                 f"torch {r.us['torch']:9.1f} µs  {r.ratio:5.2f}x", flush=True))
+    print()
+    print(small.table(results))
+    _save_mode_json(args, "small", {"threads": cpu.threads(), "dtype": args.dtype, "rounds": rounds,
+                                    "calls": args.calls or 20, "results": [vars(r) for r in results]})
+    return 0
+
+
+def _bench_interleaved(args: argparse.Namespace) -> int:
+    """`normgen bench --interleaved`: alone against between PyTorch ops (bench/interleaved.py)."""
+    import os
+
+    from .bench import interleaved
+    from .runtime import threads as cpu
+
+    _cpu_only(args, "--interleaved")
+    directions = ("forward",) if args.forward else ("backward",) if args.backward else ("forward", "backward")
+    print(f"normgen bench --interleaved: float32, {cpu.threads()} threads, median of {args.repeat}; interleaved: a "
+          "torch GELU before every timed call; ratio = interleaved / alone; OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}", flush=True)
+    results = interleaved.run(directions, args.repeat, args.warmup, only=args.case,
+                              progress=lambda r: print(f"  {r.case:<30} {r.direction:<8} normgen "
+                                                       f"{r.slowdown('normgen'):5.2f}x  torch "
+                                                       f"{r.slowdown('torch'):5.2f}x", flush=True))
+    print()
+    print(interleaved.table(results))
+    _save_mode_json(args, "interleaved", {"threads": cpu.threads(), "repeat": args.repeat,
+                                          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                                          "results": [vars(r) for r in results]})
+    return 0
+
+
+def _cpu_only(args: argparse.Namespace, mode: str) -> None:
+    from .runtime import threads as cpu
+
+    if args.target != "cpu":
+        raise NormgenError(f"bench {mode} runs on the CPU (got --target {args.target})")
+    if args.threads:
+        cpu.set_num_threads(args.threads)
+    import torch
+
+    torch.set_num_threads(cpu.threads())
+
+
+def _save_mode_json(args: argparse.Namespace, mode: str, data: dict) -> None:
+    """--json: bench/results/MODE-DATE.json (or the path given), with the machine it ran on."""
+    import datetime
+    import json
+
+    from .bench.cpu import machine
+    from .paths import repo_root
+
+    if args.json is None:
+        return
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(args.json) if args.json else (repo_root() or Path(".")) / "bench" / "results" / f"{mode}-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine(), **data}, indent=1))
+    print(f"wrote {path}")
 
 
 def _bench_memory(args: argparse.Namespace) -> int:
@@ -575,7 +656,14 @@ def parser() -> argparse.ArgumentParser:
                    help="fused specs (add_rms_norm, group_norm_silu) against PyTorch eager and torch.compile")
     s.add_argument("--memory", action="store_true",
                    help="resident memory (peak, held after) against PyTorch, each loop in a fresh process")
-    s.add_argument("--calls", type=cli_args.count(1), help="with --memory: calls per loop (default 50 training, 400 inference)")
+    s.add_argument("--calls", type=cli_args.count(1), help="with --memory: calls per loop (default 50 training, "
+                   "400 inference); with --small: calls per timed block (default 20)")
+    s.add_argument("--small", action="store_true",
+                   help="µs per call of small calls (normgen.ops, normgen.torch modules with and without grad, "
+                        "torch.compile) against PyTorch")
+    s.add_argument("--paths", help="with --small: comma-separated subset of ops,module,module+grad,compiled")
+    s.add_argument("--interleaved", action="store_true",
+                   help="layer_norm and group_norm alone and between PyTorch ops (forward, backward), busy cores")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("cache", help="inspect or clear the kernel cache")
