@@ -300,19 +300,17 @@ class CudaBackend:
     def update_running(self, binding, moments, factor: float, running_mean, running_var) -> bool:
         """Running statistics updated from device moments by a kernel; False (nothing done) when
         the buffers are not two contiguous arrays of one dtype (the caller updates on the host)."""
-        a, b = bits(running_mean), bits(running_var)
-        if a.dtype != b.dtype or not (a.flags.c_contiguous and b.flags.c_contiguous) or not self.owns(moments):
+        pair = _one_buffer_pair(running_mean, running_var)
+        if pair is None or not self.owns(moments):
             return False
-        cuda_ranks.update_running(self, binding, moments, factor, a, b)
+        cuda_ranks.update_running(self, binding, moments, factor, *pair)
         return True
 
     def running_kstats(self, binding, running_mean, running_var, eps: float, dtype):
         """Evaluation's kstats from the running statistics by a kernel; None (the caller computes
         them on the host) when the buffers are not two contiguous arrays of one dtype."""
-        a, b = bits(running_mean), bits(running_var)
-        if a.dtype != b.dtype or not (a.flags.c_contiguous and b.flags.c_contiguous):
-            return None
-        return cuda_ranks.eval_kstats(self, binding, a, b, eps, dtype)
+        pair = _one_buffer_pair(running_mean, running_var)
+        return None if pair is None else cuda_ranks.eval_kstats(self, binding, *pair, eps, dtype)
 
     # ---- parameter gradients, as the plan reduces them ----
     def _param_grads(self, plan: Plan, x, dy, kstats, totals, pgrad, w=None, fx: dict | None = None):
@@ -337,22 +335,29 @@ class CudaBackend:
             fused = {"weight": self._param(w, plan.kernel.dtype), **self._fused(fx, plan.kernel.dtype)} \
                 if pplan.kernel.fusion is not None else {}
             self.run(pplan, "param_partial", x=x, dy=dy, kstats=kstats, partial=part, **fused)
-        order, offsets = self._param_entries(plan, index_of, n_param)
+        order, offsets = _param_entries(self.device, plan, index_of, n_param)
         dw, db = self.device.empty(n_param, np.float64), self.device.empty(n_param, np.float64)
         cuda_ranks.kernels(self).param_sums(part, width, first, order, offsets, n_param, dw, db)
         return dw, db
 
-    def _param_entries(self, plan: Plan, index_of, n_param: int):
-        """The partials' rows grouped by parameter index, in row order (order, offsets [n_param + 1]),
-        on the device: made once per plan, a constant of its shape."""
-        found = plan.__dict__.get("_param_entries")
-        if found is None:
-            index = np.asarray(index_of(), np.int64)
-            order = np.argsort(index, kind="stable").astype(np.int64)
-            offsets = np.zeros(n_param + 1, np.int64)
-            np.cumsum(np.bincount(index, minlength=n_param), out=offsets[1:])
-            found = plan.__dict__["_param_entries"] = (self.device.asarray(order), self.device.asarray(offsets))
-        return found
+def _param_entries(device, plan: Plan, index_of, n_param: int):
+    """The partials' rows grouped by parameter index, in row order (order, offsets [n_param + 1]),
+    on the device: made once per plan, a constant of its shape."""
+    found = plan.__dict__.get("_param_entries")
+    if found is None:
+        index = np.asarray(index_of(), np.int64)
+        order = np.argsort(index, kind="stable").astype(np.int64)
+        offsets = np.zeros(n_param + 1, np.int64)
+        np.cumsum(np.bincount(index, minlength=n_param), out=offsets[1:])
+        found = plan.__dict__["_param_entries"] = (device.asarray(order), device.asarray(offsets))
+    return found
+
+
+def _one_buffer_pair(running_mean, running_var):
+    """The running statistics' arrays when a kernel can take them (two contiguous arrays of one
+    dtype), else None (the caller works on the host)."""
+    a, b = bits(running_mean), bits(running_var)
+    return (a, b) if a.dtype == b.dtype and a.flags.c_contiguous and b.flags.c_contiguous else None
 
 
 def _offsets(sizes: list[int], strides: list[int]) -> np.ndarray:
