@@ -27,6 +27,8 @@ CALL_ARGS = ("out", "eps", "training", "running_mean", "running_var", "momentum"
              "mean_weight", "var_weight", "target", "process_group", "comm", "sync", "save")
 #: what a forward call keeps for its backward: x (and the extra inputs), or y (save="y")
 SAVE = ("x", "y")
+#: the half types: on the CPU their parameters may be float32 too (as PyTorch's CPU ops allow)
+HALF = ("float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,10 @@ def check_forward(spec: Spec, bind: Callable[..., Binding], x: Any, params: tupl
     a = spec.affine
     weight = checked.get(a.weight) if a and a.weight else None
     if weight is not None and spec.weight_offset:  # the kernels see the effective weight
-        weight = weight + backend.from_host(np.asarray(spec.weight_offset, dtype=weight.dtype))
+        if dtype in HALF and backend.name == "cpu":  # (in float32, the dtype half-type kernels read it in)
+            weight = backend.to_host(weight).astype(np.float32) + np.float32(spec.weight_offset)
+        else:
+            weight = weight + backend.from_host(np.asarray(spec.weight_offset, dtype=weight.dtype))
     return Call(backend=backend, x=xk, y=y, params=checked, sizes=sizes, binding=binding, dtype=dtype, eps=e,
                 weight=weight, bias=checked.get(a.bias) if a and a.bias else None,
                 running=None if running is None else Running(*running, num_batches_tracked, factor),
@@ -219,8 +224,10 @@ def _param(name: str, pname: str, p: Any, shape: tuple[int, ...], dtype: str, ba
     if tuple(p.shape) != shape:
         raise CallError(f"{name}: {pname} has shape {tuple(p.shape)}, expected {shape}")
     _native(name, pname, p)
-    if backend.dtype(p) != dtype:
-        raise CallError(f"{name}: {pname} has dtype {backend.dtype(p)}, expected {dtype} (the dtype of x)")
+    pdt = backend.dtype(p)
+    if pdt != dtype and not (dtype in HALF and pdt == "float32" and backend.name == "cpu"):
+        also = " or float32" if dtype in HALF and backend.name == "cpu" else ""
+        raise CallError(f"{name}: {pname} has dtype {pdt}, expected {dtype} (the dtype of x){also}")
     return p if backend.dense(p) else backend.contiguous(p)
 
 
