@@ -87,7 +87,7 @@ def check_forward(spec: Spec, bind: Callable[..., Binding], x: Any, params: tupl
     extras = {e: check_like(name, given.get(e), x, backend, e) for e in spec.extras}
     checked = {n: _param(name, n, p, binding.param_shape, dtype, backend) for n, p in pvals.items()}
     _check_save(spec, save, checked)
-    running = _running(spec, binding, running_mean, running_var, backend)
+    running = _running(spec, binding, running_mean, running_var, backend, dtype)
     e = _eps(spec, eps, dtype)
     eval_mode = running is not None and not training
     mix = _mix(spec, mean_weight, var_weight)
@@ -252,7 +252,7 @@ def check_out(name: str, out: Any, like, backend, *inputs):
     return out
 
 
-def _running(spec: Spec, binding: Binding, running_mean: Any, running_var: Any, backend):
+def _running(spec: Spec, binding: Binding, running_mean: Any, running_var: Any, backend, dtype: str):
     if running_mean is None and running_var is None:
         return None
     if spec.running is None:
@@ -265,8 +265,10 @@ def _running(spec: Spec, binding: Binding, running_mean: Any, running_var: Any, 
         if tuple(r.shape) != binding.running_shape:
             raise CallError(f"{spec.name}: {rname} has shape {tuple(r.shape)}, expected {binding.running_shape}")
         _native(spec.name, rname, r)
-        if backend.dtype(r) not in ("float32", "float64"):
-            raise CallError(f"{spec.name}: {rname} has dtype {backend.dtype(r)}, expected float32 or float64")
+        # (a half-type module's buffers may be of x's dtype, as torch.nn's modules after .to(dtype))
+        allowed = ("float32", "float64") + ((dtype,) if dtype in HALF and backend.name == "cpu" else ())
+        if backend.dtype(r) not in allowed:
+            raise CallError(f"{spec.name}: {rname} has dtype {backend.dtype(r)}, expected " + " or ".join(allowed))
         if not backend.writeable(r):
             raise CallError(f"{spec.name}: {rname} is read-only; running statistics are updated in place")
     return running_mean, running_var
