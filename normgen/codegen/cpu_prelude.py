@@ -312,3 +312,30 @@ def st_f16(src, dst):
     """dst = float16 bits of the float32 values src, rounded to nearest even."""
     for i in range(src.shape[0]):
         dst[i] = f32_to_f16(src[i])
+
+
+# float16 and bfloat16 kernels are one code: which of the two a call's bits hold is a number in
+# the geometry vector (`bf16`), tested once per chunk, so the two dtypes share one compiled module.
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def ld_half(src, dst, bf16):
+    """ld_bf16 if bf16 else ld_f16."""
+    if bf16:
+        return ld_bf16(src, dst)
+    return ld_f16(src, dst)
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def st_half(src, dst, bf16):
+    """st_bf16 if bf16 else st_f16."""
+    if bf16:
+        st_bf16(src, dst)
+    else:
+        st_f16(src, dst)
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def half_to_f32(h, bf16):
+    """bf16_to_f32 if bf16 else f16_to_f32: one element."""
+    return bf16_to_f32(h) if bf16 else f16_to_f32(h)

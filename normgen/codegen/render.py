@@ -47,11 +47,11 @@ HALF_BITS = {"float16": ("__half_as_ushort", "__ushort_as_half"),
 #: what generated CPU modules may import, and from where
 _CPU_IMPORTS = {"math": "import math", "np": "import numpy as np", "float64": "from numba import float64",
                 "dt": "from numba import {dtype} as dt"}
-_CPU_PRELUDE = ("add_chunk", "add_squares", "affine_row", "bf16_to_f32", "chan", "col_add", "col_add4", "col_dev",
-                "col_dev2", "col_grad", "col_grad2", "dev_sums", "exp_f32", "exp_f64", "f16_to_f32", "grad_row",
-                "ld_bf16", "ld_f16", "st_bf16", "st_f16", "sum_f64")
-#: CPU kernels take half types as uint16 bits and compute in float32: the converters' suffix
-CPU_HALF = {"float16": "f16", "bfloat16": "bf16"}
+_CPU_PRELUDE = ("add_chunk", "add_squares", "affine_row", "chan", "col_add", "col_add4", "col_dev", "col_dev2",
+                "col_grad", "col_grad2", "dev_sums", "exp_f32", "exp_f64", "grad_row", "half_to_f32", "ld_half",
+                "st_half", "sum_f64")
+#: CPU kernels take these as uint16 bits and compute in float32 (one code for both: see half.j2)
+CPU_HALF = ("float16", "bfloat16")
 _FINALIZE_DOC = {Scale.STD: "rstd = 1 / sqrt(M2 / n + eps)", Scale.RMS: "rstd = 1 / sqrt(sum(x^2) / n + eps)",
                  Scale.L2: "rstd = 1 / sqrt(sum(x_c^2) + eps)", Scale.NONE: "rstd = 1"}
 _KEY = "@key"
@@ -125,7 +125,7 @@ def context(k: Kernel) -> dict[str, Any]:
         "affine_inner": cls["param"] != "0",
         "centered": k.center is Center.MEAN,
         "split": k.dtype in ("float32", *CPU_HALF) and k.center is Center.MEAN,
-        "half": CPU_HALF.get(k.dtype) if k.target == "cpu" else None,
+        "half": k.target == "cpu" and k.dtype in CPU_HALF,
         "per_count": k.scale in (Scale.STD, Scale.RMS), "reduce_by": k.reduction.value,
         "sig": {entry: _wrap(signature(k, entry), k.target) for entry in ENTRY_DOC},
         "fx": fused_context(k),
