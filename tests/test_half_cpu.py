@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 
 import normgen
 from normgen import CallError
+from normgen.codegen import cpu_prelude
 from normgen.codegen.cpu_prelude import ld_bf16, ld_f16, st_bf16, st_f16
 from normgen.runtime.arrays import BF16, from_bits, to_bits
 from normgen.spec.library import bundled_names
@@ -48,10 +50,25 @@ def _same_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a.view(np.uint32) == b.view(np.uint32)) | (np.isnan(a) & np.isnan(b))
 
 
+@njit
+def _ld_f16_bits(src, dst):
+    """ld_f16 with the bit arithmetic (what runs where the CPU has no conversion instructions)."""
+    for i in range(src.shape[0]):
+        dst[i] = cpu_prelude.f16_to_f32_bits(src[i])
+
+
+@njit
+def _st_f16_bits(src, dst):
+    for i in range(src.shape[0]):
+        dst[i] = cpu_prelude.f32_to_f16_bits(src[i])
+
+
 def test_half_to_float_is_exact_for_every_bit_pattern():
     out = np.empty(ALL_BITS.size, np.float32)
-    got = ld_f16(ALL_BITS, out).copy()
-    assert _same_f32(got, ALL_BITS.view(np.float16).astype(np.float32)).all()
+    want = ALL_BITS.view(np.float16).astype(np.float32)
+    assert _same_f32(ld_f16(ALL_BITS, out).copy(), want).all()  # (the CPU's instructions, where it has them)
+    _ld_f16_bits(ALL_BITS, out)
+    assert _same_f32(out, want).all()
     got = ld_bf16(ALL_BITS, out).copy()
     want = torch.from_numpy(ALL_BITS.view(np.int16)).view(torch.bfloat16).float().numpy()
     assert _same_f32(got, want).all()
@@ -77,11 +94,12 @@ def _float_cases() -> np.ndarray:
 def test_float_to_half_rounds_to_nearest_even_like_numpy_and_torch():
     f = _float_cases()
     got = np.empty(f.size, np.uint16)
-    st_f16(f, got)
     with np.errstate(over="ignore"):
         want = f.astype(np.float16)
-    g16 = got.view(np.float16)
-    assert ((got == want.view(np.uint16)) | (np.isnan(g16) & np.isnan(want))).all()
+    for convert in (st_f16, _st_f16_bits):
+        convert(f, got)
+        g16 = got.view(np.float16)
+        assert ((got == want.view(np.uint16)) | (np.isnan(g16) & np.isnan(want))).all()
     st_bf16(f, got)
     want_b = torch.from_numpy(f).bfloat16().view(torch.int16).numpy().view(np.uint16)
     gotv = from_bits(got)
