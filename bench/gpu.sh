@@ -6,9 +6,9 @@
 #
 # Runs from the source tree, without network, where numpy, numba, cupy, jinja2, pytest,
 # hypothesis and torch are installed (pytest-xdist is used when present). Each phase has a
-# time limit, so the whole script stays under 8 minutes on an H100 and what finished is kept:
-#   warm-up compile 90 s | tests 180 s (GPU checks first) | float32 benchmark 150 s (torch.compile:
-#   70 s of it): 7 minutes and some seconds of start-up.
+# time limit, so the whole script stays under 9 minutes on an H100 and what finished is kept:
+#   warm-up compile 90 s | tests 180 s (GPU checks first) | NCCL one-rank check 60 s | float32
+#   benchmark 150 s (torch.compile: 70 s of it): 8 minutes and some seconds of start-up.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -29,6 +29,11 @@ python -c "import xdist" 2>/dev/null && par="-n 8"
 timeout 180 python -m pytest -q -p no:cacheprovider $par tests/test_cuda_gpu.py tests/test_cuda_plans.py \
     tests/test_cuda_ptx.py tests/test_cuda.py 2>&1 | tee "$out/gpu-tests-$stamp.txt"
 echo "tests: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$out/gpu-tests-$stamp.txt"
+
+# 2b. statistics across ranks on the device: a one-rank NCCL group, a sync-debug forward and a
+#     CUDA graph capture of the forward with its collectives (bench/gpu_nccl.py)
+timeout 60 python bench/gpu_nccl.py 2>&1 | tee -a "$out/gpu-tests-$stamp.txt"
+echo "gpu_nccl: exit ${PIPESTATUS[0]}" | tee -a "$out/gpu-tests-$stamp.txt"
 
 # 3. benchmarks, float32: the reference shapes and the >= 64 MiB ones
 python bench/cuda_plans.py --json "$out/gpu-plans-$stamp.json" > /dev/null || true

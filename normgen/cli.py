@@ -144,68 +144,83 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .codegen import generate
     from .paths import repo_root
+    from .progress import Progress
 
-    if args.reference:
-        root = repo_root()
-        outdir = Path(args.output) if args.output else (root / "generated" if root else Path("generated"))
-        files = generate.all_reference_sources()
-    else:
-        if not args.spec or not args.shape:
-            raise NormgenError("generate needs SPEC and --shape (or --reference for the bundled reference plans)")
-        outdir = Path(args.output or ".")
-        op = _op(args.spec)
-        files = generate.sources(op, args.shape, layout=args.layout, dtype=args.dtype, sizes=dict(args.size),
-                                 target=args.target, device=_device(args))
-    for path, written in generate.write(outdir, files):
-        print(f"{'wrote    ' if written else 'unchanged'} {path}")
+    progress = Progress(enabled=not args.quiet)
+    progress.update("generate: rendering " + ("the reference plans of the bundled specs" if args.reference
+                                              else "the plans"), force=True)
+    try:
+        if args.reference:
+            root = repo_root()
+            outdir = Path(args.output) if args.output else (root / "generated" if root else Path("generated"))
+            files = generate.all_reference_sources()
+        else:
+            if not args.spec or not args.shape:
+                raise NormgenError("generate needs SPEC and --shape (or --reference for the bundled reference plans)")
+            outdir = Path(args.output or ".")
+            op = _op(args.spec)
+            files = generate.sources(op, args.shape, layout=args.layout, dtype=args.dtype, sizes=dict(args.size),
+                                     target=args.target, device=_device(args))
+        progress.update(f"generate: writing {len(files)} files to {outdir}", force=True)
+        for path, written in generate.write(outdir, files):
+            progress.print(f"{'wrote    ' if written else 'unchanged'} {path}")
+    finally:
+        progress.close()
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .verify.check import CUDA_DTYPES, DTYPES, TOLERANCE, check_spec
     from .layouts import LAYOUTS
+    from .progress import Progress
     from .spec.library import bundled_names
+    from .verify import session
+    from .verify.check import CUDA_DTYPES, DTYPES, TOLERANCE
 
     names = bundled_names() if args.all else [args.spec] if args.spec else []
     if not names:
         raise NormgenError("check needs SPEC or --all")
+    progress = Progress(enabled=not args.quiet)
     layouts = tuple(args.layout) if args.layout else LAYOUTS
     dtypes = tuple(args.dtype) if args.dtype else CUDA_DTYPES if args.target == "cuda" else DTYPES
     if args.target == "cuda":
         print(_cuda_runner_note(), flush=True)
-    print(f"{'spec':<24} {'checks':>6} {'failed':>6}  {'max error fwd':>13}  {'max error bwd':>13}  {'time':>6}")
-    total_fail = 0
-    t_all = time.perf_counter()
-    for name in names:
-        op = _op(name)
-        t0 = time.perf_counter()
-        done = [0]
+    ops = [_op(name) for name in names]
+    header = f"{'spec':<24} {'checks':>6} {'failed':>6}  {'max error fwd':>13}  {'max error bwd':>13}  {'time':>6}"
+    totals = {"failed": 0, "checks": 0, "of": 0}
 
-        def progress(r, _n=name) -> None:
-            done[0] += 1
-            if args.verbose:
-                key, val = r.worst
-                state = "ok  " if r.ok else "FAIL"
-                print(f"  {state} {r.case:<28} {r.layout:<14} {r.dtype:<8} {r.mode:<5} {r.plan:<16} "
-                      f"worst {key}={val:.1e}" + (f"  {r.error}" if r.error else ""), flush=True)
-            elif sys.stdout.isatty():
-                print(f"  {_n}: {done[0]} checks ...", end="\r", flush=True)
+    def result(r) -> None:
+        if args.verbose:
+            key, val = r.worst
+            progress.print(f"  {'ok  ' if r.ok else 'FAIL'} {r.case:<28} {r.layout:<14} {r.dtype:<8} {r.mode:<5} "
+                           f"{r.plan:<16} worst {key}={val:.1e}" + (f"  {r.error}" if r.error else ""))
 
-        results = check_spec(op, layouts=layouts, dtypes=dtypes, progress=progress, target=args.target)
+    def spec_done(planned, results, seconds) -> None:
         failed = [r for r in results if not r.ok]
         fwd = max((v for r in results for k, v in r.errors.items() if not k.startswith("d")), default=0.0)
         bwd = max((v for r in results for k, v in r.errors.items() if k.startswith("d")), default=0.0)
-        status = "" if not failed else "  FAILED"
-        print(f"{name:<24} {len(results):>6} {len(failed):>6}  {fwd:>13.2e}  {bwd:>13.2e}  "
-              f"{time.perf_counter() - t0:>5.1f}s{status}", flush=True)
+        progress.print(f"{planned.op.name:<24} {len(results):>6} {len(failed):>6}  {fwd:>13.2e}  {bwd:>13.2e}  "
+                       f"{seconds:>5.1f}s" + ("  FAILED" if failed else ""))
         for r in failed[: args.show_failures]:
             key, val = r.worst
-            print(f"    FAIL {r.case} {r.layout} {r.dtype} {r.mode} {r.plan}: "
-                  + (r.error or f"{key} = {val:.2e} > {r.tol:.0e}"))
-        total_fail += len(failed)
+            progress.print(f"    FAIL {r.case} {r.layout} {r.dtype} {r.mode} {r.plan}: "
+                           + (r.error or f"{key} = {val:.2e} > {r.tol:.0e}"))
+        totals["failed"] += len(failed)
+        totals["checks"] += len(results)
+        totals["of"] += planned.of
+
+    progress.print(header)
+    try:
+        session.run(ops, layouts=layouts, dtypes=dtypes, whole=args.full, target=args.target, jobs=args.jobs,
+                    show=progress.update, on_result=result, on_spec=spec_done)
+    finally:
+        progress.close()
+    total_fail = totals["failed"]
+    part = "" if totals["checks"] == totals["of"] else \
+        f"; {totals['checks']} of the {totals['of']} checks of the full matrix, --full runs all"
     print(f"{'all' if args.all else names[0]}: {'OK' if not total_fail else f'{total_fail} FAILED'} "
           f"(errors are max |kernel - oracle| / max(1, max |oracle|); tolerance "
-          + ", ".join(f"{d} {TOLERANCE[d]:.0e}" for d in dtypes) + f"; {time.perf_counter() - t_all:.0f}s)")
+          + ", ".join(f"{d} {TOLERANCE[d]:.0e}" for d in dtypes)
+          + f"{part}; {time.perf_counter() - progress.start:.0f}s)")
     return 1 if total_fail else 0
 
 
@@ -223,6 +238,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # whichever provider runs next; waiting passively leaves PyTorch's own times unchanged.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .bench import cpu as bench, cuda as bench_gpu
+    from .progress import Progress
 
     if args.memory:
         return _bench_memory(args)
@@ -257,23 +273,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
           f"{args.warmup} warm-up runs, providers interleaved"
           + (", L2 flushed before every timed call" if args.target == "cuda" else ""), flush=True)
     results = []
+    status = Progress(enabled=not args.quiet)
     save = _bench_saver(args, where)
 
     def progress(m) -> None:
         results.append(m)
         vs = m.ratio("normgen", "torch")
         copy = m.gbps["normgen"] / m.gbps["copy"] if "copy" in m.gbps else float("nan")
-        print(f"  {m.case:<38} {m.direction:<8} out={'yes' if m.with_out else 'no ':<3} normgen {m.ms['normgen']:8.3f} ms "
-              f"{m.gbps['normgen']:6.1f} GB/s  x torch {vs:5.2f}  of copy {copy:4.0%}", flush=True)
+        status.print(f"  {m.case:<38} {m.direction:<8} out={'yes' if m.with_out else 'no ':<3} normgen "
+                     f"{m.ms['normgen']:8.3f} ms {m.gbps['normgen']:6.1f} GB/s  x torch {vs:5.2f}  of copy {copy:4.0%}")
         if args.target == "cuda":  # what a time limit interrupts is kept
             save(results, quiet=True)
 
-    if args.target == "cuda":
-        bench_gpu.run_cases(cases, directions=directions, dtype=args.dtype, repeat=args.repeat, warmup=args.warmup,
-                            providers=providers, compile_budget_s=args.compile_budget, progress=progress)
-    else:
-        bench.run_cases(cases, directions=directions, dtype=args.dtype, threads=args.threads, repeat=args.repeat,
-                        warmup=args.warmup, providers=providers, with_out=with_out, progress=progress)
+    try:
+        if args.target == "cuda":  # one call: torch.compile's compile budget spans the cases
+            status.update(f"bench: {len(cases)} case(s) on the GPU: compile, warm up, time", force=True)
+            bench_gpu.run_cases(cases, directions=directions, dtype=args.dtype, repeat=args.repeat,
+                                warmup=args.warmup, providers=providers, compile_budget_s=args.compile_budget,
+                                progress=progress)
+        else:
+            for i, case in enumerate(cases, 1):  # one case at a time, so that the status line can name it
+                status.update(f"bench {case.name} ({i}/{len(cases)}): compile, warm up, time", force=True)
+                bench.run_cases([case], directions=directions, dtype=args.dtype, threads=args.threads,
+                                repeat=args.repeat, warmup=args.warmup, providers=providers, with_out=with_out,
+                                progress=progress)
+    finally:
+        status.close()
     print()
     print(bench_gpu.table(results) if args.target == "cuda" else bench.table(results))
     save(results)
@@ -427,6 +452,7 @@ def parser() -> argparse.ArgumentParser:
     shape_args(s, required=False)
     s.add_argument("-o", "--output", help="output folder (default: . ; generated/ with --reference)")
     s.add_argument("--reference", action="store_true", help="the reference plans of every bundled spec")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     s.set_defaults(fn=cmd_generate)
 
     s = sub.add_parser("check", help="compare generated kernels with the NumPy oracle")
@@ -438,6 +464,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--target", default="cpu", choices=("cpu", "cuda"),
                    help="cpu: the Numba kernels; cuda: the CUDA kernels (on the GPU, or on the CPU emulator "
                         "when there is none)")
+    s.add_argument("--full", action="store_true",
+                   help="every case x layout x dtype x mode (default: a representative part that checks each "
+                        "layout, dtype, mode, case and kernel entry point of every strategy at least once)")
+    s.add_argument("-j", "--jobs", type=int, help="processes that compile kernels (default: every CPU)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     s.add_argument("-v", "--verbose", action="store_true", help="one line per check")
     s.add_argument("--show-failures", type=int, default=10, help="failures to detail per spec")
     s.set_defaults(fn=cmd_check)
@@ -459,6 +490,7 @@ def parser() -> argparse.ArgumentParser:
                    help="cuda: seconds of torch.compile compiling, after which cases run without it")
     s.add_argument("--json", nargs="?", const="", help="save results (default bench/results/TARGET-DATE.json)")
     s.add_argument("--plot", help="draw GB/s per provider to this PNG")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     s.add_argument("--fused", action="store_true",
                    help="fused specs (add_rms_norm, group_norm_silu) against PyTorch eager and torch.compile")
     s.add_argument("--memory", action="store_true",

@@ -33,6 +33,7 @@ payload is counted (`bytes_sent`, `bytes_received`, `calls`) for benchmarks and 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,19 @@ class Group:
         self.bytes_received += a.nbytes
         return self.allreduce(a)
 
+    def allreduce_device(self, a: Any, device: Any) -> None:
+        """Sum a contiguous float64 array of `device` (runtime/cuda.py's Device) over the ranks,
+        in place. Counted like `allreduce`; `reduce_on_device` does the work."""
+        self.calls += 1
+        self.bytes_sent += a.nbytes
+        self.bytes_received += a.nbytes
+        self.reduce_on_device(a, device)
+
+    def reduce_on_device(self, a: Any, device: Any) -> None:
+        """The in-place sum of a device array. Here through the host (a copy each way: the host
+        waits for the device); TorchGroup reduces the device memory itself."""
+        a[...] = device.asarray(self.allreduce(device.to_host(a)))
+
     def check_groups(self, n_groups: int, sync: str, name: str) -> None:
         """Every rank has the same number of statistics groups (else a CallError on every rank)."""
         if sync == "gather":
@@ -126,6 +140,40 @@ class TorchGroup(Group):
         self.dist.all_reduce(t, op=self.dist.ReduceOp.SUM, group=self.pg)
         return t.cpu().numpy()
 
+    def reduce_on_device(self, a: Any, device: Any) -> None:
+        """all_reduce of a tensor that wraps `a`'s memory (no copy): a CuPy array through DLPack,
+        issued on CuPy's current stream (the one the kernels before and after it run on: NCCL
+        orders itself after the kernels that wrote the sums, and the kernels that read them
+        after it, without the host waiting); a NumPy array (the CPU emulator) as it is, for gloo."""
+        t = _wrapping_tensor(self.torch, a)
+        if t is None or t.device.type != self.device.type:  # e.g. CuPy arrays with a gloo group
+            super().reduce_on_device(a, device)
+            return
+        with _stream_of(self.torch, a):
+            self.dist.all_reduce(t, op=self.dist.ReduceOp.SUM, group=self.pg)
+
+
+def _wrapping_tensor(torch: Any, a: Any) -> Any:
+    """A tensor on `a`'s memory, or None when it cannot wrap it without a copy."""
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(a) if a.flags.c_contiguous and a.flags.writeable else None
+    if hasattr(a, "__dlpack__"):
+        return torch.from_dlpack(a)
+    return None
+
+
+def _stream_of(torch: Any, a: Any):
+    """torch's current stream set to CuPy's current one for a CuPy array (under normgen.torch
+    they are already the same stream); nothing to do for host arrays."""
+    if isinstance(a, np.ndarray):
+        return contextlib.nullcontext()
+    import cupy
+
+    ptr = cupy.cuda.get_current_stream().ptr
+    if ptr == torch.cuda.current_stream().cuda_stream:
+        return contextlib.nullcontext()
+    return torch.cuda.stream(torch.cuda.ExternalStream(ptr))
+
 
 class MpiGroup(Group):
     """An mpi4py communicator."""
@@ -168,6 +216,14 @@ def group_of(process_group: Any = None, comm: Any = None, *, distributed: bool =
     if process_group is not None or distributed:
         return TorchGroup(process_group)
     return None
+
+
+def on_device(spec: Any, call: Any) -> bool:
+    """Whether a call's statistics cross the ranks on the device (runtime/cuda_ranks.py): a
+    backend that can (CUDA), the all-reduce way, not a mixture (its mix runs on the host).
+    The forward and the backward of a call decide alike."""
+    return (call.group is not None and call.sync == "allreduce" and not spec.is_mixture
+            and getattr(call.backend, "device_stats", False))
 
 
 def check_sync(sync: Any, name: str) -> str:

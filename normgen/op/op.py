@@ -24,10 +24,11 @@ import numpy as np
 from ..errors import CallError
 from ..plan.bind import Binding, bind
 from ..plan.model import Direction, Options, Plan
-from ..spec import Center, Spec, find_spec, load_spec
+from ..spec import Center, Scale, Spec, find_spec, load_spec
+from . import device
 from . import stats as st
 from .args import CALL_ARGS, Call, backend_of, check_array, check_forward, check_out, with_outputs
-from .distributed import merge_moments, sum_ranks
+from .distributed import merge_moments, on_device, sum_ranks
 from .fast import recipe_for, remember
 from .fused import backward_arrays, check_weight_nonzero, forward_arrays, strides_of
 from .mixture import mix_backward, mix_forward
@@ -35,6 +36,8 @@ from .planning import plan_for
 from .results import Forward, Grads, param_grads
 from .running import broadcast_running, commit, running_normalizer, updated
 
+#: the planner's options unless a caller gives others
+DEFAULT_OPTIONS = Options()
 #: plans and bindings remembered per op (calls repeat their shapes)
 MEMO_SIZE = 256
 
@@ -60,7 +63,7 @@ class _Memo(OrderedDict):
 class Op:
     """A compiled normalization op for one spec (kernels are built per plan, on first use)."""
 
-    def __init__(self, spec: Spec, *, options: Options = Options()):
+    def __init__(self, spec: Spec, *, options: Options = DEFAULT_OPTIONS):
         self.spec = spec
         self.options = options
         self._bindings = _Memo()
@@ -115,7 +118,8 @@ class Op:
         plan = self._plan(call, Direction.FORWARD, fx) if call.x.size else None
         kstats, moments, norm, mix, count = self._statistics(call, plan, fx)
         if call.running is not None and call.running.factor is not None:
-            commit(self._new_running(call, moments, norm, mix, count), call.running, call.backend)
+            new = lambda: commit(self._new_running(call, moments, norm, mix, count), call.running, call.backend)
+            device.update_running(call, moments, mix, on_host=new)
         if call.save == "y":  # the backward reads y: the Forward does not keep x alive
             call = dataclasses.replace(call, x=None)
         return Forward(y=call.y, kstats=kstats, call=call, centered=self.spec.center is Center.MEAN, mix=mix,
@@ -135,6 +139,9 @@ class Op:
         n = call.binding.group_size
         kw = {"fx": fx} if fx else {}  # only fused calls pass their other arrays
         if call.eval_mode and not spec.is_mixture:  # the running statistics
+            kstats = device.eval_statistics(call, plan, kw)
+            if kstats is not None:  # on the device (CUDA): no copy of the running statistics to the host
+                return kstats, None, None, None, n
             norm = running_normalizer(call.binding, be.to_host(call.running.mean), be.to_host(call.running.var),
                                       call.eps)
             kstats = be.from_host(st.kstats(norm, call.stat_dtype))
@@ -145,6 +152,9 @@ class Op:
                                                lambda m: self._kstats(call, m), **kw)
             st.check_norms(self.spec, kstats, call)
             return kstats, moments, None, None, n
+        if on_device(spec, call):  # moments, the collectives and the apply without the host (cuda_ranks.py)
+            moments, kstats = device.ranks_statistics(self, call, plan, kw)
+            return kstats, moments, None, None, None
         # moments first (merged over the ranks), then the statistics they give, then normalize
         moments = be.moments(plan, call.x, **kw) if plan is not None else np.zeros((call.binding.n_groups, 3))
         count = n
@@ -230,7 +240,10 @@ class Op:
             check_weight_nonzero(self.name, call)
         plan = self._plan(call, Direction.BACKWARD, fx, dy=dy, dx=dx, x=x) if x.size else None
         kw = {"fx": fx} if fx else {}
-        if call.group is None and fwd.mix is None and not call.eval_mode:  # training on this batch
+        if on_device(self.spec, call):  # the sums cross the ranks on the device (cuda_ranks.py)
+            dw, db = be.ranks_backward(plan, x, dy, dx, call.weight, fwd.kstats, fwd.moments, call.group,
+                                       call.binding.n_groups, self.spec.scale is not Scale.L2)
+        elif call.group is None and fwd.mix is None and not call.eval_mode:  # training on this batch
             dw, db = be.train_backward(plan, x, dy, dx, call.weight, fwd.kstats,
                                        lambda a, b: self._coefficients(fwd, a, b, grads), **kw)
         else:
@@ -337,4 +350,4 @@ def load(name_or_path: Any, *, options: Options | None = None) -> Op:
     return op
 
 
-__all__ = ["Op", "Forward", "Grads", "load", "backend_of"]
+__all__ = ["Forward", "Grads", "Op", "backend_of", "load"]

@@ -12,6 +12,7 @@ from ..plan.bind import bind
 from ..plan.device import Device, profile
 from ..plan.model import Direction, Plan
 from ..runtime import select
+from ..runtime.arrays import dense_strides
 from .fused import plan_arrays
 
 
@@ -48,3 +49,23 @@ def plan_for(op, x: np.ndarray | tuple[int, ...], *, direction: str = "forward",
         dev = profile(device) if isinstance(device, str) else device
         return backend.plan(binding, arrays, Direction(direction), dtype, has_w, has_b, op.options, device=dev)
     return backend.plan(binding, arrays, Direction(direction), dtype, has_w, has_b, op.options)
+
+
+def stand_in_plan(op, call) -> Plan | None:
+    """For a rank without elements, across ranks on the device: the plan of its shape with every
+    empty dim made 1 (the same kept axes, so the same groups), whose forward_merge finalizes the
+    reduced moments exactly as the other ranks' plans do (bit-identical statistics everywhere).
+    None when that shape does not bind (a call-time size names the empty dim) or has other groups."""
+    shape = tuple(max(1, int(n)) for n in call.x.shape)
+    try:
+        binding = op._bind(shape, call.sizes)
+    except CallError:
+        return None
+    if binding.n_groups != call.binding.n_groups:
+        return None
+    be, dense = call.backend, dense_strides(shape)
+    strides = {"x": dense, "y": dense}
+    has_w, has_b = call.weight is not None, call.bias is not None
+    key = ("stand-in", be.plan_key(), shape, repr(sorted(call.sizes.items())), call.dtype, has_w, has_b)
+    return op._plans.get_or_make(key, lambda: be.plan(binding, strides, Direction.FORWARD, call.dtype, has_w, has_b,
+                                                      op.options))

@@ -106,6 +106,9 @@ def param_grads(spec, call: Call, dw, db) -> dict[str, Any]:
     out = {}
     for name, p, g in ((a.weight if a else None, call.weight, dw), (a.bias if a else None, call.bias, db)):
         if p is not None:
+            if g is not None and getattr(be, "device_stats", False) and be.owns(g):  # reduced on the device
+                out[name] = g.reshape(binding.param_shape).astype(pdt)
+                continue
             g = np.zeros(binding.param_shape) if g is None else np.asarray(g).reshape(binding.param_shape)
             out[name] = be.from_host(g.astype(pdt))
     return out

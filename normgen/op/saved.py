@@ -23,6 +23,7 @@ from typing import Any
 from ..spec import Center
 from . import stats as st
 from .args import CALL_ARGS, check_forward
+from .distributed import on_device
 from .mixture import mix_forward
 from .op import Op
 from .results import Forward
@@ -40,7 +41,7 @@ def restore(op: Op, x: Any, kstats: Any, moments: Any, *params: Any, **kwargs: A
     call_args = {k: kwargs.pop(k) for k in CALL_ARGS if k in kwargs}
     call = check_forward(spec, op._bind, x, params, kwargs, **call_args)
     mix = count = None
-    if spec.is_mixture or call.group is not None:
+    if spec.is_mixture or (call.group is not None and not on_device(spec, call)):  # the device path reads no count
         host = call.backend.to_host(moments)
         shape = call.binding.stats_shape
         if call.group is not None:

@@ -27,6 +27,9 @@ def select(x, target: str | None = None):
     """
     if target not in (None, "cpu", "cuda"):
         raise TypeError(f"unknown target {target!r}: 'cpu' or 'cuda'")
+    device = getattr(bits(x), "normgen_device", None)
+    if device is not None:  # an array that names its Device (normgen.testing.devicesync's instrumented emulator)
+        return _of_device(device)
     on_gpu = type(bits(x)).__module__.startswith("cupy")
     if not on_gpu:
         return _emulated() if target == "cuda" else CPU
@@ -41,6 +44,11 @@ def select(x, target: str | None = None):
 @functools.lru_cache(maxsize=1)
 def _emulated() -> CudaBackend:
     return CudaBackend(EmuDevice())
+
+
+@functools.lru_cache(maxsize=16)
+def _of_device(device) -> CudaBackend:
+    return CudaBackend(device)
 
 
 @functools.lru_cache(maxsize=1)

@@ -28,7 +28,7 @@ from ..plan.fusion import hold_elements
 from ..plan.geometry import geometry_values
 from ..plan.model import Direction, Options, Plan, Strategy
 from ..plan.planner import make_plan
-from . import alloc, cache
+from . import alloc, cache, jitcache
 from .arrays import BF16, bits, dense_strides, elem_strides, flat, from_bits
 from .moments import merge_parts
 from .threads import split, threads
@@ -45,10 +45,24 @@ def target_id() -> str:
 
 
 @functools.lru_cache(maxsize=1024)
+def _source(kernel):
+    return render(kernel)
+
+
+def module_key(kernel) -> str:
+    """The cache key of a kernel structure's module: kernels with identical bodies share it."""
+    return cache.module_key(_source(kernel).key, target_id())
+
+
+@functools.lru_cache(maxsize=1024)
 def module(kernel):
-    """The compiled module for a kernel structure (disk-cached, keyed by its rendered body)."""
-    source = render(kernel)
-    return cache.load_module(cache.module_key(source.key, target_id()), "cpu", lambda: source.text)
+    """The compiled module for a kernel structure (disk-cached, keyed by its rendered body).
+
+    Its Numba functions load and save machine code under the cache folder's lock, so
+    processes that compile at once cannot mix up each other's entries (jitcache.py)."""
+    mod = cache.load_module(module_key(kernel), "cpu", lambda: _source(kernel).text)
+    jitcache.guard(mod)
+    return mod
 
 
 def geometry(plan: Plan) -> np.ndarray:

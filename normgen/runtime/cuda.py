@@ -27,7 +27,7 @@ from ..plan.geometry import geometry_values
 from ..plan.model import Direction, Options, ParamGrads, Plan, Reduction, Strategy
 from ..plan.planner import make_plan
 from ..plan.traffic import param_partial_entries, pgrad_entries
-from . import cache
+from . import cache, cuda_ranks
 from .arrays import BF16, bits, elem_strides
 
 _KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\([\d, ]+\) )?(\w+)\(')
@@ -79,7 +79,7 @@ def cupy_device() -> CupyDevice | None:
     """The GPU CuPy sees, or None."""
     try:
         return CupyDevice()
-    except Exception:
+    except Exception:  # noqa: BLE001 - no CuPy, no driver, no device: all mean "no GPU here"
         return None
 
 
@@ -96,6 +96,8 @@ class CudaBackend:
 
     name = "cuda"
     dtypes = ("float16", "bfloat16", "float32", "float64")
+    #: statistics across ranks, running updates and evaluation statistics stay on the device (cuda_ranks.py)
+    device_stats = True
 
     def __init__(self, device):
         self.device = device
@@ -185,8 +187,12 @@ class CudaBackend:
         self.device.launch(self.module(plan), entry, la.merge_grid, (la.merge_block, 1), args)
 
     def _param(self, p, dtype):
-        if p is None:
-            return self.device.asarray(np.zeros(1, np.uint16 if dtype == "bfloat16" else np.dtype(dtype)))
+        if p is None:  # a placeholder the kernels do not read: one per dtype, not an upload per call
+            found = self.__dict__.setdefault("_no_param", {}).get(dtype)
+            if found is None:
+                found = self._no_param[dtype] = self.device.asarray(
+                    np.zeros(1, np.uint16 if dtype == "bfloat16" else np.dtype(dtype)))
+            return found
         return bits(p)
 
     def _n_groups(self, plan: Plan) -> int:
@@ -275,6 +281,33 @@ class CudaBackend:
         self.run(plan, "backward_apply", x=x, dy=dy, dx=dx, weight=self._param(w, dtype), kstats=kstats,
                  coef=coef_d)
 
+    # ---- across ranks, and running statistics, on the device (runtime/cuda_ranks.py) ----
+    def ranks_forward(self, plan: Plan | None, merge_plan: Plan | None, x, group, n_groups: int, eps: float):
+        """(moments over every rank, kstats; None without a merge plan), on the device."""
+        return cuda_ranks.forward(self, plan, merge_plan, x, group, n_groups, eps)
+
+    def ranks_backward(self, plan: Plan | None, x, dy, dx, w, kstats, moments, group, n_groups: int,
+                       per_count: bool):
+        """dx with the statistics' sums added over the ranks on the device; (dweight, dbias)."""
+        return cuda_ranks.backward(self, plan, x, dy, dx, w, kstats, moments, group, n_groups, per_count)
+
+    def update_running(self, binding, moments, factor: float, running_mean, running_var) -> bool:
+        """Running statistics updated from device moments by a kernel; False (nothing done) when
+        the buffers are not two contiguous arrays of one dtype (the caller updates on the host)."""
+        a, b = bits(running_mean), bits(running_var)
+        if a.dtype != b.dtype or not (a.flags.c_contiguous and b.flags.c_contiguous) or not self.owns(moments):
+            return False
+        cuda_ranks.update_running(self, binding, moments, factor, a, b)
+        return True
+
+    def running_kstats(self, binding, running_mean, running_var, eps: float, dtype):
+        """Evaluation's kstats from the running statistics by a kernel; None (the caller computes
+        them on the host) when the buffers are not two contiguous arrays of one dtype."""
+        a, b = bits(running_mean), bits(running_var)
+        if a.dtype != b.dtype or not (a.flags.c_contiguous and b.flags.c_contiguous):
+            return None
+        return cuda_ranks.eval_kstats(self, binding, a, b, eps, dtype)
+
     # ---- parameter gradients, as the plan reduces them ----
     def _param_grads(self, plan: Plan, x, dy, kstats, totals, pgrad):
         grads = plan.param_grads
@@ -282,21 +315,35 @@ class CudaBackend:
             return None, None
         n_param = math.prod(plan.binding.param_shape)
         if grads is ParamGrads.PER_ELEMENT:
-            part, index = self.to_host(pgrad), _columns_param_index(plan)
-        elif grads is ParamGrads.PER_GROUP:
-            part, index = self.to_host(totals)[:, 2:4], _group_param_index(plan)
+            part, width, first = pgrad, 2, 0
+            index_of = functools.partial(_columns_param_index, plan)
+        elif grads is ParamGrads.PER_GROUP:  # columns 2 and 3 of the totals [g, 4]
+            part, width, first = totals, 4, 2
+            index_of = functools.partial(_group_param_index, plan)
         else:  # ParamGrads.REDUCTION: the plan's second reduction, over the parameter indices
             pplan = plan.params
             if pplan.kernel.strategy is Strategy.COLUMNS:
-                index = _columns_param_index(pplan)
+                index_of = functools.partial(_columns_param_index, pplan)
             else:
-                index = np.repeat(_group_param_index(pplan), pplan.launch.n_parts)
-            partial = self.device.empty((param_partial_entries(pplan), 2), np.float64)
-            self.run(pplan, "param_partial", x=x, dy=dy, kstats=kstats, partial=partial)
-            part = self.to_host(partial)
-        dw = np.bincount(index, weights=part[:, 0], minlength=n_param)
-        db = np.bincount(index, weights=part[:, 1], minlength=n_param)
+                index_of = lambda: np.repeat(_group_param_index(pplan), pplan.launch.n_parts)
+            part, width, first = self.device.empty((param_partial_entries(pplan), 2), np.float64), 2, 0
+            self.run(pplan, "param_partial", x=x, dy=dy, kstats=kstats, partial=part)
+        order, offsets = self._param_entries(plan, index_of, n_param)
+        dw, db = self.device.empty(n_param, np.float64), self.device.empty(n_param, np.float64)
+        cuda_ranks.kernels(self).param_sums(part, width, first, order, offsets, n_param, dw, db)
         return dw, db
+
+    def _param_entries(self, plan: Plan, index_of, n_param: int):
+        """The partials' rows grouped by parameter index, in row order (order, offsets [n_param + 1]),
+        on the device: made once per plan, a constant of its shape."""
+        found = plan.__dict__.get("_param_entries")
+        if found is None:
+            index = np.asarray(index_of(), np.int64)
+            order = np.argsort(index, kind="stable").astype(np.int64)
+            offsets = np.zeros(n_param + 1, np.int64)
+            np.cumsum(np.bincount(index, minlength=n_param), out=offsets[1:])
+            found = plan.__dict__["_param_entries"] = (self.device.asarray(order), self.device.asarray(offsets))
+        return found
 
 
 def _offsets(sizes: list[int], strides: list[int]) -> np.ndarray:

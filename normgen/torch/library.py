@@ -43,11 +43,12 @@ SCHEMAS = {
                       "Tensor? num_batches_tracked, SymInt[] shape, str spec, str sizes, float? momentum) -> ()",
 }
 
-# pt2_compliant: opcheck passes for them (tests/test_torch_ops.py). cudagraph_unsafe: on CUDA the
-# backward copies the parameter gradients' partial sums to the host (and so does a forward in
-# evaluation, or of a mixture), and CuPy allocates the statistics from its own memory pool,
-# which a captured graph must not keep addresses in: Inductor's CUDA graphs (mode="reduce-
-# overhead") leave these two ops outside the graph. update_running is torch operations only.
+# pt2_compliant: opcheck passes for them (tests/test_torch_ops.py). cudagraph_unsafe: CuPy allocates
+# the statistics and scratch from its own memory pool, which a captured graph must not keep
+# addresses in, so Inductor's CUDA graphs (mode="reduce-overhead") leave these two ops outside
+# the graph. (On CUDA they no longer read the device from the host in training or evaluation
+# forwards, nor in a training backward, across ranks too: runtime/cuda_ranks.py; mixtures and
+# an evaluation-mode backward still do.) update_running is torch operations only.
 TAGS = {"forward": (torch.Tag.pt2_compliant_tag, torch.Tag.cudagraph_unsafe),
         "backward": (torch.Tag.pt2_compliant_tag, torch.Tag.cudagraph_unsafe),
         "update_running": (torch.Tag.pt2_compliant_tag,)}

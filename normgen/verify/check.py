@@ -1,12 +1,13 @@
 """Check generated kernels against the NumPy oracle, for any spec.
 
-`check_spec(spec)` draws cases from the spec itself (small shapes, a different rank of
-the variadic groups, and a large few-groups shape that exercises the phased path),
-lays each input out contiguously, channels_last, transposed and sliced, and compares
-forward (y, statistics, running statistics) and backward (dx and every parameter
-gradient) in float32 and float64, in training and (where the spec has running
-statistics) evaluation mode. Every comparison is a max error over the arrays, relative to
-the oracle's largest magnitude (at least 1), against a per-dtype tolerance.
+`run_case` runs one check: a case (a shape drawn from the spec, matrix.py), its input
+laid out contiguously, channels_last, transposed or sliced, in float32 or float64, in
+training or (where the spec has running statistics) evaluation mode; it compares the
+forward (y, statistics, running statistics) and the backward (dx and every parameter
+gradient) with the oracle. `check_spec` runs a list of checks, by default the spec's full
+matrix (matrix.full; `normgen check` runs a representative part of it, session.py).
+Every comparison is a max error over the arrays, relative to the oracle's largest
+magnitude (at least 1), against a per-dtype tolerance.
 """
 
 from __future__ import annotations
@@ -17,24 +18,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import oracle
-from ..plan.bind import bind
-from ..runtime.arrays import BF16, elem_strides, from_bits, to_bits
 from ..layouts import LAYOUTS, make_array, span
 from ..op import Op
+from ..plan.bind import bind
+from ..runtime.arrays import BF16, elem_strides, from_bits, to_bits
 from ..runtime.cuda import cupy_device
-from ..spec import Spec
+from . import oracle
+from .matrix import Case, Check, cases, full
 
 DTYPES = ("float32", "float64")
 CUDA_DTYPES = ("float16", "bfloat16", "float32", "float64")
 TOLERANCE = {"float32": 2e-4, "float64": 1e-9, "float16": 5e-3, "bfloat16": 3e-2}
-
-
-@dataclass(frozen=True)
-class Case:
-    label: str
-    shape: tuple[int, ...]
-    sizes: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass
@@ -59,65 +53,6 @@ class Result:
             return ("-", math.nan)
         k = max(self.errors, key=lambda k: self.errors[k])
         return k, self.errors[k]
-
-
-def cases(spec: Spec) -> list[Case]:
-    """Shapes for a spec: a small one, one with other variadic ranks, a large few-groups one."""
-    out: list[Case] = []
-    for label, variant in (("small", 0), ("ranks", 1), ("large", 2)):
-        case = _case(spec, label, variant)
-        if all((c.shape, c.sizes) != (case.shape, case.sizes) for c in out):
-            out.append(case)
-    return out
-
-
-def _case(spec: Spec, label: str, variant: int) -> Case:
-    pool = iter([3, 4, 5, 2, 6, 7, 3, 4])
-    given = dict(spec.sizes)
-    kept = set(spec.kept_axes)
-    shape: list[int] = []
-    sizes: dict[str, Any] = {}
-    grow: list[tuple[int, str | None]] = []  # reduced dims the large case may grow (and the size arg that names them)
-    for item in spec.input.items:
-        name = item.names[0]
-        if item.variadic:
-            arg = given.get(name)
-            dims = [(4, 5), (6,), (8, 5)][variant] if arg else [(5, 6), (), (6, 7)][variant]
-            if variant == 2 and name in kept:
-                dims = tuple(2 for _ in dims)
-            start = len(shape)
-            shape.extend(dims)
-            if name not in kept:
-                grow.extend((i, arg) for i in range(start, len(shape)))
-        elif item.is_split:
-            total = 1
-            for part in item.names:
-                if part in given and isinstance(given[part], str):
-                    value = 2
-                    sizes[given[part]] = value
-                elif part in given:
-                    value = given[part]
-                else:
-                    value = 3 if variant != 2 or part in kept else 12
-                total *= value
-            shape.append(total)
-        else:
-            size = next(pool)
-            if variant == 2:
-                size = 2 if name in kept else size
-            shape.append(size)
-            if name not in kept:
-                grow.append((len(shape) - 1, None))
-    if variant == 2:
-        while math.prod(shape) < 48 * 1024 and grow:
-            d = min((i for i, _ in grow), key=lambda i: shape[i])
-            shape[d] *= 4
-    for arg in {a for _, a in grow if a}:  # a given variadic shape follows its (grown) dims
-        sizes[arg] = tuple(shape[i] for i, a in grow if a == arg)
-    if spec.running is not None and math.prod(shape) and bind(spec, tuple(shape), sizes).group_size < 2:
-        # training with running statistics needs two or more values per statistic (n - 1 > 0)
-        return _case(spec, label, variant=0)
-    return Case(label, tuple(shape), tuple(sizes.items()))
 
 
 def _err(a: Any, b: Any) -> float:
@@ -252,18 +187,16 @@ def _plan_label(op: Op, x64: np.ndarray, sizes: dict[str, Any], target: str, dty
 
 
 def check_spec(op: Op, *, layouts: tuple[str, ...] = LAYOUTS, dtypes: tuple[str, ...] = DTYPES,
-               progress: Callable[[Result], None] | None = None, target: str = "cpu") -> list[Result]:
-    """Every case x layout x dtype x mode of one spec."""
+               progress: Callable[[Result], None] | None = None, target: str = "cpu",
+               checks: list[Check] | None = None) -> list[Result]:
+    """The given checks of one spec, else its full matrix: every case x layout x dtype x mode."""
     results = []
-    modes = (True, False) if op.spec.running is not None else (True,)
-    seed = 0
-    for case in cases(op.spec):
-        for layout in layouts:
-            for dtype in dtypes:
-                for training in modes:
-                    seed += 1
-                    r = run_case(op, case, layout, dtype, training, seed, target)
-                    results.append(r)
-                    if progress:
-                        progress(r)
+    for check in checks if checks is not None else full(op.spec, layouts, dtypes):
+        r = run_case(op, check.case, check.layout, check.dtype, check.training, check.seed, target)
+        results.append(r)
+        if progress:
+            progress(r)
     return results
+
+
+__all__ = ["CUDA_DTYPES", "DTYPES", "TOLERANCE", "Case", "Check", "Result", "cases", "check_spec", "run_case"]
