@@ -26,6 +26,7 @@ import normgen
 from normgen import CallError
 from normgen.codegen import cpu_prelude
 from normgen.codegen.cpu_prelude import ld_bf16, ld_f16, st_bf16, st_f16
+from normgen.plan.model import Options
 from normgen.runtime.arrays import BF16, from_bits, to_bits
 from normgen.spec.library import bundled_names
 from normgen.verify import oracle
@@ -126,6 +127,23 @@ def test_every_spec_matches_the_oracle(name, layout, dtype):
     assert {"y", "rstd", "dx"} <= set(r.errors)
     worst = max(r.errors, key=r.errors.get)
     assert r.errors[worst] <= EPS[dtype], f"{name} {layout} {dtype}: {worst} error {r.errors[worst]:.2e}"
+
+
+PHASED = [("layer_norm", "contiguous", True), ("batch_norm", "channels_last", True),
+          ("batch_norm", "channels_last", False)]
+
+
+@pytest.mark.parametrize("name, layout, training", PHASED, ids=[f"{n}-{lay}-{'train' if t else 'eval'}"
+                                                                  for n, lay, t in PHASED])
+def test_phased_path_matches_the_oracle(name, layout, training):
+    """Groups split into parts (partial moments and sums, host merge, apply): the kernels that
+    large inputs run, rows and columns, and evaluation with the running statistics."""
+    op = normgen.load(name, options=Options(parts=3))
+    for dtype in HALF:
+        r = run_case(op, cases(op.spec)[0], layout, dtype, training, seed=7)
+        assert r.error is None and "parts" in r.plan, (r.error, r.plan)
+        worst = max(r.errors, key=r.errors.get)
+        assert r.errors[worst] <= EPS[dtype], f"{name} {layout} {dtype}: {worst} error {r.errors[worst]:.2e}"
 
 
 @pytest.mark.parametrize("dtype", HALF)
