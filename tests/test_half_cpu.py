@@ -1,5 +1,5 @@
-"""float16 and bfloat16 on the CPU backend: the bit converters, every bundled non-fused spec
-against the float64 oracle, normgen.torch against torch.nn's own CPU half-type layers, edge
+"""float16 and bfloat16 on the CPU backend: the bit converters, every bundled spec (fused ones
+too) against the float64 oracle, normgen.torch against torch.nn's own CPU half-type layers, edge
 values, and the custom ops (opcheck, one graph under torch.compile).
 
 Tolerances. The kernels compute exactly as the float32 kernels do on the input's values and
@@ -39,7 +39,6 @@ nn = torch.nn
 HALF = ("float16", "bfloat16")
 EPS = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}  # one unit in the last place at 1
 TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-NON_FUSED = [n for n in bundled_names() if normgen.load(n).spec.fuse is None]
 ALL_BITS = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
 
 
@@ -115,12 +114,15 @@ def test_float_to_half_rounds_to_nearest_even_like_numpy_and_torch():
 # layers that see NHWC activations: the columns strategy and strided channel groups), and
 # `normgen check --dtype float16 --dtype bfloat16` runs every layout. Each layout compiles kernels
 # of its own, and this file must stay quick.
-TABLE = [(n, "contiguous", dt) for n in NON_FUSED for dt in HALF]
+TABLE = [(n, "contiguous", dt) for n in bundled_names() for dt in HALF]
 
 
 @pytest.mark.parametrize("name, layout, dtype", TABLE, ids=[f"{n}-{lay}-{dt}" for n, lay, dt in TABLE])
 def test_every_spec_matches_the_oracle(name, layout, dtype):
-    """Forward (y, statistics, running statistics) and backward (dx, parameter gradients)."""
+    """Forward (y, statistics, running statistics, a fused spec's kept h) and backward (dx,
+    parameter gradients, the extra inputs' gradients). A fused prologue's h is rounded to the
+    dtype where it is computed (as PyTorch stores x + residual) and the oracle takes the exact
+    h: half an ulp of h more, inside the bound."""
     op = normgen.load(name)
     r = run_case(op, cases(op.spec)[0], layout, dtype, True, seed=3)
     assert r.error is None, r.error
@@ -130,7 +132,7 @@ def test_every_spec_matches_the_oracle(name, layout, dtype):
 
 
 PHASED = [("layer_norm", "contiguous", True), ("batch_norm", "channels_last", True),
-          ("batch_norm", "channels_last", False)]
+          ("batch_norm", "channels_last", False), ("add_rms_norm", "contiguous", True)]
 
 
 @pytest.mark.parametrize("name, layout, training", PHASED, ids=[f"{n}-{lay}-{'train' if t else 'eval'}"
@@ -184,10 +186,41 @@ def test_parameters_of_the_input_dtype_or_float32():
         op(x, w16.astype(np.float64), normalized_shape=(8,))
 
 
-def test_fused_specs_refuse_half_types_clearly():
-    x = np.ones((2, 8), np.float16)
-    with pytest.raises(CallError, match="add_rms_norm: x has dtype float16; fused specs .* take float32 or float64"):
-        normgen.load("add_rms_norm")(x, np.ones(8, np.float16), residual=x.copy(), normalized_shape=(8,))
+def test_fused_columns_and_save_y_refuse_half_types_clearly():
+    x = np.ones((2, 4, 3, 3), np.float16).transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2)  # channels_last
+    with pytest.raises(CallError, match="group_norm_silu: x has dtype float16; a fused spec whose kept axis is "
+                                        "innermost .* takes float32 or float64"):
+        normgen.load("group_norm_silu")(x, num_groups=2)
+    op = normgen.load("layer_norm")
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float16)
+    fwd = op.forward(x, np.ones(8, np.float16), normalized_shape=(8,), save="y")
+    with pytest.raises(CallError, match="layer_norm: x has dtype float16; save='y' takes float32 or float64"):
+        op.backward(x, fwd)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_add_rms_norm_matches_torch_in_the_dtype(dtype):
+    """nt.AddRMSNorm against torch's own h = x + residual (rounded to the dtype) then RMSNorm."""
+    tdt = TORCH[dtype]
+    g = torch.Generator().manual_seed(3)
+    x, r = (torch.randn(6, 40, generator=g).to(tdt) for _ in range(2))
+    dy, dh = (torch.randn(6, 40, generator=g).to(tdt) for _ in range(2))
+    ref, new = nn.RMSNorm(40).to(tdt), nt.AddRMSNorm(40).to(tdt)
+    with torch.no_grad():
+        ref.weight.copy_(torch.randn(40, generator=g))
+        new.weight.copy_(ref.weight)
+    xa, ra, xb, rb = (t.clone().requires_grad_() for t in (x, r, x, r))
+    ha = xa + ra
+    ya = ref(ha)
+    yb, hb = new(xb, rb)
+    assert yb.dtype == hb.dtype == tdt
+    assert torch.equal(hb, ha)  # h is x + residual rounded once, as torch rounds it
+    torch.autograd.backward([ya, ha], [dy, dh])
+    torch.autograd.backward([yb, hb], [dy, dh])
+    _assert_ulps(yb, ya, dtype, "y")
+    _assert_ulps(xb.grad, xa.grad, dtype, "dx")
+    _assert_ulps(rb.grad, ra.grad, dtype, "dresidual")
+    _assert_ulps(new.weight.grad, ref.weight.grad, dtype, "dweight")
 
 
 # ---- normgen.torch against torch.nn on CPU half tensors ----------------------------------------

@@ -377,3 +377,12 @@ def st_half(src, dst, bf16):
 def half_to_f32(h, bf16):
     """bf16_to_f32 if bf16 else f16_to_f32: one element."""
     return bf16_to_f32(h) if bf16 else f16_to_f32(h)
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def round_half(v, bf16):
+    """float32 v rounded to the half type (nearest even) and back: what PyTorch's elementwise
+    op in that dtype stores (a fused prologue's h = x + residual)."""
+    if bf16:
+        return bf16_to_f32(f32_to_bf16(v))
+    return f16_to_f32(f32_to_f16(v))

@@ -49,7 +49,7 @@ _CPU_IMPORTS = {"math": "import math", "np": "import numpy as np", "float64": "f
                 "dt": "from numba import {dtype} as dt"}
 _CPU_PRELUDE = ("add_chunk", "add_squares", "affine_row", "chan", "col_add", "col_add4", "col_dev", "col_dev2",
                 "col_grad", "col_grad2", "dev_sums", "exp_f32", "exp_f64", "grad_row", "half_to_f32", "ld_half",
-                "st_half", "sum_f64")
+                "round_half", "st_half", "sum_f64")
 #: CPU kernels take these as uint16 bits and compute in float32 (one code for both: see half.j2)
 CPU_HALF = ("float16", "bfloat16")
 _FINALIZE_DOC = {Scale.STD: "rstd = 1 / sqrt(M2 / n + eps)", Scale.RMS: "rstd = 1 / sqrt(sum(x^2) / n + eps)",

@@ -80,7 +80,8 @@ def run(plan: Plan, entry: str, **values) -> None:
     if plan.kernel.strategy is Strategy.COLUMNS:
         values["scratch"], values["scratch_dt"] = _scratch(plan, compute_dtype(plan.kernel.dtype))
     elif plan.kernel.fusion is not None:  # a fused rows kernel: h held between passes
-        values["scratch_dt"] = np.empty(max(1, plan.launch.n_blocks * hold_elements(plan)), values["x"].dtype)
+        values["scratch_dt"] = np.empty(max(1, plan.launch.n_blocks * hold_elements(plan)),
+                                        compute_dtype(plan.kernel.dtype))
     args = [values[n] for n in names]
     la = plan.launch
     if la.threads <= 1:
@@ -149,7 +150,7 @@ def _fused(fx: dict | None, dtype: np.dtype) -> dict:
     bias (backward) as a parameter, a quantized output's scales as they are."""
     out = {}
     for name, a in (fx or {}).items():
-        out[name] = _param(a, dtype) if name == "bias" else a.reshape(-1) if name == "qscale" else flat(a)
+        out[name] = _param(a, dtype) if name == "bias" else a.reshape(-1) if name == "qscale" else raw(a)
     return out
 
 
@@ -229,12 +230,17 @@ class CpuBackend:
 
     def plan(self, binding, arrays, direction: Direction, dtype: str, has_weight: bool, has_bias: bool,
              options: Options) -> Plan:
-        if dtype in HALF and (binding.spec.fuse is not None or (direction is Direction.BACKWARD and "y" in arrays)):
-            raise CallError(f"{binding.spec.name}: x has dtype {dtype}; fused specs (prologue, epilogue, quantize) "
-                            "and save='y' take float32 or float64 on the CPU backend (their half-type kernels "
-                            "are not built yet)")
-        return make_plan(binding, arrays, direction=direction, dtype=dtype, has_weight=has_weight,
+        if dtype in HALF and direction is Direction.BACKWARD and "y" in arrays:
+            raise CallError(f"{binding.spec.name}: x has dtype {dtype}; save='y' takes float32 or float64 on the CPU "
+                            "backend (its half-type kernels are not built yet)")
+        plan = make_plan(binding, arrays, direction=direction, dtype=dtype, has_weight=has_weight,
                          has_bias=has_bias, threads=threads(), options=options)
+        if dtype in HALF and plan.kernel.fusion is not None and plan.kernel.strategy is Strategy.COLUMNS:
+            raise CallError(f"{binding.spec.name}: x has dtype {dtype}; a fused spec whose kept axis is innermost "
+                            "(the columns strategy, e.g. channels_last) takes float32 or float64 on the CPU backend "
+                            "(its half-type kernels are not built yet); the rows strategy (e.g. contiguous) takes "
+                            "half types")
+        return plan
 
     def plan_key(self) -> tuple:
         """What the plans of this backend depend on besides the call (the thread count)."""
