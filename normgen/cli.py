@@ -7,10 +7,12 @@
     normgen generate SPEC|--reference [-o DIR]   readable generated sources
     normgen check SPEC|--all             compare the kernels with the NumPy oracle
     normgen cache info|clear
+    normgen --version
 
 SPEC is a bundled name (see `normgen list`) or a path to a .toml spec file. User errors
 (a bad spec, a bad shape, a missing argument) print a message and exit with status 2;
-a failed check exits with status 1.
+a failed check exits with status 1. Values are checked before any work starts
+(cli_args.py): shapes, strides, call-time sizes, dtypes the target runs, output folders.
 """
 
 from __future__ import annotations
@@ -18,25 +20,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
 
+from . import __version__, cli_args
 from .errors import NormgenError
-
-
-def _parse_ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
-
-
-def _parse_size(text: str) -> tuple[str, Any]:
-    name, eq, value = text.partition("=")
-    if not eq or not name.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. num_groups=32), got {text!r}")
-    vals = _parse_ints(value)
-    return name, (vals[0] if len(vals) == 1 and "," not in value else vals)
 
 
 def _op(spec: str):
@@ -87,7 +75,7 @@ def _device(args: argparse.Namespace):
 
     if args.target != "cuda":
         if args.device:
-            raise NormgenError("--device is for --target cuda")
+            raise NormgenError("--device is for --target cuda", allowed="--target cuda --device PROFILE")
         return None
     if args.device:
         profile(args.device)  # an unknown name is a user error
@@ -125,19 +113,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .plan.describe import describe_plan
     from .plan.traffic import plan_json
 
-    op = _op(args.spec)
-    shape = args.shape
-    strides = args.strides if args.strides else layout_strides(shape, args.layout)
-    if len(strides) != len(shape):
-        raise NormgenError(f"--strides has {len(strides)} entries for a shape of {len(shape)} dims")
     if args.json and args.target != "cuda":
-        raise NormgenError("--json describes CUDA plans: add --target cuda")
+        raise NormgenError("--json describes CUDA plans: add --target cuda", allowed="--json with --target cuda")
+    op = _op(args.spec)
+    sizes = cli_args.call_sizes(op.spec, args.size)
+    cli_args.target_dtype(args.dtype, args.target)
+    shape = args.shape
+    strides, copied = cli_args.call_strides(shape, args.strides or layout_strides(shape, args.layout))
     plan = op.plan(shape, strides=strides, dtype=args.dtype, direction="backward" if args.backward else "forward",
-                   params=not args.no_params, target=args.target, device=_device(args), **dict(args.size))
+                   params=not args.no_params, target=args.target, device=_device(args), **sizes)
     if args.eval and not plan.eval_steps:
         raise NormgenError(f"{op.name}: --eval plans a forward call with running statistics, and this "
-                           f"{plan.kernel.direction.value} plan has none")
-    print(json.dumps(plan_json(plan, evaluation=args.eval)) if args.json else describe_plan(plan))
+                           f"{plan.kernel.direction.value} plan has none",
+                           allowed="--eval without --backward, for a spec with [running] statistics")
+    if args.json:
+        out = plan_json(plan, evaluation=args.eval)
+        print(json.dumps(out if copied is None else {"copied": copied, **out}))
+    else:
+        print(describe_plan(plan) if copied is None else f"copy     {copied}\n{describe_plan(plan)}")
     return 0
 
 
@@ -146,24 +139,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .paths import repo_root
     from .progress import Progress
 
+    if args.reference and (args.spec or args.shape):
+        raise NormgenError("generate --reference writes the reference plans of every bundled spec; it takes no "
+                           "SPEC or --shape", allowed="generate SPEC --shape ..., or generate --reference")
+    if not args.reference and (not args.spec or not args.shape):
+        raise NormgenError("generate needs SPEC and --shape (or --reference for the bundled reference plans)",
+                           allowed="generate SPEC --shape N,C,..., or generate --reference")
     progress = Progress(enabled=not args.quiet)
     progress.update("generate: rendering " + ("the reference plans of the bundled specs" if args.reference
                                               else "the plans"), force=True)
     try:
         if args.reference:
             root = repo_root()
-            outdir = Path(args.output) if args.output else (root / "generated" if root else Path("generated"))
+            outdir = args.output or (root / "generated" if root else Path("generated"))
             files = generate.all_reference_sources()
         else:
-            if not args.spec or not args.shape:
-                raise NormgenError("generate needs SPEC and --shape (or --reference for the bundled reference plans)")
-            outdir = Path(args.output or ".")
+            outdir = args.output or "."
             op = _op(args.spec)
-            files = generate.sources(op, args.shape, layout=args.layout, dtype=args.dtype, sizes=dict(args.size),
+            sizes = cli_args.call_sizes(op.spec, args.size)
+            files = generate.sources(op, args.shape, layout=args.layout,
+                                     dtype=cli_args.target_dtype(args.dtype, args.target), sizes=sizes,
                                      target=args.target, device=_device(args))
+        outdir = cli_args.output_dir(outdir)  # everything is rendered before anything is written
         progress.update(f"generate: writing {len(files)} files to {outdir}", force=True)
-        for path, written in generate.write(outdir, files):
-            progress.print(f"{'wrote    ' if written else 'unchanged'} {path}")
+        try:
+            for path, written in generate.write(outdir, files):
+                progress.print(f"{'wrote    ' if written else 'unchanged'} {path}")
+        except OSError as e:
+            raise NormgenError(f"-o {outdir}: cannot write {e.filename} ({e.strerror})",
+                               allowed="a folder you can write to") from None
     finally:
         progress.close()
     return 0
@@ -176,15 +180,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .verify import session
     from .verify.check import CUDA_DTYPES, DTYPES, TOLERANCE
 
+    if args.all and args.spec:
+        raise NormgenError(f"check got both --all and the spec {args.spec!r}",
+                           allowed="check SPEC (one spec), or check --all (every bundled spec)")
     names = bundled_names() if args.all else [args.spec] if args.spec else []
     if not names:
-        raise NormgenError("check needs SPEC or --all")
+        raise NormgenError("check needs SPEC or --all", allowed="check SPEC, or check --all")
+    layouts = tuple(dict.fromkeys(args.layout)) if args.layout else LAYOUTS
+    supported = cli_args.backend_dtypes(args.target)
+    dtypes = tuple(dict.fromkeys(args.dtype)) if args.dtype else \
+        tuple(d for d in (CUDA_DTYPES if args.target == "cuda" else DTYPES) if d in supported)
+    for d in dtypes:
+        cli_args.target_dtype(d, args.target)
+    ops = [_op(name) for name in names]
     progress = Progress(enabled=not args.quiet)
-    layouts = tuple(args.layout) if args.layout else LAYOUTS
-    dtypes = tuple(args.dtype) if args.dtype else CUDA_DTYPES if args.target == "cuda" else DTYPES
     if args.target == "cuda":
         print(_cuda_runner_note(), flush=True)
-    ops = [_op(name) for name in names]
     header = f"{'spec':<24} {'checks':>6} {'failed':>6}  {'max error fwd':>13}  {'max error bwd':>13}  {'time':>6}"
     totals = {"failed": 0, "checks": 0, "of": 0}
 
@@ -237,32 +248,55 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # PyTorch's OpenMP workers spin after every call by default, taking the cores from
     # whichever provider runs next; waiting passively leaves PyTorch's own times unchanged.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from .bench import cpu as bench, cuda as bench_gpu
+    from .bench import cpu as bench
+    from .bench import cuda as bench_gpu
     from .progress import Progress
 
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:  # what a run writes when it is done: checked before it starts
+            cli_args.output_file(path, option)
     if args.memory:
         return _bench_memory(args)
+    cli_args.target_dtype(args.dtype, args.target)
     if args.fused:
         return _bench_fused(args)
+    every_provider = bench_gpu.PROVIDERS if args.target == "cuda" else ("normgen", "torch", "numpy", "copy")
+    providers = tuple(p.strip() for p in args.providers.split(",")) if args.providers else every_provider
+    if "normgen" not in providers or not set(providers) <= set(every_provider):
+        raise NormgenError(f"--providers {args.providers}: expected normgen and any of the others, each known on "
+                           f"--target {args.target}", allowed=", ".join(every_provider))
+    if args.plot and args.target == "cpu" and not (args.memory or args.fused):
+        _require_matplotlib()
+    if args.device and args.target != "cuda":
+        raise NormgenError("--device is for --target cuda", allowed="--target cuda --device PROFILE")
+    if args.eval and not args.shape:
+        raise NormgenError("bench --eval times one --shape in evaluation mode", allowed="--eval with --shape")
     if args.target == "cuda":
         bench_gpu.require_gpu()
         if args.device:
             bench_gpu.plan_for(args.device)
     if args.shape:
         if len(args.spec or []) != 1:
-            raise NormgenError("bench --shape needs exactly one --spec")
+            raise NormgenError("bench --shape needs exactly one --spec", allowed="--spec SPEC --shape N,C,...")
+        op = _op(args.spec[0])  # a bad name or size is an error before anything compiles
+        sizes = cli_args.call_sizes(op.spec, args.size)
+        if args.eval and op.spec.running is None:
+            raise NormgenError(f"bench --eval: {op.name} has no running statistics to evaluate with",
+                               allowed="--eval for a spec with [running] statistics (batch_norm, instance_norm)")
         cases = [bench.Case(f"{args.spec[0]} {list(args.shape)} {args.layout}", args.spec[0], args.shape,
-                            args.layout, tuple(args.size), "eval" if args.eval else "train")]
+                            args.layout, tuple(sizes.items()), "eval" if args.eval else "train")]
     else:
+        if args.size:
+            raise NormgenError("--size gives the call-time sizes of a --shape", allowed="--size with --shape")
         every = bench_gpu.gpu_cases() if args.target == "cuda" else bench.reference_cases()
         cases = [c for c in every
                  if (not args.spec or c.spec in args.spec) and (not args.case or any(k in c.name for k in args.case))]
-    if not cases:
-        raise NormgenError("no benchmark case matches", allowed=", ".join(sorted({c.spec for c in bench.reference_cases()})))
+        if not cases:
+            raise NormgenError("no benchmark case matches the --spec and --case given",
+                               allowed="--spec " + ", ".join(sorted({c.spec for c in every})) + "; --case a part of "
+                               "a case name, e.g. " + every[0].name)
     directions = ("forward",) if args.forward else ("backward",) if args.backward else ("forward", "backward")
     with_out = (False,) if args.no_out or args.target == "cuda" else (False, True)
-    providers = tuple(args.providers.split(",")) if args.providers else \
-        bench_gpu.PROVIDERS if args.target == "cuda" else ("normgen", "torch", "numpy", "copy")
     if args.target == "cuda":
         from .runtime.cuda import device_name
 
@@ -305,6 +339,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_matplotlib() -> None:
+    """--plot on the CPU draws with matplotlib: say so before the benchmark runs, not after."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise NormgenError("--plot draws with matplotlib, which is not installed",
+                           allowed="pip install 'normgen[bench]' (or matplotlib), or leave out --plot") from None
+
+
 def _bench_fused(args: argparse.Namespace) -> int:
     """`normgen bench --fused`: fused specs against PyTorch eager and torch.compile (bench/fused.py)."""
     import datetime
@@ -316,7 +359,8 @@ def _bench_fused(args: argparse.Namespace) -> int:
     from .runtime import threads as cpu
 
     if args.target != "cpu":
-        raise NormgenError("bench --fused runs on the CPU (the CUDA templates do not fuse yet)")
+        raise NormgenError("bench --fused runs on the CPU (the CUDA templates do not fuse yet)",
+                           allowed="bench --fused with --target cpu (the default)")
     if args.threads:
         cpu.set_num_threads(args.threads)
     directions = ("forward",) if args.forward else ("train",) if args.backward else ("forward", "train")
@@ -377,7 +421,8 @@ def _bench_saver(args: argparse.Namespace, where: str):
     """save(results): the JSON (--json) and the plot (--plot) of a benchmark run."""
     import datetime
 
-    from .bench import cpu as bench, cuda as bench_gpu
+    from .bench import cpu as bench
+    from .bench import cuda as bench_gpu
     from .paths import repo_root
     from .runtime import threads as cpu
 
@@ -413,8 +458,15 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+#: every dtype a kernel of some target runs; a command refuses those its --target does not run
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
 def parser() -> argparse.ArgumentParser:
+    from .layouts import LAYOUTS
+
     p = argparse.ArgumentParser(prog="normgen", description="A compiler for normalization layers.")
+    p.add_argument("--version", action="version", version=f"normgen {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("list", help="list the bundled specs").set_defaults(fn=cmd_list)
@@ -424,13 +476,13 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_show)
 
     def shape_args(s: argparse.ArgumentParser, required: bool) -> None:
-        from .layouts import LAYOUTS
-
-        s.add_argument("--shape", type=_parse_ints, required=required, help="shape of x, e.g. 32,128,56,56")
+        s.add_argument("--shape", type=cli_args.shape, required=required,
+                       help="shape of x, e.g. 32,128,56,56 (every dimension >= 1)")
         s.add_argument("--layout", default="contiguous", choices=LAYOUTS, help="memory layout of x")
-        s.add_argument("--dtype", default="float32", choices=("float32", "float64", "float16", "bfloat16"))
+        s.add_argument("--dtype", default="float32", choices=DTYPES,
+                       help="dtype of x (a --target that does not run it says which it runs)")
         s.add_argument("--target", default="cpu", choices=("cpu", "cuda"), help="CPU (Numba) or CUDA kernels")
-        s.add_argument("--size", type=_parse_size, action="append", default=[], metavar="NAME=VALUE",
+        s.add_argument("--size", type=cli_args.size, action="append", default=[], metavar="NAME=VALUE",
                        help="a call-time size, e.g. num_groups=32 or normalized_shape=1024 (repeatable)")
         s.add_argument("--device", metavar="PROFILE",
                        help="with --target cuda: plan for this GPU (h100, h200, a100, l40s, rtx4090; default: the "
@@ -439,7 +491,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("plan", help="print the loop nest the planner chooses")
     s.add_argument("spec")
     shape_args(s, required=True)
-    s.add_argument("--strides", type=_parse_ints, help="element strides of x (overrides --layout)")
+    s.add_argument("--strides", type=cli_args.strides,
+                   help="element strides of x, e.g. 1,4 (overrides --layout; write --strides=-4,1 for a negative "
+                        "first stride: a call copies such an input, and the plan is the copy's)")
     s.add_argument("--backward", action="store_true", help="plan the backward pass")
     s.add_argument("--no-params", action="store_true", help="plan a call without weight and bias")
     s.add_argument("--eval", action="store_true", help="the steps of an evaluation call (running statistics)")
@@ -458,8 +512,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check", help="compare generated kernels with the NumPy oracle")
     s.add_argument("spec", nargs="?")
     s.add_argument("--all", action="store_true", help="every bundled spec")
-    s.add_argument("--layout", action="append", help="only these layouts (repeatable)")
-    s.add_argument("--dtype", action="append", choices=("float32", "float64", "float16", "bfloat16"),
+    s.add_argument("--layout", action="append", choices=LAYOUTS, help="only these layouts (repeatable)")
+    s.add_argument("--dtype", action="append", choices=DTYPES,
                    help="only these dtypes (default: float32, float64; with --target cuda also float16, bfloat16)")
     s.add_argument("--target", default="cpu", choices=("cpu", "cuda"),
                    help="cpu: the Numba kernels; cuda: the CUDA kernels (on the GPU, or on the CPU emulator "
@@ -467,10 +521,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--full", action="store_true",
                    help="every case x layout x dtype x mode (default: a representative part that checks each "
                         "layout, dtype, mode, case and kernel entry point of every strategy at least once)")
-    s.add_argument("-j", "--jobs", type=int, help="processes that compile kernels (default: every CPU)")
+    s.add_argument("-j", "--jobs", type=cli_args.count(1), help="processes that compile kernels (default: every CPU)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     s.add_argument("-v", "--verbose", action="store_true", help="one line per check")
-    s.add_argument("--show-failures", type=int, default=10, help="failures to detail per spec")
+    s.add_argument("--show-failures", type=cli_args.count(0), default=10, help="failures to detail per spec")
     s.set_defaults(fn=cmd_check)
 
     s = sub.add_parser("bench", help="time kernels against PyTorch, NumPy and a copy of the same bytes")
@@ -478,15 +532,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--case", action="append", help="only cases whose name contains this (repeatable)")
     shape_args(s, required=False)
     s.add_argument("--eval", action="store_true", help="with --shape: evaluation mode (running statistics)")
-    s.add_argument("--threads", type=int, help="threads for normgen and PyTorch (default: all CPUs)")
-    s.add_argument("--repeat", type=int, default=15, help="timed runs per provider (median reported)")
-    s.add_argument("--warmup", type=int, default=3)
+    s.add_argument("--threads", type=cli_args.count(1), help="threads for normgen and PyTorch (default: all CPUs)")
+    s.add_argument("--repeat", type=cli_args.count(1), default=15, help="timed runs per provider (median reported)")
+    s.add_argument("--warmup", type=cli_args.count(0), default=3, help="untimed runs first")
     s.add_argument("--forward", action="store_true", help="forward only")
     s.add_argument("--backward", action="store_true", help="backward only")
     s.add_argument("--no-out", action="store_true", help="skip the out= runs")
     s.add_argument("--providers", help="comma-separated (default: normgen,torch,numpy,copy on cpu; "
                    "normgen,torch,compile,copy on cuda, compile: torch.compile)")
-    s.add_argument("--compile-budget", type=float, default=90.0,
+    s.add_argument("--compile-budget", type=cli_args.seconds, default=90.0,
                    help="cuda: seconds of torch.compile compiling, after which cases run without it")
     s.add_argument("--json", nargs="?", const="", help="save results (default bench/results/TARGET-DATE.json)")
     s.add_argument("--plot", help="draw GB/s per provider to this PNG")
@@ -495,7 +549,7 @@ def parser() -> argparse.ArgumentParser:
                    help="fused specs (add_rms_norm, group_norm_silu) against PyTorch eager and torch.compile")
     s.add_argument("--memory", action="store_true",
                    help="resident memory (peak, held after) against PyTorch, each loop in a fresh process")
-    s.add_argument("--calls", type=int, help="with --memory: calls per loop (default 50 training, 400 inference)")
+    s.add_argument("--calls", type=cli_args.count(1), help="with --memory: calls per loop (default 50 training, 400 inference)")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("cache", help="inspect or clear the kernel cache")
@@ -505,7 +559,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    if argv is not None and any("\0" in a for a in argv):  # only in-process: an OS argv cannot hold NUL
+        p.error("an argument holds a NUL character; expected text without NUL (as any command line has)")
+    args, extra = p.parse_known_args(argv)
+    if extra:  # argparse's own message names them under the top-level usage: say it under the command's
+        (sub,) = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(map(repr, extra))}; allowed: the "
+                                        f"arguments in the usage line above (normgen {args.command} -h)")
     try:
         return args.fn(args)
     except NormgenError as e:

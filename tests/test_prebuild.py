@@ -62,7 +62,7 @@ def _run(tmp_path: Path, cache: Path, workers: int, names: str, layouts: str, dt
     env = dict(os.environ, PYTHONPATH=str(REPO), NORMGEN_CACHE_DIR=str(cache / "normgen"),
                NUMBA_CACHE_DIR=str(cache / "numba"))
     out = subprocess.run([sys.executable, str(script), str(workers), names, layouts, dtypes, *more], env=env,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -91,3 +91,11 @@ def test_a_module_asked_again_for_other_entry_points_compiles_them_after_the_fir
     run = _run(tmp_path, tmp_path / "c", 2, "instance_norm,switchable_norm", "contiguous", "float64", "each")
     assert run["errors"] == [] and run["compiled"] == run["needed"] > 0 and run["cached"] == 0
     assert run["compiled_here"] == 0 and run["misses"] == [] and run["ok"]
+
+
+def test_a_fused_spec_compiles_ahead_what_its_checks_run(tmp_path):
+    # the extras (residual), the kept prologue h and its gradient dh are arrays of the plan, each
+    # with the strides run_case gives it: sliced, dh (laid out like x) is strided where h is not
+    one = _run(tmp_path, tmp_path / "c", 1, "add_rms_norm", "sliced", "float64")
+    assert one["errors"] == [] and one["compiled"] == one["needed"] > 0
+    assert one["misses"] == [] and one["ok"] and one["checks"] > 0

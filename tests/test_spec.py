@@ -239,7 +239,7 @@ PINNED = {
         '''my_norm.toml:5:1: key 'affine.colour': unknown key 'colour' in table [affine]
             colour = "red"
             ^^^^^^
-          allowed: axes, weight, bias, weight_offset'''),
+          allowed: axes, weight, bias, weight_offset, cast'''),
     "reserved argument name": (
         '''
         input = "N (G c)"

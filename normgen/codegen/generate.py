@@ -18,19 +18,24 @@ def sources(op: Op, shape: tuple[int, ...], *, layout: str = "contiguous", dtype
             label: str | None = None, target: str = "cpu", device: Any = DEFAULT_PROFILE) -> dict[str, str]:
     """{file name: source} of the plans for one shape and layout, forward and backward.
 
-    When the plan reduces parameter gradients in a second kernel (CUDA, parameters that
-    vary inside a group), its source is there too ("params"). CUDA sources are planned for
-    `device` (a profile name or a plan.device.Device).
+    Files are named SPEC.LAYOUT.DTYPE.STRATEGY.DIRECTION.EXT (e.g.
+    layer_norm.contiguous.float64.rows.forward.py), so that runs for other dtypes or shapes
+    that plan another strategy write files of their own; `label` replaces
+    SPEC.LAYOUT.DTYPE.STRATEGY (the reference copies in generated/ keep their short names).
+    When the plan reduces parameter gradients in a second kernel (CUDA, parameters that vary
+    inside a group), its source is there too (DIRECTION "params"). CUDA sources are planned
+    for `device` (a profile name or a plan.device.Device).
     """
     strides = layout_strides(shape, layout)
     ext = "cu" if target == "cuda" else "py"
-    base = label or (f"{op.name}.{layout}" + (f".{dtype}" if target == "cuda" else ""))
     out = {}
     for direction in directions:
         plan = op.plan(shape, strides=strides, dtype=dtype, direction=direction, target=target,
                        device=device if target == "cuda" else None, **dict(sizes or {}))
+        base = label or f"{op.name}.{layout}.{dtype}.{plan.kernel.strategy.value}"
         out[f"{base}.{direction}.{ext}"] = render(plan.kernel).text
         if plan.params is not None:
+            base = label or f"{op.name}.{layout}.{dtype}.{plan.params.kernel.strategy.value}"
             out[f"{base}.params.{ext}"] = render(plan.params.kernel).text
     return out
 
@@ -41,11 +46,13 @@ def reference_sources(target: str = "cpu", dtypes: tuple[str, ...] = ("float32",
     planned for the `device` profile)."""
     out = {}
     for ref in REFERENCES:
-        if target == "cuda" and load(ref.spec).spec.fuse is not None:
+        op = load(ref.spec)
+        if target == "cuda" and op.spec.fuse is not None:
             continue  # the CUDA templates do not fuse yet
         for dtype in dtypes:
-            for name, src in sources(load(ref.spec), ref.shape, layout=ref.layout, sizes=dict(ref.sizes),
-                                     dtype=dtype, target=target, device=device).items():
+            label = f"{op.name}.{ref.layout}" + (f".{dtype}" if target == "cuda" else "")
+            for name, src in sources(op, ref.shape, layout=ref.layout, sizes=dict(ref.sizes), dtype=dtype,
+                                     label=label, target=target, device=device).items():
                 out[f"{target}/{name}"] = src
     return out
 

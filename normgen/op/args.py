@@ -9,8 +9,9 @@ is a `CallError` that names the argument and says what was expected and what cam
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -83,6 +84,7 @@ def check_forward(spec: Spec, bind: Callable[..., Binding], x: Any, params: tupl
     sizes = _sizes(spec, kwargs)
     check_array(name, x, backend)
     dtype = backend.dtype(x)
+    _check_cast(spec, dtype)
     binding = bind(tuple(x.shape), sizes)
     extras = {e: check_like(name, given.get(e), x, backend, e) for e in spec.extras}
     checked = {n: _param(name, n, p, binding.param_shape, dtype, backend) for n, p in pvals.items()}
@@ -216,6 +218,15 @@ def _sizes(spec: Spec, kwargs: dict[str, Any]) -> dict[str, Any]:
         raise CallError(f"{spec.name}: unexpected argument(s) {', '.join(sorted(kwargs))}; "
                         f"allowed: {', '.join(allowed)}")
     return sizes
+
+
+def _check_cast(spec: Spec, dtype: str) -> None:
+    """`[affine] cast = "before_weight"` changes only half-precision results, and no kernel
+    rounds x_hat before the weight yet: refuse rather than return the other order's values."""
+    if spec.affine is not None and spec.affine.cast == "before_weight" and dtype in ("float16", "bfloat16"):
+        raise CallError(f"{spec.name}: cast = 'before_weight' with {dtype} input is not implemented by the kernels "
+                        "yet (float32 and float64 are exact: there the cast changes nothing); use "
+                        "cast = 'after_weight' or a float32 input")
 
 
 def _param(name: str, pname: str, p: Any, shape: tuple[int, ...], dtype: str, backend):

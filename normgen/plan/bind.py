@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import CallError
 from ..spec import Spec
@@ -105,7 +106,8 @@ def bind(spec: Spec, shape: tuple[int, ...], sizes: Mapping[str, Any] | None = N
             if name in var_shapes and dims != var_shapes[name]:
                 arg = given[name]
                 raise CallError(f"{spec.name}: {arg}={var_shapes[name]} does not match the trailing "
-                                f"dimensions {dims} of the input {shape}")
+                                f"dimensions {dims} of the input {shape}",
+                                allowed=f"{arg}={dims} (the input's dimensions that '*{name}' takes) for this input")
             for k, n in enumerate(dims):
                 code = name if rank == 1 else f"{name}{k}"
                 raw.append((code, name, n, d + k, 1))
@@ -118,10 +120,12 @@ def bind(spec: Spec, shape: tuple[int, ...], sizes: Mapping[str, Any] | None = N
                 if known <= 0 or total % known:
                     what = " * ".join(f"{p}={part_sizes[p]}" for p in part_sizes)
                     raise CallError(f"{spec.name}: dimension {d} of the input has size {total}, which "
-                                    f"{what} does not divide (split '{item}')")
+                                    f"{what} does not divide (split '{item}')",
+                                    allowed=f"sizes whose product divides {total}")
                 part_sizes[missing[0]] = total // known
             elif known != total:
-                raise CallError(f"{spec.name}: split '{item}' gives {known}, but dimension {d} has size {total}")
+                raise CallError(f"{spec.name}: split '{item}' gives {known}, but dimension {d} has size {total}",
+                                allowed=f"sizes whose product is {total}")
             inner = 1
             for p in reversed(item.names):
                 raw.append((p, p, part_sizes[p], d, inner))
@@ -132,7 +136,8 @@ def bind(spec: Spec, shape: tuple[int, ...], sizes: Mapping[str, Any] | None = N
         d += rank
 
     if not raw:
-        raise CallError(f"{spec.name}: an input of shape {shape} has no axes to normalize over")
+        raise CallError(f"{spec.name}: an input of shape {shape} has no axes to normalize over",
+                        allowed=f"an input with a dimension for at least one axis of '{spec.input}'")
 
     # 3. strides in the statistics, the parameters and the running statistics
     def dims_of(names: tuple[str, ...]) -> list[int]:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from . import formulas
 from .model import Plan, Strategy
 
 
@@ -33,6 +34,8 @@ def describe_plan(plan: Plan) -> str:
                      f"writing pass {'yes' if la.kb_write else 'no'}")
     if k.target == "cuda":
         lines.extend(_cuda_lines(plan))
+    spec = plan.binding.spec
+    lines += [f"  {'math' if i == 0 else '':<8} {line}" for i, line in enumerate(formulas.lines(k, spec))]
     lines.append("  loop nest:")
     lines.extend("    " + line for line in loop_nest(plan))
     lines.append("  steps of a training call:")
@@ -97,6 +100,8 @@ def loop_nest(plan: Plan) -> list[str]:
     r = ", ".join(k.dims[i].label for i in k.rows)
     inner = k.dims[k.inner].label
     parts = " x parts" if la.n_parts > 1 else ""
+    forward = k.direction.value == "forward"
+    apply = formulas.apply_line(k, plan.binding.spec)
     out = []
     if k.strategy is Strategy.ROWS:
         out.append(f"for unit in parallel(groups {g}{parts}):")
@@ -104,17 +109,18 @@ def loop_nest(plan: Plan) -> list[str]:
             out.append(f"  for row in rows({r}):")
         chunk = f"segments({inner}, {la.seg})" if k.target == "cpu" else f"{inner}, {k.vec} at a time, strided by the unit's threads"
         out.append(f"    for chunk in {chunk}:   # exact two-pass in cache, Chan merge")
-        out.append("      moments += chunk")
-        out.append("  finalize mean, rstd")
-        out.append(f"  for row, chunk again: y = (x - mean) * rstd * weight + bias   # contiguous over {inner}")
+        out.append(f"      {formulas.sums_line(k)}")
+        out.append("  finalize mean, rstd" if forward else "  finalize a, b")
+        out.append(f"  for row, chunk again: {apply}   # contiguous over {inner}")
     else:
         tail = f" x {k.dims[k.tail].label}" if k.tail is not None else ""
         seg = f"column segments of {la.seg}" if k.target == "cpu" else "column tiles"
         out.append(f"for unit in parallel(groups {g} x {seg}{parts}):")
         out.append(f"  for row in rows({r}):   # shifted sums per column, Chan merge")
-        out.append(f"    acc[column] += x[row, column{tail}]   # contiguous over {inner}")
-        out.append("  finalize mean, rstd per column")
-        out.append("  for row: y[row, column] = (x - mean[column]) * rstd[column] * weight + bias")
+        acc = "x" if forward else "(g, g·x̂)"
+        out.append(f"    acc[column] += {acc}[row, column{tail}]   # contiguous over {inner}")
+        out.append("  finalize mean, rstd per column" if forward else "  finalize a, b per column")
+        out.append(f"  for row: {apply}   # per column")
     return out
 
 
@@ -124,25 +130,34 @@ def _cuda_nest(plan: Plan) -> list[str]:
     g = ", ".join(k.dims[i].label for i in k.groups) or "(one group)"
     r = ", ".join(k.dims[i].label for i in k.rows)
     inner = k.dims[k.inner].label
+    forward = k.direction.value == "forward"
+    apply = formulas.apply_line(k, plan.binding.spec)
     if k.strategy is Strategy.COLUMNS:
         tail = f" x {k.dims[k.tail].label}" if k.tail is not None else ""
+        acc = "x" if forward else "(g, g·x̂)"
         return [f"for block in parallel(groups {g} x row tiles of {k.tile[0]} x {k.vec} elements x {la.n_parts} parts):",
                 f"  for row in rows({r}), {k.tile[1]} at a time:   # thread (x, y): row y, elements x*{k.vec}..",
-                f"    acc[element] += x[row, element]   # {inner}{tail}: contiguous, shifted sums in the compute type",
+                f"    acc[element] += {acc}[row, element]   # {inner}{tail}: contiguous, sums in the compute type",
                 "  add over y (float64, shared memory), fold each column's tail; parts: warp merge (Chan)",
-                "  for row: y[row, element] = (x - mean[column]) * rstd[column] * weight + bias"]
+                f"  for row: {apply}   # per element, statistics per column"]
     unit = f"{la.threads_per_unit} threads"
     share = f" x {la.n_copies} shares" if la.n_copies > 1 else f" x {la.n_parts} parts" if la.n_parts > 1 else ""
     rows = f"rows({r}) x " if r else ""
     out = [f"for unit of {unit} in parallel(groups {g}{share}):",
            f"  for slot in {rows}{inner} / {k.vec}, strided by {la.threads_per_unit}:   # {k.vec} elements a load"]
-    if la.fused and k.cache:
+    if not forward:
+        kept = la.fused and k.cache
+        out += [(f"    keep x, dy[slot] in registers ({k.cache} slots a thread); " if kept else "    ")
+                + "sums of g and g·x̂ in the compute type",
+                "  sums over the unit (float64)" + ("" if la.fused else "; parts: added"),
+                f"  for slot {'kept' if kept else 'again'}: {apply}"]
+    elif la.fused and k.cache:
         out += [f"    keep x[slot] in registers ({k.cache} slots a thread); sums of x - K in the compute type",
                 "  sums over the unit (float64); mean; M2 exactly from registers" if la.n_copies == 1 else
                 "  sums over the unit (float64; other shares read for the statistics only); mean, M2",
-                "  for slot kept: y = (x - mean) * rstd * weight + bias"]
+                f"  for slot kept: {apply}"]
     else:
         out += ["    sums of x - K in the compute type, added to float64 every few slots",
                 "  sums over the unit (float64); mean, M2" + ("" if la.fused else "; parts: warp merge (Chan)"),
-                "  for slot again: y = (x - mean) * rstd * weight + bias"]
+                f"  for slot again: {apply}"]
     return out

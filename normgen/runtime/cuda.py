@@ -146,7 +146,8 @@ class CudaBackend:
         """The plan for this backend's device, or for `device` (a profile: to print, not to run)."""
         if binding.spec.fuse is not None or (direction is Direction.BACKWARD and "y" in arrays):
             raise CallError(f"{binding.spec.name}: fused specs (prologue, epilogue, quantize) and save='y' run on "
-                            "the CPU backend; the CUDA templates for them are not built yet")
+                            "the CPU backend; the CUDA templates for them are not built yet",
+                            allowed="target='cpu' (--target cpu)")
         return make_plan(binding, arrays, direction=direction, dtype=dtype, has_weight=has_weight,
                          has_bias=has_bias, target="cuda", device=device or self.device.profile, options=options)
 

@@ -15,6 +15,7 @@
     weight = true
     bias   = true
     weight_offset = 0.0             # the effective weight is weight + weight_offset
+    cast   = "after_weight"         # half types: round after the weight, or "before_weight" (Llama)
 
     [fuse]                          # elementwise neighbours, fused into the kernels (expr.py)
     prologue = "x + residual"       # what is normalized: an expression of x and extra inputs
@@ -33,8 +34,8 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ..errors import Location, SpecError
@@ -45,7 +46,7 @@ from .tomlpos import TomlPositions
 
 MAX_SPEC_CHARS = 1_000_000
 TOP_KEYS = ("name", "doc", "input", "kept", "center", "scale", "eps", "sizes", "affine", "running", "fuse")
-TABLE_KEYS = {"affine": ("axes", "weight", "bias", "weight_offset"), "running": ("axes", "momentum"),
+TABLE_KEYS = {"affine": ("axes", "weight", "bias", "weight_offset", "cast"), "running": ("axes", "momentum"),
               "fuse": ("prologue", "keep_prologue", "epilogue", "quantize")}
 
 
@@ -65,7 +66,8 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError(f"not UTF-8 text ({e.reason} at byte {e.start})", location=Location(str(path), None),
                         allowed="a TOML text file in UTF-8") from None
     except OSError as e:
-        raise SpecError(f"cannot read spec file ({e.strerror or e})", location=Location(str(path), None)) from None
+        raise SpecError(f"cannot read spec file ({e.strerror or e})", location=Location(str(path), None),
+                        allowed="a readable .toml spec file, or a bundled spec name (normgen list)") from None
     return parse_spec(text, str(path), default_name=path.stem)
 
 
@@ -299,7 +301,11 @@ class _Checker:
         if not _real(offset):
             raise self.fail("affine.weight_offset", f"expected a number, got {_tname(offset)}",
                             "e.g. 1.0 (Gemma: the effective weight is weight + 1)")
-        return Affine(expr, names["weight"], names["bias"], float(offset) if math.isfinite(offset) else offset)
+        cast = table.get("cast", "after_weight")
+        if not isinstance(cast, str):
+            raise self.fail("affine.cast", f"expected a string, got {_tname(cast)}",
+                            '"after_weight" (the default) or "before_weight" (Llama\'s order)')
+        return Affine(expr, names["weight"], names["bias"], float(offset) if math.isfinite(offset) else offset, cast)
 
     def fuse(self, table: dict[str, Any]) -> Fuse:
         exprs = {key: self.expression(f"fuse.{key}", table[key]) for key in ("prologue", "epilogue") if key in table}

@@ -62,6 +62,10 @@ class Affine:
     weight: str | None  # parameter name, or None when there is no multiplicative parameter
     bias: str | None  # parameter name, or None
     weight_offset: float = 0.0  # the effective weight is weight + weight_offset (Gemma: 1)
+    # where a float16/bfloat16 result is rounded to the input dtype (CASTS): "after_weight"
+    # (y = cast(x_hat * w + b), Gemma, torch.nn) or "before_weight" (y = cast(cast(x_hat) * w + b),
+    # Llama: normalize in float32, cast, then multiply the weight)
+    cast: str = "after_weight"
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -185,7 +189,8 @@ class Spec:
         if self.affine:
             names = ", ".join(self.affine.params) or "none"
             offset = f" (weight + {self.affine.weight_offset:g})" if self.affine.weight_offset else ""
-            parts.append(f"affine {names}{offset} over '{self.affine.axes}'")
+            cast = ", half types cast before the weight" if self.affine.cast == "before_weight" else ""
+            parts.append(f"affine {names}{offset} over '{self.affine.axes}'{cast}")
         if self.running:
             parts.append(f"running stats over '{self.axes_str(self.running.axes)}', momentum {self.running.momentum}")
         if self.fuse:
@@ -345,6 +350,7 @@ def _affine(spec: Spec) -> None:
     if a.weight == a.bias:
         raise SpecRuleError("affine.bias", f"weight and bias are both named '{a.bias}'", "two distinct names")
     _weight_offset(spec)
+    _cast(spec)
 
 
 def _running(spec: Spec) -> None:
@@ -415,6 +421,19 @@ def _fuse(spec: Spec) -> None:
     if f.quantize is not None and f.quantize not in QUANTIZE:
         raise SpecRuleError("fuse.quantize", f"unknown quantization {f.quantize!r}",
                             ", ".join(repr(q) for q in QUANTIZE) + " (float8_e4m3 on CUDA only)", whole=True)
+
+
+#: [affine] cast: where a half-precision result is rounded to the input dtype
+CASTS = ("after_weight", "before_weight")
+
+
+def _cast(spec: Spec) -> None:
+    cast = spec.affine.cast
+    if cast not in CASTS:
+        raise SpecRuleError("affine.cast", f"unknown cast {cast!r}", ", ".join(repr(c) for c in CASTS), whole=True)
+    if cast == "before_weight" and spec.affine.weight is None:
+        raise SpecRuleError("affine.cast", "cast = 'before_weight' without a weight",
+                            "weight = true (or a name), or remove cast")
 
 
 def _weight_offset(spec: Spec) -> None:

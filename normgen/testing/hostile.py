@@ -117,7 +117,7 @@ if st is not None:
         for k in keys:
             if k in ("sizes", "affine", "running", "fuse") and draw(st.booleans()):
                 sub = draw(st.lists(st.sampled_from(["axes", "weight", "bias", "momentum", "G", "c", "normalized", "zz",
-                                                     "weight_offset", "prologue", "epilogue", "keep_prologue",
+                                                     "weight_offset", "cast", "prologue", "epilogue", "keep_prologue",
                                                      "quantize"]), max_size=4))
                 body = [f"{s} = {toml_value(draw(scalar | st.lists(scalar, max_size=3)))}" for s in sub if s is not None]
                 tables.append(f"[{k}]\n" + "\n".join(body))

@@ -21,7 +21,9 @@
     spec_modules.py      SpecNorm / LazySpecNorm / from_spec for any spec; SwitchableNorm*
     fused_modules.py     AddRMSNorm, AddLayerNorm, GroupNormSiLU (specs that fuse their neighbours)
     parametrizations.py  weight_norm, weight_standardization
-    convert.py           convert(model), convert_sync(model)
+    convert.py           convert(model), convert_sync(model); what it checks and reports: convert_check.py
+    model_norms.py       the norm classes of model code (LlamaRMSNorm, GemmaRMSNorm, ...): registry, ModelNorm
+    residual.py          fuse_residual_norms(model): decoder layers' residual add fused into their RMSNorm
 
 Only this package imports torch (`import normgen` never does). Every layer runs through the
 custom ops, so torch.compile(fullgraph=True, dynamic=True) traces them without graph breaks
@@ -32,11 +34,13 @@ memory order; running statistics are updated in place in the modules' buffers.
 
 from .convert import convert, convert_sync
 from .decompose import decompositions, onnx_export
+from .residual import fuse_residual_norms
 from .function import normalize
 from .functional import batch_norm, group_norm, instance_norm, layer_norm, rms_norm, switchable_norm
 from .fused_modules import AddLayerNorm, AddRMSNorm, GroupNormSiLU
 from .modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d,
                       InstanceNorm3d, LayerNorm, RMSNorm, SyncBatchNorm)
+from .model_norms import ModelNorm
 from .parametrizations import weight_norm, weight_standardization
 from .spec_modules import LazySpecNorm, SpecNorm, SwitchableNorm1d, SwitchableNorm2d, SwitchableNorm3d, from_spec
 
@@ -46,5 +50,5 @@ __all__ = [
     "LayerNorm", "LazySpecNorm", "RMSNorm", "SpecNorm", "SwitchableNorm1d", "SwitchableNorm2d", "SwitchableNorm3d",
     "SyncBatchNorm", "batch_norm", "convert", "convert_sync", "from_spec", "group_norm", "instance_norm",
     "layer_norm", "normalize", "rms_norm", "switchable_norm", "weight_norm", "weight_standardization",
-    "decompositions", "onnx_export",
+    "decompositions", "onnx_export", "ModelNorm", "fuse_residual_norms",
 ]

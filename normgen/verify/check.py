@@ -13,8 +13,9 @@ magnitude (at least 1), against a per-dtype tolerance.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -165,7 +166,7 @@ def run_case(op: Op, case: Case, layout: str, dtype: str, training: bool, seed: 
         res.errors["dx"] = _err(_values(grads.dx), oref["x"])
         for name in list(params) + (["mean_weight", "var_weight"] if spec.is_mixture else []) + list(spec.extras):
             res.errors["d" + name] = _err(_values(grads[name]), oref[name])
-    except Exception as e:  # a crash is a failed check, reported with the case
+    except Exception as e:  # noqa: BLE001 -- a crash is a failed check, reported with the case
         res.error = f"{type(e).__name__}: {e}"
     return res
 
@@ -182,7 +183,11 @@ def _check_quantized(res: Result, fwd: Any, ref: Any) -> None:
 
 
 def _plan_label(op: Op, x64: np.ndarray, sizes: dict[str, Any], target: str, dtype: str) -> str:
-    plan = op.plan(x64.shape, strides=elem_strides(x64), dtype=dtype, target=target, **sizes)
+    """The strategy and parts of the check's forward, as planned for the device it runs on (on a
+    GPU its own profile; plan_for alone would plan for the emulator's)."""
+    gpu = cupy_device() if target == "cuda" else None
+    plan = op.plan(x64.shape, strides=elem_strides(x64), dtype=dtype, target=target,
+                   device=gpu.profile if gpu is not None else None, **sizes)
     return f"{plan.kernel.strategy.value}/{'fused' if plan.launch.fused else f'{plan.launch.n_parts} parts'}"
 
 

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -147,8 +148,11 @@ def plans(op: Op, check: Check) -> tuple[Plan, Plan]:
     has_w = bool(spec.affine and spec.affine.weight)  # run_case passes every parameter
     has_b = bool(spec.affine and spec.affine.bias)
     out = CPU.strides(CPU.empty_like(x))  # y and dx: allocated by the op
-    # a fused spec's extras are laid out like x (run_case), its new arrays like the output
+    # a fused spec's extras are laid out like x (run_case), its new arrays like the output; the
+    # gradient of a kept prologue (dprologue) is made like dy, in x's layout
     fx = {d: plan_arrays(spec, d, CPU.strides(x), out) for d in ("forward", "backward")}
+    if "dh" in fx["backward"]:
+        fx["backward"]["dh"] = CPU.strides(dy)
     fwd = CPU.plan(binding, {"x": CPU.strides(x), "y": out, **fx["forward"]}, Direction.FORWARD, check.dtype,
                    has_w, has_b, op.options)
     bwd = CPU.plan(binding, {"x": CPU.strides(x), "dy": CPU.strides(dy), "dx": out, **fx["backward"]},

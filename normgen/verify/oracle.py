@@ -14,8 +14,9 @@ differences of `forward`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -187,6 +188,19 @@ class _Moments:
     vw: np.ndarray | None = None
 
 
+def round_to(v: np.ndarray, storage: str) -> np.ndarray:
+    """float64 values rounded to the dtype named `storage` (nearest even), as float64. bfloat16
+    (no NumPy dtype): float32 first, as PyTorch's float32 math does, then its top 16 bits."""
+    if storage == "bfloat16":
+        with np.errstate(over="ignore"):  # beyond float32's range is beyond bfloat16's: inf either way
+            f = np.ascontiguousarray(v, dtype=np.float32)
+        bits = f.view(np.uint32).astype(np.uint64)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000  # round half to even on bit 16
+        out = np.where(np.isnan(f), f, rounded.astype(np.uint32).view(np.float32))
+        return out.astype(np.float64)
+    return np.asarray(v).astype(storage).astype(np.float64)
+
+
 def _eps(spec: Spec, eps: float | None, dtype: np.dtype) -> float:
     if eps is not None:
         return float(eps)
@@ -238,19 +252,21 @@ def forward(spec: Spec, x: np.ndarray, params: Mapping[str, Any] | None = None, 
             sizes: Mapping[str, Any] | None = None, training: bool = True, running_mean: Any = None,
             running_var: Any = None, momentum: float | None | str = "spec", eps: float | None = None,
             num_batches_tracked: int = 0, mean_weight: Any = None, var_weight: Any = None,
-            extras: Mapping[str, Any] | None = None) -> OracleForward:
+            extras: Mapping[str, Any] | None = None, storage: str | None = None) -> OracleForward:
     """out = epilogue(affine(normalize(prologue(x)))) in float64, plus the statistics and
     updated running stats (and h, and the quantized output, when the spec asks for them).
 
     `training=False` with running statistics normalizes with them (evaluation). `extras`
-    are a fused spec's extra inputs, by name.
+    are a fused spec's extra inputs, by name. `storage`: the dtype the caller's x is stored
+    in ("bfloat16" has no NumPy dtype: pass its values as float32 or float64 and name it
+    here); with `[affine] cast = "before_weight"` x_hat is rounded to it before the weight.
     """
     fuse = spec.fuse
     env = {k: np.asarray(v, dtype=np.float64) for k, v in (extras or {}).items()}
     h = _prologue(spec, x, env)
     out = _normalize(spec, h, x.dtype, params, sizes=sizes, training=training, running_mean=running_mean,
                      running_var=running_var, momentum=momentum, eps=eps, num_batches_tracked=num_batches_tracked,
-                     mean_weight=mean_weight, var_weight=var_weight)
+                     mean_weight=mean_weight, var_weight=var_weight, storage=storage or np.dtype(x.dtype).name)
     if fuse is None:
         return out
     if fuse.keep_prologue:
@@ -300,8 +316,10 @@ def _e4m3(v: np.ndarray) -> np.ndarray:
 def _normalize(spec: Spec, x: np.ndarray, dtype: np.dtype, params: Mapping[str, Any] | None = None, *,
                sizes: Mapping[str, Any] | None = None, training: bool = True, running_mean: Any = None,
                running_var: Any = None, momentum: float | None | str = "spec", eps: float | None = None,
-               num_batches_tracked: int = 0, mean_weight: Any = None, var_weight: Any = None) -> OracleForward:
-    """y = affine(normalize(x)) (x is h for a fused spec); `dtype` is the input's, for eps = "dtype"."""
+               num_batches_tracked: int = 0, mean_weight: Any = None, var_weight: Any = None,
+               storage: str | None = None) -> OracleForward:
+    """y = affine(normalize(x)) (x is h for a fused spec); `dtype` is the input's, for eps = "dtype";
+    `storage` names it for the rounding of `[affine] cast = "before_weight"` (None: no rounding)."""
     params = dict(params or {})
     sizes = dict(sizes or {})
     axes = expand(spec, x.shape, sizes)
@@ -318,6 +336,8 @@ def _normalize(spec: Spec, x: np.ndarray, dtype: np.dtype, params: Mapping[str, 
         w = param_full(spec, axes, params.get(spec.affine.weight) if spec.affine.weight else None)
         b = param_full(spec, axes, params.get(spec.affine.bias) if spec.affine.bias else None)
         if w is not None:
+            if spec.affine.cast == "before_weight" and storage is not None:
+                y = round_to(y, storage)  # Llama: x_hat is cast to the input dtype, then weighted
             y = y * (w + spec.weight_offset)
         if b is not None:
             y = y + b
