@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..codegen.abi import ENTRIES
+from ..errors import CallError
 from ..layouts import make_array
 from ..op import Op
 from ..op.fused import plan_arrays
@@ -174,8 +175,13 @@ def entries(plan: Plan, training: bool, mixture: bool) -> tuple[str, ...]:
 
 
 def needs(op: Op, check: Check) -> tuple[Need, ...]:
-    """The kernel entry points the check's forward and backward run."""
-    return tuple(Need(p.kernel, entries(p, check.training, op.spec.is_mixture)) for p in plans(op, check))
+    """The kernel entry points the check's forward and backward run (none when the backend
+    refuses the call, e.g. a half-type fused spec on channels_last: the check reports it)."""
+    try:
+        planned = plans(op, check)
+    except CallError:
+        return ()
+    return tuple(Need(p.kernel, entries(p, check.training, op.spec.is_mixture)) for p in planned)
 
 
 def body(kernel: Kernel) -> Kernel:
