@@ -243,207 +243,9 @@ def _cuda_runner_note() -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import os
+    from .bench.command import bench
 
-    # PyTorch's OpenMP workers spin after every call by default, taking the cores from
-    # whichever provider runs next; waiting passively leaves PyTorch's own times unchanged.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from .bench import cpu as bench
-    from .bench import cuda as bench_gpu
-    from .progress import Progress
-
-    for option, path in (("--json", args.json), ("--plot", args.plot)):
-        if path:  # what a run writes when it is done: checked before it starts
-            cli_args.output_file(path, option)
-    if args.memory:
-        return _bench_memory(args)
-    cli_args.target_dtype(args.dtype, args.target)
-    if args.fused:
-        return _bench_fused(args)
-    every_provider = bench_gpu.PROVIDERS if args.target == "cuda" else ("normgen", "torch", "numpy", "copy")
-    providers = tuple(p.strip() for p in args.providers.split(",")) if args.providers else every_provider
-    if "normgen" not in providers or not set(providers) <= set(every_provider):
-        raise NormgenError(f"--providers {args.providers}: expected normgen and any of the others, each known on "
-                           f"--target {args.target}", allowed=", ".join(every_provider))
-    if args.plot and args.target == "cpu" and not (args.memory or args.fused):
-        _require_matplotlib()
-    if args.device and args.target != "cuda":
-        raise NormgenError("--device is for --target cuda", allowed="--target cuda --device PROFILE")
-    if args.eval and not args.shape:
-        raise NormgenError("bench --eval times one --shape in evaluation mode", allowed="--eval with --shape")
-    if args.target == "cuda":
-        bench_gpu.require_gpu()
-        if args.device:
-            bench_gpu.plan_for(args.device)
-    if args.shape:
-        if len(args.spec or []) != 1:
-            raise NormgenError("bench --shape needs exactly one --spec", allowed="--spec SPEC --shape N,C,...")
-        op = _op(args.spec[0])  # a bad name or size is an error before anything compiles
-        sizes = cli_args.call_sizes(op.spec, args.size)
-        if args.eval and op.spec.running is None:
-            raise NormgenError(f"bench --eval: {op.name} has no running statistics to evaluate with",
-                               allowed="--eval for a spec with [running] statistics (batch_norm, instance_norm)")
-        cases = [bench.Case(f"{args.spec[0]} {list(args.shape)} {args.layout}", args.spec[0], args.shape,
-                            args.layout, tuple(sizes.items()), "eval" if args.eval else "train")]
-    else:
-        if args.size:
-            raise NormgenError("--size gives the call-time sizes of a --shape", allowed="--size with --shape")
-        every = bench_gpu.gpu_cases() if args.target == "cuda" else bench.reference_cases()
-        cases = [c for c in every
-                 if (not args.spec or c.spec in args.spec) and (not args.case or any(k in c.name for k in args.case))]
-        if not cases:
-            raise NormgenError("no benchmark case matches the --spec and --case given",
-                               allowed="--spec " + ", ".join(sorted({c.spec for c in every})) + "; --case a part of "
-                               "a case name, e.g. " + every[0].name)
-    directions = ("forward",) if args.forward else ("backward",) if args.backward else ("forward", "backward")
-    with_out = (False,) if args.no_out or args.target == "cuda" else (False, True)
-    if args.target == "cuda":
-        from .runtime.cuda import device_name
-
-        where = device_name()
-    else:
-        where = "CPU"
-    print(f"normgen bench: {len(cases)} case(s) on {where}, {args.dtype}, median of {args.repeat} after "
-          f"{args.warmup} warm-up runs, providers interleaved"
-          + (", L2 flushed before every timed call" if args.target == "cuda" else ""), flush=True)
-    results = []
-    status = Progress(enabled=not args.quiet)
-    save = _bench_saver(args, where)
-
-    def progress(m) -> None:
-        results.append(m)
-        vs = m.ratio("normgen", "torch")
-        copy = m.gbps["normgen"] / m.gbps["copy"] if "copy" in m.gbps else float("nan")
-        status.print(f"  {m.case:<38} {m.direction:<8} out={'yes' if m.with_out else 'no ':<3} normgen "
-                     f"{m.ms['normgen']:8.3f} ms {m.gbps['normgen']:6.1f} GB/s  x torch {vs:5.2f}  of copy {copy:4.0%}")
-        if args.target == "cuda":  # what a time limit interrupts is kept
-            save(results, quiet=True)
-
-    try:
-        if args.target == "cuda":  # one call: torch.compile's compile budget spans the cases
-            status.update(f"bench: {len(cases)} case(s) on the GPU: compile, warm up, time", force=True)
-            bench_gpu.run_cases(cases, directions=directions, dtype=args.dtype, repeat=args.repeat,
-                                warmup=args.warmup, providers=providers, compile_budget_s=args.compile_budget,
-                                progress=progress)
-        else:
-            for i, case in enumerate(cases, 1):  # one case at a time, so that the status line can name it
-                status.update(f"bench {case.name} ({i}/{len(cases)}): compile, warm up, time", force=True)
-                bench.run_cases([case], directions=directions, dtype=args.dtype, threads=args.threads,
-                                repeat=args.repeat, warmup=args.warmup, providers=providers, with_out=with_out,
-                                progress=progress)
-    finally:
-        status.close()
-    print()
-    print(bench_gpu.table(results) if args.target == "cuda" else bench.table(results))
-    save(results)
-    return 0
-
-
-def _require_matplotlib() -> None:
-    """--plot on the CPU draws with matplotlib: say so before the benchmark runs, not after."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise NormgenError("--plot draws with matplotlib, which is not installed",
-                           allowed="pip install 'normgen[bench]' (or matplotlib), or leave out --plot") from None
-
-
-def _bench_fused(args: argparse.Namespace) -> int:
-    """`normgen bench --fused`: fused specs against PyTorch eager and torch.compile (bench/fused.py)."""
-    import datetime
-    import json
-
-    from .bench import fused
-    from .bench.cpu import machine
-    from .paths import repo_root
-    from .runtime import threads as cpu
-
-    if args.target != "cpu":
-        raise NormgenError("bench --fused runs on the CPU (the CUDA templates do not fuse yet)",
-                           allowed="bench --fused with --target cpu (the default)")
-    if args.threads:
-        cpu.set_num_threads(args.threads)
-    directions = ("forward",) if args.forward else ("train",) if args.backward else ("forward", "train")
-    print(f"normgen bench --fused: {args.dtype}, {cpu.threads()} threads, median of {args.repeat} after {args.warmup} "
-          "warm-up runs, providers interleaved (train = forward + backward)", flush=True)
-    results = fused.run(directions, args.dtype, args.repeat, args.warmup,
-                        progress=lambda r: print(f"  {r.case:<36} {r.direction:<7} " + "  ".join(
-                            f"{k} {v:.2f} ms" for k, v in r.ms.items()), flush=True))
-    print()
-    print(fused.table(results))
-    if args.json is not None:
-        root = repo_root() or Path(".")
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path(args.json) if args.json else root / "bench" / "results" / f"fused-{stamp}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"machine": machine(), "threads": cpu.threads(), "dtype": args.dtype,
-                                    "repeat": args.repeat, "results": [vars(r) for r in results]}, indent=1))
-        print(f"wrote {path}")
-    return 0
-
-
-def _bench_memory(args: argparse.Namespace) -> int:
-    """`normgen bench --memory`: resident memory against PyTorch, one fresh process per run."""
-    import datetime
-    import json
-
-    from .bench import memory
-    from .bench.cpu import machine
-    from .paths import repo_root
-
-    specs = tuple(args.spec or memory.SPECS)
-    bad = [s for s in specs if s not in memory.SPECS]
-    if bad or args.target != "cpu":
-        raise NormgenError(f"bench --memory measures CPU processes of {', '.join(memory.SPECS)}; got "
-                           f"{', '.join(bad) or '--target ' + args.target}", allowed=", ".join(memory.SPECS))
-    print(f"normgen bench --memory: {len(specs)} spec(s) x {len(memory.LOOPS)} loops x "
-          f"{len(memory.PROVIDERS)} providers, each in a fresh process", flush=True)
-    rows = memory.run_all(specs, calls=args.calls, progress=lambda r: print(
-        f"  {r['spec']:<11} {r['loop']:<5} {r['provider']:<13} peak {r['peak_mib']:6.0f} MiB  "
-        f"held {r['held_mib']:6.0f} MiB", flush=True))
-    print()
-    print(memory.table(rows))
-    steady = memory.run_steady(specs)
-    print()
-    print("fixed shapes, both providers interleaved in one process (steady state):")
-    print(memory.steady_table(steady))
-    if args.json is not None:
-        root = repo_root() or Path(".")
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path(args.json) if args.json else root / "bench" / "results" / f"memory-{stamp}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"machine": machine(), "runs": rows, "steady": steady}, indent=1))
-        print(f"wrote {path}")
-    return 0
-
-
-def _bench_saver(args: argparse.Namespace, where: str):
-    """save(results): the JSON (--json) and the plot (--plot) of a benchmark run."""
-    import datetime
-
-    from .bench import cpu as bench
-    from .bench import cuda as bench_gpu
-    from .paths import repo_root
-    from .runtime import threads as cpu
-
-    path = None
-    if args.json is not None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path(args.json) if args.json else (repo_root() or Path(".")) / "bench" / "results" / \
-            f"{args.target}-{stamp}.json"
-    extra = {"dtype": args.dtype, "repeat": args.repeat, "target": args.target}
-    extra.update({"gpu": where} if args.target == "cuda" else {"threads": cpu.threads()})
-
-    def save(results, quiet: bool = False) -> None:
-        if path is not None:
-            bench.save_json(results, path, extra)
-        if args.plot and args.target == "cuda":
-            bench_gpu.plot(results, Path(args.plot), f"{where}, {args.dtype}")
-        elif args.plot and not quiet:
-            bench.plot(results, Path(args.plot))
-        if not quiet:
-            print("".join(f"wrote {p}\n" for p in (path, args.plot) if p), end="")
-    return save
+    return bench(args)
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -550,7 +352,14 @@ def parser() -> argparse.ArgumentParser:
                    help="fused specs (add_rms_norm, group_norm_silu) against PyTorch eager and torch.compile")
     s.add_argument("--memory", action="store_true",
                    help="resident memory (peak, held after) against PyTorch, each loop in a fresh process")
-    s.add_argument("--calls", type=cli_args.count(1), help="with --memory: calls per loop (default 50 training, 400 inference)")
+    s.add_argument("--calls", type=cli_args.count(1), help="with --memory: calls per loop (default 50 training, "
+                   "400 inference); with --small: calls per timed block (default 20)")
+    s.add_argument("--small", action="store_true",
+                   help="µs per call of small calls (normgen.ops, normgen.torch modules with and without grad, "
+                        "torch.compile) against PyTorch")
+    s.add_argument("--paths", help="with --small: comma-separated subset of ops,module,module+grad,compiled")
+    s.add_argument("--interleaved", action="store_true",
+                   help="layer_norm and group_norm alone and between PyTorch ops (forward, backward), busy cores")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("cache", help="inspect or clear the kernel cache")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -33,8 +33,12 @@ from .arrays import BF16, bits, dense_strides, elem_strides, flat, from_bits
 from .moments import merge_parts
 from .threads import split, threads
 
+#: threads claim pieces of a call's blocks (threads.split) from this many elements of x (about
+#: a millisecond of work on a core); smaller calls take one share per thread
+CLAIM_MIN_ELEMENTS = 1 << 20
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def target_id() -> str:
     """What compiled CPU code depends on besides its source: Numba, the CPU, the prelude it imports."""
     import llvmlite.binding as ll
@@ -87,7 +91,12 @@ def run(plan: Plan, entry: str, **values) -> None:
     if la.threads <= 1:
         fn(*args, 0, la.n_blocks)
     else:
-        split(fn, la.n_blocks, la.threads, *args)
+        split(fn, la.n_blocks, la.threads, *args, claim=_elements(plan) >= CLAIM_MIN_ELEMENTS)
+
+
+def _elements(plan: Plan) -> int:
+    b = plan.binding
+    return b.group_size * b.n_groups
 
 
 def launcher(plan: Plan, entry: str):

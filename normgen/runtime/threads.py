@@ -12,6 +12,7 @@ use there.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -76,8 +77,22 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
-def split(fn, n: int, t: int, *args) -> None:
-    """fn(*args, lo, hi) over [0, n) cut into one contiguous range for each of t threads."""
+#: pieces per thread that `split` cuts its range into, for threads to claim one by one
+PIECES_PER_THREAD = 4
+
+
+def split(fn, n: int, t: int, *args, claim: bool = True) -> None:
+    """fn(*args, lo, hi) over [0, n) on t threads (the caller's among them).
+
+    With `claim`, the range is cut into up to PIECES_PER_THREAD * t contiguous pieces, and
+    each thread claims the next piece when it is done with its last. Fixed shares would make
+    the call as slow as its slowest thread: right after a PyTorch op, PyTorch's OpenMP
+    workers spin for milliseconds on the cores this process may use (and other processes
+    share them), so one of our threads can get half a core. Claiming, the threads that run
+    at full speed take the pieces the slowed one would have had. Each piece is one more
+    call of fn (microseconds): callers pass claim=False for work of well under a millisecond,
+    which then takes one share per thread.
+    """
     global _pool
     t = min(t, n)
     if t <= 1:
@@ -85,7 +100,15 @@ def split(fn, n: int, t: int, *args) -> None:
         return
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="normgen")
-    futures = [_pool.submit(fn, *args, i * n // t, (i + 1) * n // t) for i in range(1, t)]
-    fn(*args, 0, n // t)
+    pieces = min(n, PIECES_PER_THREAD * t) if claim else t
+    claim = itertools.count().__next__  # atomic under the GIL: each piece is claimed once
+    futures = [_pool.submit(_claim_pieces, fn, args, n, pieces, claim) for _ in range(t - 1)]
+    _claim_pieces(fn, args, n, pieces, claim)
     for f in futures:
         f.result()
+
+
+def _claim_pieces(fn, args: tuple, n: int, pieces: int, claim) -> None:
+    """Run the pieces this thread claims until none is left (piece i: [i n / pieces, (i + 1) n / pieces))."""
+    while (i := claim()) < pieces:
+        fn(*args, i * n // pieces, (i + 1) * n // pieces)

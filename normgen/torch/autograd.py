@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead_wrappers
 from torch.autograd.function import once_differentiable
 
 #: the forward op's arguments after the tensors: spec, sizes, eps, training, group
@@ -68,6 +69,15 @@ class NormFunction(torch.autograd.Function):
     """
 
     generate_vmap_rule = True
+
+    @classmethod
+    def apply(cls, *args: Any) -> Any:
+        # torch's Function.apply binds default arguments with inspect.signature on every call of
+        # a setup_context Function (a tenth of a small training step); forward has no defaults,
+        # so outside torch.func's transforms the C++ apply gets the arguments as they are
+        if torch._C._are_functorch_transforms_active():
+            return super().apply(*args)
+        return super(torch.autograd.Function, cls).apply(*_unwrap_dead_wrappers(args))
 
     @staticmethod
     def forward(call: tuple, x: Tensor, weight: Tensor | None, bias: Tensor | None, mean_weight: Tensor | None,

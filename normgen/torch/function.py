@@ -21,7 +21,7 @@ from . import library
 from .autograd import NormFunction
 from .bridge import _array, _on_stream, _tensor
 from .fake import extra_inputs, stats_count
-from .kernels import forward_impl
+from .kernels import forward_impl, forward_y_impl
 from .registry import group_key, op_of, sizes_key, spec_key
 from .save_y import SaveYFunction
 
@@ -58,8 +58,14 @@ def normalize(op: Op | Spec | str, input: Tensor, params: Mapping[str, Tensor | 
     >>> y, h = normalize("add_rms_norm", x, {"weight": w}, extras={"residual": r}, normalized_shape=(64,))
     """
     key = spec_key(op)
-    spec = op_of(key).spec
+    the_op = op_of(key)
+    spec = the_op.spec
     weight, bias, mix = _params(spec, params or {})
+    if (not extras and spec.fuse is None and running_mean is None and running_var is None and process_group is None
+            and comm is None and save == "x" and mix[0] is None and mix[1] is None
+            and _inference_on_cpu(input, weight, bias)):
+        # y alone (no statistics or moments to return), through the Op's remembered recipe
+        return forward_y_impl(the_op, input, weight, bias, sizes, eps, training)
     extras = _extras(spec, extras)
     if spec.fuse is not None and spec.fuse.quantize is not None:
         return _quantized(op_of(key), input, params or {}, extras, training=training, eps=eps, **sizes)
@@ -104,6 +110,27 @@ def _plain(t: Tensor) -> bool:
 
 
 _DEVICES = ("cpu", "cuda")
+_CPU_FLOATS = (torch.float32, torch.float64)
+_PLAIN_PARAMS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _inference_on_cpu(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> bool:
+    """An eager call on plain CPU float tensors that autograd does not record (no_grad, or
+    nothing requires grad): its statistics are not needed, only y (kernels.forward_y_impl).
+    Anything else (tracers, subclasses, other dtypes, CUDA) takes the general path, which
+    also says what is wrong with a bad argument."""
+    # (is_cpu: t.device would build a torch.device object on every call)
+    if type(input) is not torch.Tensor or not input.is_cpu or input.dtype not in _CPU_FLOATS:
+        return False
+    grad = torch.is_grad_enabled()
+    needs = grad and input.requires_grad
+    for p in (weight, bias):
+        if p is not None:
+            # (the exact types: isinstance on a Parameter runs its metaclass's Python check)
+            if type(p) not in _PLAIN_PARAMS or not p.is_cpu or p.dtype not in _CPU_FLOATS:
+                return False
+            needs = needs or (grad and p.requires_grad)
+    return not needs and not _traced() and _plain(input)
 
 
 def _extras(spec: Spec, extras: Mapping[str, Tensor] | list[Tensor] | None) -> list[Tensor]:

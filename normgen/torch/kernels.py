@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CallError
+from ..op import Op
 from ..op.saved import restore
 from ..plan.bind import Binding
 from ..spec import Spec
@@ -46,6 +47,36 @@ def forward_impl(x: Tensor, weight: Tensor | None, bias: Tensor | None, extras: 
     else:
         moments = _host_or_device(moments, x.device).reshape(groups, 3)
     return y, stats, moments, [_tensor(getattr(fwd, name)) for name in extra_outputs(op.spec)]
+
+
+def forward_y_impl(op: Op, x: Tensor, weight: Tensor | None, bias: Tensor | None, sizes: dict[str, Any],
+                   eps: float | None, training: bool) -> Tensor:
+    """y alone, for a plain CPU tensor outside autograd (inference, no_grad): what
+    `forward_impl` returns as y, without the statistics and moments nobody will read.
+
+    It calls the Op for y only (`Op.__call__`), whose repeated calls run the recipe the first
+    call left (op/fast.py), so a small call costs little more than the kernel. y is allocated
+    as `forward_impl` allocates it (the layout the fake implementation promises).
+    """
+    params = {}
+    if weight is not None:
+        params[_role(op.spec, "weight")] = weight.detach().numpy() if weight.requires_grad else weight.numpy()
+    if bias is not None:
+        params[_role(op.spec, "bias")] = bias.detach().numpy() if bias.requires_grad else bias.numpy()
+    y = empty_like(x)
+    op(x.detach().numpy() if x.requires_grad else x.numpy(), out=y.numpy() if y.numel() else None,
+       training=training, eps=eps, **params, **sizes)
+    return y
+
+
+def _role(spec: Spec, role: str) -> str:
+    """The spec's name of its weight or bias (a clear error for a spec without one)."""
+    a = spec.affine
+    name = getattr(a, role, None) if a else None
+    if name is None:
+        raise CallError(f"{spec.name}: this spec has no {role} parameter (it takes "
+                        f"{', '.join(spec.param_names) or 'no parameters'})")
+    return name
 
 
 def backward_impl(dy: Tensor, dextra_out: list[Tensor | None], x: Tensor, weight: Tensor | None,
@@ -100,13 +131,9 @@ def _arrays(spec: Spec, weight, bias, extras, running_mean, running_var, mean_we
             group: str) -> dict[str, Any]:
     """The Op's keyword arguments for the tensors of a call (views, not copies)."""
     out: dict[str, Any] = {}
-    a = spec.affine
     for role, p in (("weight", weight), ("bias", bias)):
         if p is not None:
-            name = getattr(a, role, None) if a else None
-            if name is None:
-                raise CallError(f"{spec.name}: this spec has no {role} parameter (it takes "
-                                f"{', '.join(spec.param_names) or 'no parameters'})")
+            name = _role(spec, role)
             out[name] = _array(p, name)
     names = extra_inputs(spec)
     if len(extras) != len(names):
