@@ -316,7 +316,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true", help="every bundled spec")
     s.add_argument("--layout", action="append", choices=LAYOUTS, help="only these layouts (repeatable)")
     s.add_argument("--dtype", action="append", choices=DTYPES,
-                   help="only these dtypes (default: float32, float64; with --target cuda also float16, bfloat16)")
+                   help="only these dtypes (default: float32, float64; with --target cuda also float16, "
+                        "bfloat16; both backends take all four)")
     s.add_argument("--target", default="cpu", choices=("cpu", "cuda"),
                    help="cpu: the Numba kernels; cuda: the CUDA kernels (on the GPU, or on the CPU emulator "
                         "when there is none)")

@@ -192,6 +192,19 @@ def test_fused_residual_equals_unfused(family: str) -> None:
     assert fused.state_dict().keys() == converted.state_dict().keys()
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_fused_residual_equals_unfused_in_bfloat16_on_the_cpu(family: str) -> None:
+    # the fused half kernels round h = residual + x to bfloat16 as torch's add does, so the
+    # fused layers give the unfused model's bfloat16 output bit for bit
+    converted = nt.convert(_model(family)).to(torch.bfloat16).eval()
+    fused, rep = nt.fuse_residual_norms(copy.deepcopy(converted), report=True)
+    assert rep.left == [] and len(rep.fused) == _TEXT["num_hidden_layers"]
+    with torch.no_grad():
+        want, got = converted(**_inputs("text"))[0], fused(**_inputs("text"))[0]
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert torch.equal(got, want)
+
+
 def test_fuse_needs_converted_norms() -> None:
     _, rep = nt.fuse_residual_norms(_model("llama"), report=True)
     assert rep.fused == []

@@ -92,8 +92,10 @@ def test_inference_also_when_nothing_requires_grad():
 
 def test_inference_errors_are_the_general_paths():
     with torch.no_grad():
-        with pytest.raises(CallError, match="dtype torch.bfloat16; the cpu backend takes torch.float32"):
-            nt.LayerNorm(5)(torch.randn(2, 5).bfloat16())
+        with pytest.raises(CallError, match="dtype torch.int64; normgen takes torch.float16, torch.bfloat16"):
+            nt.LayerNorm(5)(torch.arange(10).reshape(2, 5))
+        y = nt.LayerNorm(5)(torch.randn(2, 5).bfloat16())  # half types: the general path, not the recipe
+        assert y.dtype == torch.bfloat16
         with pytest.raises(CallError, match=r"normalized_shape=\(5,\) does not match the trailing dimensions \(6,\)"):
             nt.LayerNorm(5)(torch.randn(2, 6))
         y = nt.LayerNorm(5)(torch.randn(0, 5))  # empty: an empty y

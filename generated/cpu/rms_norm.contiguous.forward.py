@@ -6,7 +6,7 @@
 # kernels:   forward_fused    moments of each group, then normalize it (one unit per group)
 #            forward_partial  moments of each part of each group (merged afterwards)
 #            forward_apply    normalize with given statistics (merged parts, mixtures, running statistics)
-# key:       17666de78d7533a1052e703fbb49689e
+# key:       6fe2b1eb2e1bfe449e9edab305aa1e29
 #
 # Run-time numbers (sizes, element strides, launch) arrive in the int64 vector `g`; the
 # arrays are flat 1-D views whose element 0 is element 0 of the array they view.
@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit
 from numba import float32 as dt
 
-from normgen.codegen.cpu_prelude import add_chunk
+from normgen.codegen.cpu_prelude import add_squares
 
 # Reductions may reassociate (to vectorize); elementwise code may only contract to FMA,
 # so that (x - mu_hi) - mu_lo is never rewritten as x - (mu_hi + mu_lo).
@@ -64,7 +64,7 @@ def forward_fused(x, y, weight, bias, moments, kstats, g, eps, blk_lo, blk_hi):
                 s_lo = (c - q * n_segs) * seg
                 s_n = min(seg, n_normalized - s_lo)
                 x_r = x_u + s_lo * xs_normalized
-                n, mean, m2 = add_chunk(n, mean, m2, x[x_r:x_r + s_n])
+                n, mean, m2 = add_squares(n, mean, m2, x[x_r:x_r + s_n])
             moments[3 * s_u] = n
             moments[3 * s_u + 1] = mean
             moments[3 * s_u + 2] = m2
@@ -117,7 +117,7 @@ def forward_partial(x, moments, g, blk_lo, blk_hi):
                 s_lo = (c - q * n_segs) * seg
                 s_n = min(seg, n_normalized - s_lo)
                 x_r = x_u + s_lo * xs_normalized
-                n, mean, m2 = add_chunk(n, mean, m2, x[x_r:x_r + s_n])
+                n, mean, m2 = add_squares(n, mean, m2, x[x_r:x_r + s_n])
             k = 3 * (s_u * n_parts + part)
             moments[k] = n
             moments[k + 1] = mean

@@ -4,6 +4,10 @@ Every case is timed in one run, providers interleaved (normgen, torch, numpy, co
 again), after warm-up; the median of the repeats is reported. Speed is given as effective
 bandwidth (bytes of the tensors read and written once, over time), as a ratio to PyTorch,
 and as a fraction of the same-run copy. Used by `normgen bench` (see bench/README.md).
+
+`--dtype float16` / `bfloat16` time the half-type kernels against PyTorch's CPU kernels in
+the same dtype, with parameters in that dtype too (a model after `.to(dtype)`); bfloat16
+arrays are `BF16` bits, and NumPy (which has no bfloat16) is left out for both.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..layouts import make_array
+from ..runtime.arrays import BF16, bits, to_bits
 
 
 @dataclass(frozen=True)
@@ -79,14 +84,25 @@ def _params(case: Case, rng: np.random.Generator, dtype: str) -> dict[str, np.nd
 
     spec = load(case.spec).spec
     b = bind(spec, case.shape, dict(case.sizes))
-    out = {p: (rng.standard_normal(b.param_shape) * 0.1 + 1).astype(dtype) for p in spec.param_names}
+    out = {p: typed(rng.standard_normal(b.param_shape) * 0.1 + 1, "contiguous", dtype) for p in spec.param_names}
     if spec.running:
-        out["running_mean"] = np.zeros(b.running_shape, dtype)
-        out["running_var"] = np.ones(b.running_shape, dtype)
-    if spec.is_mixture:
-        out["mean_weight"] = np.ones(len(spec.kept), dtype)
-        out["var_weight"] = np.ones(len(spec.kept), dtype)
+        out["running_mean"] = typed(np.zeros(b.running_shape), "contiguous", dtype)
+        out["running_var"] = typed(np.ones(b.running_shape), "contiguous", dtype)
+    if spec.is_mixture:  # (a mixture's logits are mixed on the host, in float64)
+        out["mean_weight"] = np.ones(len(spec.kept), "float32" if dtype == "bfloat16" else dtype)
+        out["var_weight"] = np.ones(len(spec.kept), "float32" if dtype == "bfloat16" else dtype)
     return out
+
+
+def typed(values: np.ndarray, layout: str, dtype: str):
+    """values in `dtype` and `layout` (bfloat16: a BF16 of the bits, rounded to nearest even)."""
+    if dtype == "bfloat16":
+        return BF16(make_array(to_bits(values), layout, np.uint16))
+    return make_array(values, layout, dtype)
+
+
+def _empty_like(a):
+    return BF16(np.empty_like(a.bits)) if isinstance(a, BF16) else np.empty_like(a)
 
 
 def setup(case: Case, direction: str, dtype: str, providers: tuple[str, ...], with_out: bool) -> Setup:
@@ -94,7 +110,7 @@ def setup(case: Case, direction: str, dtype: str, providers: tuple[str, ...], wi
     from ..op.op import load
 
     rng = np.random.default_rng(0)
-    x = make_array(rng.standard_normal(case.shape), case.layout, dtype)
+    x = typed(rng.standard_normal(case.shape), case.layout, dtype)
     p = _params(case, rng, dtype)
     op = load(case.spec)
     sizes = dict(case.sizes)
@@ -102,26 +118,27 @@ def setup(case: Case, direction: str, dtype: str, providers: tuple[str, ...], wi
     pnames = op.spec.param_names
     params = {k: p[k] for k in pnames}
     extra = {k: p[k] for k in ("running_mean", "running_var", "mean_weight", "var_weight") if k in p}
-    out = np.empty_like(x)
+    out = _empty_like(x)
+    nbytes = bits(x).nbytes
 
     def ng_forward():
         return op.forward(x, **params, **extra, **sizes, training=training, out=out if with_out else None)
 
-    s = Setup(bytes=2 * x.nbytes if direction == "forward" else 3 * x.nbytes)
+    s = Setup(bytes=2 * nbytes if direction == "forward" else 3 * nbytes)
     if direction == "forward":
         s.run["normgen"] = ng_forward
     else:
         fwd = ng_forward()
-        dy = make_array(rng.standard_normal(case.shape), case.layout, dtype)
-        dx = np.empty_like(x)
+        dy = typed(rng.standard_normal(case.shape), case.layout, dtype)
+        dx = _empty_like(x)
         s.run["normgen"] = lambda: op.backward(dy, fwd, out=dx if with_out else None)
     if "copy" in providers:
-        s.run["copy"] = _copy_runner(x, s.bytes)
+        s.run["copy"] = _copy_runner(bits(x), s.bytes)
     if "torch" in providers:
         fn = _torch_runner(case, direction, x, p, sizes, training, dy if direction == "backward" else None)
         if fn is not None:
             s.run["torch"] = fn
-    if "numpy" in providers:
+    if "numpy" in providers and dtype in ("float32", "float64"):
         fn = _numpy_runner(case, direction, x, p, sizes, dy if direction == "backward" else None)
         if fn is not None:
             s.run["numpy"] = fn
@@ -166,7 +183,8 @@ def _torch_runner(case: Case, direction: str, x, p, sizes, training, dy, device=
     backward = direction == "backward"
 
     def tensor(a):
-        t = torch.from_numpy(a)
+        t = torch.from_numpy(a.bits.view(np.int16)).view(torch.bfloat16) if isinstance(a, BF16) else \
+            torch.from_numpy(a)
         return t.to(device=device, dtype=dtype) if device is not None else t
 
     tx = tensor(x).clone().requires_grad_(True) if backward else tensor(x)
@@ -174,6 +192,8 @@ def _torch_runner(case: Case, direction: str, x, p, sizes, training, dy, device=
           for k, v in p.items()}
     w, b = tp.get("weight"), tp.get("bias")
     spec = case.spec
+    if isinstance(x, BF16):
+        x = x.bits  # (only its ndim and shape below)
     if spec == "layer_norm":
         def f(t): return F.layer_norm(t, sizes["normalized_shape"], w, b)
     elif spec == "rms_norm":

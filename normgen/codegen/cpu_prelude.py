@@ -11,7 +11,7 @@ code in the generated kernels does not reassociate (see templates/cpu/common.py.
 
 import numpy as np
 from llvmlite import ir
-from numba import float32, float64, int32, int64, njit, types
+from numba import float32, float64, int32, int64, njit, types, uint16
 from numba.extending import intrinsic
 
 REDUCE_FM = {"reassoc", "contract", "arcp", "nsz"}
@@ -166,6 +166,13 @@ def _f32_from_bits(typingctx, v):
 
 
 @intrinsic
+def _bits_of_f32(typingctx, v):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
 def _f64_from_bits(typingctx, v):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.DoubleType())
@@ -211,3 +218,171 @@ def exp_f64(v):
     k = int64(kf)
     k1 = k >> 1
     return p * _f64_from_bits((k1 + 1023) << 52) * _f64_from_bits((k - k1 + 1023) << 52)
+
+
+# ---- half types: float16 and bfloat16 as uint16 bits ---------------------------------------
+# Numba has no float16 or bfloat16 arithmetic, so the kernels take these arrays as uint16
+# views of their bits. A chunk is converted into float32 scratch (`ld_*`), the float32 code
+# runs on the scratch exactly as it runs on float32 data, and outputs computed in float32
+# scratch are rounded back to nearest even (`st_*`). The bit conversions are select-only
+# integer and float arithmetic, so the loops vectorize; none depends on the rounding of
+# denormals (flush-to-zero or not), and NaN stays NaN, inf stays inf. float16 uses the CPU's
+# conversion instructions where it has them (HARDWARE_HALF), with the same results.
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def bf16_to_f32(h):
+    """The float32 value of bfloat16 bits h (exact: the bits are float32's upper half)."""
+    return _f32_from_bits(int32(h) << int32(16))
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def f32_to_bf16(v):
+    """bfloat16 bits of float32 v, rounded to nearest even; NaN gives a quiet NaN of v's sign."""
+    u = _bits_of_f32(v)
+    rounded = (u + int32(0x7FFF) + ((u >> int32(16)) & int32(1))) >> int32(16)
+    quiet = (u >> int32(16)) | int32(0x0040)
+    return uint16((quiet if np.isnan(v) else rounded) & int32(0xFFFF))
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def f16_to_f32_bits(h):
+    """The float32 value of float16 bits h (exact, subnormals included), in integer arithmetic.
+
+    Normal numbers move their exponent and mantissa into place and rebias the exponent
+    (127 - 15); subnormals (exponent 0) are mantissa * 2^-24, exact in float32; the
+    exponent 31 (inf, NaN) becomes float32's 255 with the mantissa kept.
+    """
+    a = int32(h) & int32(0x7FFF)
+    e = a & int32(0x7C00)
+    sign = (int32(h) & int32(0x8000)) << int32(16)
+    normal = (a << int32(13)) + int32((127 - 15) << 23)
+    special = (a << int32(13)) | int32(0x7F800000)
+    sub = _bits_of_f32(float32(a) * float32(5.960464477539063e-08))  # a * 2^-24
+    m = sub if e == int32(0) else (special if e == int32(0x7C00) else normal)
+    return _f32_from_bits(m | sign)
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def f32_to_f16_bits(v):
+    """float16 bits of float32 v, rounded to nearest even: overflow to inf, subnormals, NaN kept NaN.
+
+    Magnitudes below 2^-14 (float16's subnormals) are rounded by the float32 adder: adding
+    0.5 (2^-1) puts the float16 subnormal's units in the low mantissa bits of the sum, rounded
+    to nearest even as float32 addition rounds. Normal magnitudes round with integer
+    arithmetic on the bits: + 0xFFF + the lowest kept bit, then shift out 13 bits.
+    """
+    u = _bits_of_f32(v)
+    sign = (u >> int32(16)) & int32(0x8000)
+    a = u & int32(0x7FFFFFFF)
+    big = int32(0x7E00) if a > int32(0x7F800000) else int32(0x7C00)  # NaN, or inf/overflow
+    magic = float32(0.5)
+    sub = _bits_of_f32(_f32_from_bits(a) + magic) - _bits_of_f32(magic)
+    normal = (a + int32(-((127 - 15) << 23) + 0xFFF) + ((a >> int32(13)) & int32(1))) >> int32(13)
+    o = big if a >= int32((127 + 16) << 23) else (sub if a < int32(113 << 23) else normal)
+    return uint16(o | sign)
+
+
+@intrinsic
+def _f16_to_f32_hw(typingctx, h):
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _f32_to_f16_hw(typingctx, v):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+    return types.uint16(types.float32), codegen
+
+
+def _hardware_half() -> bool:
+    """Whether LLVM turns half <-> float conversions into instructions for the CPU Numba compiles
+    for: x86 with F16C (since 2012), and every 64-bit ARM. Elsewhere (or when Numba compiles
+    for a generic CPU) LLVM would call a runtime library function that Numba does not link."""
+    import platform
+
+    import llvmlite.binding as ll
+    from numba.core import config
+
+    if (config.CPU_NAME or "host") != "host":
+        return False
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    return bool(ll.get_host_cpu_features().get("f16c", False))
+
+
+#: float16 conversions: the CPU's instructions (IEEE: exact, round to nearest even, as the
+#: bit versions above, which tests hold to each other), about 4x faster than the bit arithmetic
+HARDWARE_HALF = _hardware_half()
+f16_to_f32 = _f16_to_f32_hw if HARDWARE_HALF else f16_to_f32_bits
+f32_to_f16 = _f32_to_f16_hw if HARDWARE_HALF else f32_to_f16_bits
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def ld_bf16(src, dst):
+    """dst[:n] = the float32 values of the bfloat16 bits src (n = len(src)); returns dst[:n]."""
+    n = src.shape[0]
+    for i in range(n):
+        dst[i] = bf16_to_f32(src[i])
+    return dst[:n]
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def ld_f16(src, dst):
+    """dst[:n] = the float32 values of the float16 bits src (n = len(src)); returns dst[:n]."""
+    n = src.shape[0]
+    for i in range(n):
+        dst[i] = f16_to_f32(src[i])
+    return dst[:n]
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def st_bf16(src, dst):
+    """dst = bfloat16 bits of the float32 values src, rounded to nearest even."""
+    for i in range(src.shape[0]):
+        dst[i] = f32_to_bf16(src[i])
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def st_f16(src, dst):
+    """dst = float16 bits of the float32 values src, rounded to nearest even."""
+    for i in range(src.shape[0]):
+        dst[i] = f32_to_f16(src[i])
+
+
+# float16 and bfloat16 kernels are one code: which of the two a call's bits hold is a number in
+# the geometry vector (`bf16`), tested once per chunk, so the two dtypes share one compiled module.
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def ld_half(src, dst, bf16):
+    """ld_bf16 if bf16 else ld_f16."""
+    if bf16:
+        return ld_bf16(src, dst)
+    return ld_f16(src, dst)
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def st_half(src, dst, bf16):
+    """st_bf16 if bf16 else st_f16."""
+    if bf16:
+        st_bf16(src, dst)
+    else:
+        st_f16(src, dst)
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def half_to_f32(h, bf16):
+    """bf16_to_f32 if bf16 else f16_to_f32: one element."""
+    return bf16_to_f32(h) if bf16 else f16_to_f32(h)
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def round_half(v, bf16):
+    """float32 v rounded to the half type (nearest even) and back: what PyTorch's elementwise
+    op in that dtype stores (a fused prologue's h = x + residual)."""
+    if bf16:
+        return bf16_to_f32(f32_to_bf16(v))
+    return f16_to_f32(f32_to_f16(v))

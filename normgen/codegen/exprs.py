@@ -82,7 +82,8 @@ _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 
 
 #: the exponential each target and dtype calls
-EXP = {("cpu", "float32"): "exp_f32", ("cpu", "float64"): "exp_f64"}
+EXP = {("cpu", "float32"): "exp_f32", ("cpu", "float64"): "exp_f64",
+       ("cpu", "float16"): "exp_f32", ("cpu", "bfloat16"): "exp_f32"}  # (half types compute in float32)
 
 
 def _cuda_math(dtype: str) -> dict[str, str]:

@@ -55,7 +55,7 @@ def fused_context(k: Kernel) -> dict[str, Any] | None:
     epi_arrays = tuple(extra_array(e) for e in f.epi_inputs)
     pro_env = {"x": _elem("x", t), **{e: _elem(extra_array(e), t) for e in f.pro_inputs}}
     epi_env = {"y": "yv", **{e: _elem(extra_array(e), t) for e in f.epi_inputs}}
-    pro = emit([("hv", f.prologue)], pro_env, t, "p", dt) if f.prologue is not None else [_set("hv", _elem("x", t), t)]
+    pro = emit([("hv", f.prologue)], pro_env, t, "p", dt) + _rounded(k) if f.prologue is not None else [_set("hv", _elem("x", t), t)]
     out: dict[str, Any] = {"h_from": f.h_from.value, "keep": f.keep, "prologue": f.prologue is not None,
                            "epilogue": f.epilogue is not None, "pro": pro, "pro_arrays": pro_arrays,
                            "epi_arrays": epi_arrays, "quantize": f.quantize, "dh": f.dh,
@@ -73,19 +73,25 @@ def fused_context(k: Kernel) -> dict[str, Any] | None:
         out["h_load"] = {HSource.X: [_set("hv", _elem("x", t), t)], HSource.STORED: [_set("hv", _elem("h", t), t)],
                          HSource.HELD: ["hv = hb_v[i]"], HSource.RECOMPUTE: pro}[f.h_from]
     else:
-        out.update(_backward(f, t, dt, pro_arrays, epi_arrays, pro_env, epi_env))
+        out.update(_backward(f, t, dt, pro_arrays, epi_arrays, pro_env, epi_env, _rounded(k)))
     # templates join these lists with their own
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
+def _rounded(k: Kernel) -> list[str]:
+    """Half types on the CPU: h rounded to the input dtype where it is computed, as PyTorch's
+    elementwise op stores it, so statistics, y, the kept h and the backward see one h."""
+    return ["hv = round_half(hv, bf16)"] if k.target == "cpu" and k.dtype in ("float16", "bfloat16") else []
+
+
 def _backward(f: Fusion, t: str, dt: str, pro_arrays: tuple[str, ...], epi_arrays: tuple[str, ...],
-              pro_env: dict[str, str], epi_env: dict[str, str]) -> dict[str, Any]:
+              pro_env: dict[str, str], epi_env: dict[str, str], rounded: list[str]) -> dict[str, Any]:
     source = {HSource.X: ("x",), HSource.STORED: ("h",), HSource.FROM_Y: ("y",),
               HSource.RECOMPUTE: ("x",) + pro_arrays}[f.h_from]
     recompute = f.h_from is HSource.RECOMPUTE
     h_lines = {HSource.X: [_set("hv", _elem("x", t), t)], HSource.STORED: [_set("hv", _elem("h", t), t)],
                HSource.FROM_Y: [],
-               HSource.RECOMPUTE: emit([("hv", f.prologue)], pro_env, t, "p", dt) if recompute else []}[f.h_from]
+               HSource.RECOMPUTE: emit([("hv", f.prologue)], pro_env, t, "p", dt) + rounded if recompute else []}[f.h_from]
     # the prologue's derivative factors: numbers are folded into `grads`, expressions get a variable
     factors: dict[str, Expr | str] = {}
     outputs = [("hv", f.prologue)] if recompute else []
@@ -97,7 +103,8 @@ def _backward(f: Fusion, t: str, dt: str, pro_arrays: tuple[str, ...], epi_array
             else:
                 outputs.append((f"p_{name}", d))
                 factors[name] = f"p_{name}"
-    h_apply = emit(outputs, pro_env, t, "p", dt) if recompute else list(h_lines) + emit(outputs, pro_env, t, "p", dt)
+    h_apply = emit(outputs, pro_env, t, "p", dt) + rounded if recompute else \
+        list(h_lines) + emit(outputs, pro_env, t, "p", dt)
     derivs = (("x",) if f.reads_x and not recompute else ()) + (pro_arrays if f.reads_pro and not recompute else ())
     epi_gy = epi_apply = []
     efactors: dict[str, str] = {}

@@ -48,7 +48,10 @@ HALF_BITS = {"float16": ("__half_as_ushort", "__ushort_as_half"),
 _CPU_IMPORTS = {"math": "import math", "np": "import numpy as np", "float64": "from numba import float64",
                 "dt": "from numba import {dtype} as dt"}
 _CPU_PRELUDE = ("add_chunk", "add_squares", "affine_row", "chan", "col_add", "col_add4", "col_dev", "col_dev2",
-                "col_grad", "col_grad2", "dev_sums", "exp_f32", "exp_f64", "grad_row", "sum_f64")
+                "col_grad", "col_grad2", "dev_sums", "exp_f32", "exp_f64", "grad_row", "half_to_f32", "ld_half",
+                "round_half", "st_half", "sum_f64")
+#: CPU kernels take these as uint16 bits and compute in float32 (one code for both: see half.j2)
+CPU_HALF = ("float16", "bfloat16")
 _FINALIZE_DOC = {Scale.STD: "rstd = 1 / sqrt(M2 / n + eps)", Scale.RMS: "rstd = 1 / sqrt(sum(x^2) / n + eps)",
                  Scale.L2: "rstd = 1 / sqrt(sum(x_c^2) + eps)", Scale.NONE: "rstd = 1"}
 _KEY = "@key"
@@ -120,7 +123,9 @@ def context(k: Kernel) -> dict[str, Any]:
                 "s": STRIDE_PREFIX["stat"], "p": STRIDE_PREFIX["param"]},
         "has_weight": k.has_weight, "has_bias": k.has_bias, "affine": k.affine,
         "affine_inner": cls["param"] != "0",
-        "centered": k.center is Center.MEAN, "split": k.dtype == "float32" and k.center is Center.MEAN,
+        "centered": k.center is Center.MEAN,
+        "split": k.dtype in ("float32", *CPU_HALF) and k.center is Center.MEAN,
+        "half": k.target == "cpu" and k.dtype in CPU_HALF,
         "per_count": k.scale in (Scale.STD, Scale.RMS), "reduce_by": k.reduction.value,
         "sig": {entry: _wrap(signature(k, entry), k.target) for entry in ENTRY_DOC},
         "fx": fused_context(k),
@@ -229,7 +234,7 @@ def _imports(text: str, dtype: str) -> str:
     lines = [_CPU_IMPORTS[n] for n in ("math", "np") if n in used]
     lines.append("from numba import " + ", ".join(n for n in ("float64", "njit") if n in used))
     if "dt" in used:
-        lines.append(_CPU_IMPORTS["dt"].format(dtype=dtype))
+        lines.append(_CPU_IMPORTS["dt"].format(dtype="float32" if dtype in CPU_HALF else dtype))
     prelude = [n for n in _CPU_PRELUDE if n in used]
     if prelude:
         lines.append("")

@@ -29,6 +29,8 @@ CALL_ARGS = ("out", "eps", "training", "running_mean", "running_var", "momentum"
              "mean_weight", "var_weight", "target", "process_group", "comm", "sync", "save")
 #: what a forward call keeps for its backward: x (and the extra inputs), or y (save="y")
 SAVE = ("x", "y")
+#: the half types: on the CPU their parameters may be float32 too (as PyTorch's CPU ops allow)
+HALF = ("float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ def check_forward(spec: Spec, bind: Callable[..., Binding], x: Any, params: tupl
     extras = {e: check_like(name, given.get(e), x, backend, e) for e in spec.extras}
     checked = {n: _param(name, n, p, binding.param_shape, dtype, backend) for n, p in pvals.items()}
     _check_save(spec, save, checked)
-    running = _running(spec, binding, running_mean, running_var, backend)
+    running = _running(spec, binding, running_mean, running_var, backend, dtype)
     e = _eps(spec, eps, dtype)
     eval_mode = running is not None and not training
     mix = _mix(spec, mean_weight, var_weight)
@@ -103,7 +105,10 @@ def check_forward(spec: Spec, bind: Callable[..., Binding], x: Any, params: tupl
     a = spec.affine
     weight = checked.get(a.weight) if a and a.weight else None
     if weight is not None and spec.weight_offset:  # the kernels see the effective weight
-        weight = _offset_weight(weight, spec.weight_offset, backend)
+        if dtype in HALF and backend.name == "cpu":  # (in float32, the dtype half-type kernels read it in)
+            weight = backend.to_host(weight).astype(np.float32) + np.float32(spec.weight_offset)
+        else:
+            weight = _offset_weight(weight, spec.weight_offset, backend)
     return Call(backend=backend, x=xk, y=y, params=checked, sizes=sizes, binding=binding, dtype=dtype, eps=e,
                 weight=weight, bias=checked.get(a.bias) if a and a.bias else None,
                 running=None if running is None else Running(*running, num_batches_tracked, factor),
@@ -246,8 +251,10 @@ def _param(name: str, pname: str, p: Any, shape: tuple[int, ...], dtype: str, ba
     if tuple(p.shape) != shape:
         raise CallError(f"{name}: {pname} has shape {tuple(p.shape)}, expected {shape}")
     _native(name, pname, p)
-    if backend.dtype(p) != dtype:
-        raise CallError(f"{name}: {pname} has dtype {backend.dtype(p)}, expected {dtype} (the dtype of x)")
+    pdt = backend.dtype(p)
+    if pdt != dtype and not (dtype in HALF and pdt == "float32" and backend.name == "cpu"):
+        also = " or float32" if dtype in HALF and backend.name == "cpu" else ""
+        raise CallError(f"{name}: {pname} has dtype {pdt}, expected {dtype} (the dtype of x){also}")
     return p if backend.dense(p) else backend.contiguous(p)
 
 
@@ -272,7 +279,7 @@ def check_out(name: str, out: Any, like, backend, *inputs):
     return out
 
 
-def _running(spec: Spec, binding: Binding, running_mean: Any, running_var: Any, backend):
+def _running(spec: Spec, binding: Binding, running_mean: Any, running_var: Any, backend, dtype: str):
     if running_mean is None and running_var is None:
         return None
     if spec.running is None:
@@ -285,8 +292,10 @@ def _running(spec: Spec, binding: Binding, running_mean: Any, running_var: Any, 
         if tuple(r.shape) != binding.running_shape:
             raise CallError(f"{spec.name}: {rname} has shape {tuple(r.shape)}, expected {binding.running_shape}")
         _native(spec.name, rname, r)
-        if backend.dtype(r) not in ("float32", "float64"):
-            raise CallError(f"{spec.name}: {rname} has dtype {backend.dtype(r)}, expected float32 or float64")
+        # (a half-type module's buffers may be of x's dtype, as torch.nn's modules after .to(dtype))
+        allowed = ("float32", "float64") + ((dtype,) if dtype in HALF and backend.name == "cpu" else ())
+        if backend.dtype(r) not in allowed:
+            raise CallError(f"{spec.name}: {rname} has dtype {backend.dtype(r)}, expected " + " or ".join(allowed))
         if not backend.writeable(r):
             raise CallError(f"{spec.name}: {rname} is read-only; running statistics are updated in place")
     return running_mean, running_var

@@ -211,7 +211,9 @@ def remember(op, fwd: Forward, x: _ndarray, params: tuple, kwargs: dict[str, Any
                                                                     if kwargs.get(n) is not None]
     # (a recipe runs y = f(x, weight, bias): no extra inputs or outputs, no weight offset, no save="y")
     out = kwargs.get("out")
-    if not (call.backend is CPU and call.x is x and (out is None or call.y is out) and call.running is None
+    # (half types take the general path: their statistics and parameters are float32, not x's dtype)
+    if not (call.backend is CPU and call.dtype in ("float32", "float64") and call.x is x
+            and (out is None or call.y is out) and call.running is None
             and spec.fuse is None and not spec.weight_offset and call.save == "x"
             and call.mix is None and call.group is None and call.binding.n_groups > 0 and x.size > 0
             and len(given) == len(call.params) and call.weight is _pick(w, params, kwargs)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..plan.bind import Binding
+from ..runtime.arrays import BF16, to_bits
 from . import stats as st
 
 
@@ -55,8 +56,11 @@ def updated(binding: Binding, mean: np.ndarray, var: np.ndarray, count: Any, fac
 
 def commit(new: tuple[np.ndarray, np.ndarray], running, backend) -> None:
     """Assign new running statistics in place (after every kernel of the call has run)."""
-    running.mean[...] = backend.from_host(new[0])
-    running.var[...] = backend.from_host(new[1])
+    for dst, values in ((running.mean, new[0]), (running.var, new[1])):
+        if isinstance(dst, BF16):  # bfloat16 buffers: their bits, rounded to nearest even
+            dst.bits[...] = backend.from_host(to_bits(values))
+        else:
+            dst[...] = backend.from_host(values)
     tracked = running.num_batches_tracked
     if isinstance(tracked, np.ndarray):
         tracked += 1  # in place: the caller's counter

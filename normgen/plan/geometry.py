@@ -54,6 +54,8 @@ LAUNCH_FIELDS: dict[str, tuple[tuple[str, str, Callable[[Plan], int]], ...]] = {
         ("kb_write", "1: the writing pass takes kb rows a step (columns)", lambda p: int(p.launch.kb_write)),
         ("n_param", "elements per parameter", _n_param),
         ("n_hold", "elements of h a block holds between passes (fused rows)", hold_elements),
+        ("bf16", "1: the half-type arrays hold bfloat16 bits, 0: float16 bits",
+         lambda p: int(p.kernel.dtype == "bfloat16")),
     ),
     "cuda": (
         ("n_parts", "parts per group (1: a unit reduces a whole group)", lambda p: p.launch.n_parts),

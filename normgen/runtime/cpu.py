@@ -5,6 +5,10 @@ element strides in the geometry vector, so sliced, transposed and channels_last 
 are used in place. Arguments are passed by name and ordered by the kernel ABI table
 (codegen/abi.py). Numba compiles each kernel on first call and caches the machine code on
 disk beside the generated module (runtime/cache.py).
+
+Half types (NumPy float16, and bfloat16 as `BF16` bits) reach the kernels as uint16 views
+of their bits; the kernels compute in float32 (codegen/cpu_prelude.py converts chunks), so
+the arrays they take beside x (parameters, statistics, coefficients, scratch) are float32.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import numpy as np
 from ..codegen import PRELUDE_DIR
 from ..codegen.abi import arguments
 from ..codegen.render import render
+from ..errors import CallError
 from ..plan.fusion import hold_elements
 from ..plan.geometry import geometry_values
 from ..plan.model import Direction, Options, Plan, Strategy
 from ..plan.planner import make_plan
 from . import alloc, cache, jitcache
-from .arrays import dense_strides, elem_strides, flat
+from .arrays import BF16, bits, dense_strides, elem_strides, flat, from_bits
 from .moments import merge_parts
 from .threads import split, threads
 
@@ -77,9 +82,10 @@ def run(plan: Plan, entry: str, **values) -> None:
     fn, names, g = launcher(plan, entry)
     values["g"] = g
     if plan.kernel.strategy is Strategy.COLUMNS:
-        values["scratch"], values["scratch_dt"] = _scratch(plan, values["x"].dtype)
+        values["scratch"], values["scratch_dt"] = _scratch(plan, compute_dtype(plan.kernel.dtype))
     elif plan.kernel.fusion is not None:  # a fused rows kernel: h held between passes
-        values["scratch_dt"] = np.empty(max(1, plan.launch.n_blocks * hold_elements(plan)), values["x"].dtype)
+        values["scratch_dt"] = np.empty(max(1, plan.launch.n_blocks * hold_elements(plan)),
+                                        compute_dtype(plan.kernel.dtype))
     args = [values[n] for n in names]
     la = plan.launch
     if la.threads <= 1:
@@ -114,8 +120,38 @@ def _scratch(plan: Plan, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     return np.empty(la.n_blocks * (f64 * td + 2 * la.seg), np.float64), np.empty(la.n_blocks * 4 * td, dtype)
 
 
-def _param(p: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
-    return np.zeros(1, dtype) if p is None else np.ascontiguousarray(p).reshape(-1)
+#: the dtype CPU kernels compute in, and take parameters and statistics in, per input dtype
+_COMPUTE = {"float16": np.dtype(np.float32), "bfloat16": np.dtype(np.float32),
+            "float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+HALF = ("float16", "bfloat16")
+
+
+def compute_dtype(dtype: str) -> np.dtype:
+    """float32 for the half types (and float32); float64 for float64."""
+    return _COMPUTE[dtype]
+
+
+def raw(a) -> np.ndarray:
+    """The flat 1-D view the kernels walk (`flat`): half types as uint16 bits."""
+    if isinstance(a, BF16):
+        return flat(a.bits).view(np.uint16)
+    f = flat(a)
+    return f.view(np.uint16) if f.dtype == np.float16 else f
+
+
+def _cdt(x) -> np.dtype:
+    """The compute dtype of the array x (float32 for half types)."""
+    return np.dtype(np.float32) if isinstance(x, BF16) or x.dtype == np.float16 else x.dtype
+
+
+def _param(p, dtype: np.dtype) -> np.ndarray:
+    """A parameter as the kernels read it: flat, in the compute dtype (a half-type parameter,
+    or a float32 one beside half-type x, becomes float32: exact, and small)."""
+    if p is None:
+        return np.zeros(1, dtype)
+    if isinstance(p, BF16):
+        return from_bits(p.bits).reshape(-1)
+    return np.ascontiguousarray(p, dtype=dtype).reshape(-1)
 
 
 def _fused(fx: dict | None, dtype: np.dtype) -> dict:
@@ -123,7 +159,7 @@ def _fused(fx: dict | None, dtype: np.dtype) -> dict:
     bias (backward) as a parameter, a quantized output's scales as they are."""
     out = {}
     for name, a in (fx or {}).items():
-        out[name] = _param(a, dtype) if name == "bias" else a.reshape(-1) if name == "qscale" else flat(a)
+        out[name] = _param(a, dtype) if name == "bias" else a.reshape(-1) if name == "qscale" else raw(a)
     return out
 
 
@@ -163,17 +199,18 @@ class CpuBackend:
     """NumPy arrays on the CPU: Numba kernels, statistics merged and finalized on the host."""
 
     name = "cpu"
-    dtypes = ("float32", "float64")
+    dtypes = ("float32", "float64", "float16", "bfloat16")
 
-    # ---- arrays ----
+    # ---- arrays (bfloat16: a BF16 of NumPy uint16 bits) ----
     def owns(self, a) -> bool:
-        return isinstance(a, np.ndarray)
+        return isinstance(a, np.ndarray) or (isinstance(a, BF16) and isinstance(a.bits, np.ndarray))
 
     def dtype(self, a) -> str:
-        return dtype_name(a.dtype)
+        return "bfloat16" if isinstance(a, BF16) else dtype_name(a.dtype)
 
     def stat_dtype(self, dtype: str) -> np.dtype:
-        return np.dtype(dtype)
+        """Statistics are kept in the compute dtype: float32 for the half types."""
+        return compute_dtype(dtype) if dtype in _COMPUTE else np.dtype(dtype)
 
     def strides(self, a):
         return elem_strides(a)
@@ -182,27 +219,37 @@ class CpuBackend:
         return elem_strides(a) == dense_strides(a.shape)
 
     def contiguous(self, a):
-        return np.ascontiguousarray(a)
+        return BF16(np.ascontiguousarray(a.bits)) if isinstance(a, BF16) else np.ascontiguousarray(a)
 
     def empty_like(self, a):
-        return alloc.empty_like(a)
+        return BF16(alloc.empty_like(a.bits)) if isinstance(a, BF16) else alloc.empty_like(a)
 
     def overlaps(self, a, b) -> bool:
-        return np.may_share_memory(a, b)
+        return np.may_share_memory(bits(a), bits(b))
 
     def writeable(self, a) -> bool:
-        return a.flags.writeable
+        return bits(a).flags.writeable
 
     def to_host(self, a) -> np.ndarray:
-        return np.asarray(a)
+        """The values of a as a NumPy array (bfloat16 as its float32 values)."""
+        return from_bits(a.bits) if isinstance(a, BF16) else np.asarray(a)
 
     def from_host(self, a: np.ndarray):
         return a
 
     def plan(self, binding, arrays, direction: Direction, dtype: str, has_weight: bool, has_bias: bool,
              options: Options) -> Plan:
-        return make_plan(binding, arrays, direction=direction, dtype=dtype, has_weight=has_weight,
+        if dtype in HALF and direction is Direction.BACKWARD and "y" in arrays:
+            raise CallError(f"{binding.spec.name}: x has dtype {dtype}; save='y' takes float32 or float64 on the CPU "
+                            "backend (its half-type kernels are not built yet)")
+        plan = make_plan(binding, arrays, direction=direction, dtype=dtype, has_weight=has_weight,
                          has_bias=has_bias, threads=threads(), options=options)
+        if dtype in HALF and plan.kernel.fusion is not None and plan.kernel.strategy is Strategy.COLUMNS:
+            raise CallError(f"{binding.spec.name}: x has dtype {dtype}; a fused spec whose kept axis is innermost "
+                            "(the columns strategy, e.g. channels_last) takes float32 or float64 on the CPU backend "
+                            "(its half-type kernels are not built yet); the rows strategy (e.g. contiguous) takes "
+                            "half types")
+        return plan
 
     def plan_key(self) -> tuple:
         """What the plans of this backend depend on besides the call (the thread count)."""
@@ -221,9 +268,9 @@ class CpuBackend:
         """
         if plan.launch.fused:
             moments = np.empty(_n_stat(plan) * 3, np.float64)
-            kstats = np.empty(_n_stat(plan) * 3, x.dtype)
-            run(plan, "forward_fused", x=flat(x), y=flat(y), weight=_param(w, x.dtype), bias=_param(b, x.dtype),
-                moments=moments, kstats=kstats, eps=float(eps), **_fused(fx, x.dtype))
+            kstats = np.empty(_n_stat(plan) * 3, _cdt(x))
+            run(plan, "forward_fused", x=raw(x), y=raw(y), weight=_param(w, _cdt(x)), bias=_param(b, _cdt(x)),
+                moments=moments, kstats=kstats, eps=float(eps), **_fused(fx, _cdt(x)))
             return moments.reshape(-1, 3), kstats.reshape(-1, 3)
         moments = self.moments(plan, x, fx)
         kstats = finalize(moments)
@@ -233,20 +280,20 @@ class CpuBackend:
     def moments(self, plan: Plan, x, fx: dict | None = None) -> np.ndarray:
         """(count, mean, M2) per group [g, 3], the parts merged in order."""
         parts = np.zeros(_n_stat(plan) * plan.launch.n_parts * 3, np.float64)
-        run(plan, "forward_partial", x=flat(x), moments=parts, **_fused(fx, x.dtype))
+        run(plan, "forward_partial", x=raw(x), moments=parts, **_fused(fx, _cdt(x)))
         return merge_parts(parts.reshape(-1, plan.launch.n_parts, 3))
 
     def apply(self, plan: Plan, x, y, w, b, kstats, fx: dict | None = None) -> None:
-        run(plan, "forward_apply", x=flat(x), y=flat(y), weight=_param(w, x.dtype), bias=_param(b, x.dtype),
-            kstats=_flat_stats(kstats, x.dtype), **_fused(fx, x.dtype))
+        run(plan, "forward_apply", x=raw(x), y=raw(y), weight=_param(w, _cdt(x)), bias=_param(b, _cdt(x)),
+            kstats=_flat_stats(kstats, _cdt(x)), **_fused(fx, _cdt(x)))
 
     # ---- backward ----
     def train_backward(self, plan: Plan, x, dy, dx, w, kstats, coefficients, fx: dict | None = None):
         """dx and (dweight, dbias) in training mode; `coefficients(a, b) -> [g, 3]` when phased."""
         if plan.launch.fused:
             dparams = _dparams(plan)
-            run(plan, "backward_fused", x=flat(x), dy=flat(dy), dx=flat(dx), weight=_param(w, x.dtype),
-                kstats=_flat_stats(kstats, x.dtype), dparams=dparams, **_fused(fx, x.dtype))
+            run(plan, "backward_fused", x=raw(x), dy=raw(dy), dx=raw(dx), weight=_param(w, _cdt(x)),
+                kstats=_flat_stats(kstats, _cdt(x)), dparams=dparams, **_fused(fx, _cdt(x)))
             return _reduce_dparams(plan, dparams)
         a, b, dw, db = self.grad_sums(plan, x, dy, w, kstats, fx)
         self.grad_apply(plan, x, dy, dx, w, kstats, coefficients(a, b), fx)
@@ -256,14 +303,14 @@ class CpuBackend:
         """(sum g, sum g x_hat) per group on the host, and (dweight, dbias)."""
         sums = np.zeros(_n_stat(plan) * plan.launch.n_parts * 2, np.float64)
         dparams = _dparams(plan)
-        run(plan, "backward_partial", x=flat(x), dy=flat(dy), weight=_param(w, x.dtype),
-            kstats=_flat_stats(kstats, x.dtype), sums=sums, dparams=dparams, **_fused(fx, x.dtype))
+        run(plan, "backward_partial", x=raw(x), dy=raw(dy), weight=_param(w, _cdt(x)),
+            kstats=_flat_stats(kstats, _cdt(x)), sums=sums, dparams=dparams, **_fused(fx, _cdt(x)))
         sums = sums.reshape(-1, plan.launch.n_parts, 2)
         return sums[:, :, 0].sum(axis=1), sums[:, :, 1].sum(axis=1), *_reduce_dparams(plan, dparams)
 
     def grad_apply(self, plan: Plan, x, dy, dx, w, kstats, coef: np.ndarray, fx: dict | None = None) -> None:
-        run(plan, "backward_apply", x=flat(x), dy=flat(dy), dx=flat(dx), weight=_param(w, x.dtype),
-            kstats=_flat_stats(kstats, x.dtype), coef=_flat_stats(coef, x.dtype), **_fused(fx, x.dtype))
+        run(plan, "backward_apply", x=raw(x), dy=raw(dy), dx=raw(dx), weight=_param(w, _cdt(x)),
+            kstats=_flat_stats(kstats, _cdt(x)), coef=_flat_stats(coef, _cdt(x)), **_fused(fx, _cdt(x)))
 
 
 BACKEND = CpuBackend()

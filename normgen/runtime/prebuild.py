@@ -44,6 +44,20 @@ _KIND_DTYPE = {"in": None, "out": None, "stat_in": None, "stat_out": None, "f64_
 _SCALARS = {"f64": 0.0, "i64": 0}
 
 
+#: half-type kernels take these arrays as uint16 bits (x-like: x, y, dy, dx, h, dh, extra inputs
+#: e_* and their gradients d_*); parameters, statistics and scratch in float32 (runtime/cpu.py)
+_HALF_BITS = ("x", "y", "dy", "dx", "h", "dh")
+
+
+def _array_dtype(kernel: Kernel, name: str, kind: str):
+    fixed = _KIND_DTYPE[kind]
+    if fixed is not None:
+        return fixed
+    if kernel.dtype in cpu.HALF:
+        return np.uint16 if name in _HALF_BITS or name.startswith(("e_", "d_")) else np.float32
+    return kernel.dtype
+
+
 def signature(kernel: Kernel, entry: str) -> tuple:
     """The Numba types of `entry`'s arguments as cpu.run passes them (flat 1-D arrays)."""
     values = []
@@ -51,7 +65,7 @@ def signature(kernel: Kernel, entry: str) -> tuple:
         if arg.kind in _SCALARS:
             values.append(_SCALARS[arg.kind])
         else:
-            values.append(np.zeros(1, _KIND_DTYPE[arg.kind] or kernel.dtype))
+            values.append(np.zeros(1, _array_dtype(kernel, arg.name, arg.kind)))
     return tuple(typeof(v) for v in values)
 
 

@@ -113,9 +113,10 @@ def update_impl(moments: Tensor, running_mean: Tensor, running_var: Tensor, num_
     if momentum is None and num_batches_tracked is None:
         raise CallError(f"{op.name}: momentum=None (cumulative average) needs num_batches_tracked")
     for name, r in (("running_mean", running_mean), ("running_var", running_var)):
-        if tuple(r.shape) != binding.running_shape or r.dtype not in (torch.float32, torch.float64):
+        # (half-type buffers too: torch.nn's modules keep them in the module's dtype after .to(dtype))
+        if tuple(r.shape) != binding.running_shape or not r.dtype.is_floating_point:
             raise CallError(f"{op.name}: {name} has shape {tuple(r.shape)} and dtype {r.dtype}, expected "
-                            f"{binding.running_shape} and torch.float32 or torch.float64")
+                            f"{binding.running_shape} and a floating-point dtype")
         if r.device != moments.device:
             raise CallError(f"{op.name}: {name} is on {r.device}, the input on {moments.device}")
     update_running(binding, moments, running_mean, running_var, momentum, num_batches_tracked)

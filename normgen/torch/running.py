@@ -15,6 +15,7 @@ belong to, merged from the finest groups (law of total variance, as op/mixture.p
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ..plan.bind import Binding
@@ -45,10 +46,19 @@ def update_running(binding: Binding, moments: Tensor, running_mean: Tensor, runn
     order = [present.index(d) for d in dims]
     # both batch values before either buffer changes: a failure leaves the two as they were
     pairs = ((running_mean, mean), (running_var, unbiased))
-    batches = [b.permute(order).reshape(r.shape).to(r.dtype) for r, b in pairs]
+    batches = [b.permute(order).reshape(r.shape).to(_work(r.dtype)) for r, b in pairs]
     for running, batch in zip((running_mean, running_var), batches):
+        # half-type buffers: the update in float32, rounded once (as torch's CPU batch norm does)
+        r = running if running.dtype == batch.dtype else running.to(batch.dtype)
         if momentum is None:  # the factor is a tensor: no host read of the count
-            factor = 1.0 / num_batches_tracked.to(running.dtype)
-            running.mul_(1 - factor).add_(batch * factor)
+            factor = 1.0 / num_batches_tracked.to(batch.dtype)
+            r.mul_(1 - factor).add_(batch * factor)
         else:
-            running.mul_(1 - momentum).add_(batch, alpha=momentum)
+            r.mul_(1 - momentum).add_(batch, alpha=momentum)
+        if r is not running:
+            running.copy_(r)
+
+
+def _work(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a running update is computed in: float32 for the half types."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
