@@ -84,7 +84,7 @@ def test_bench_size_reaches_torch_as_a_shape(capsys, monkeypatch):
     (["--spec", "layer_norm", "--shape", "8,16", "--size", "bogus=3"], "allowed: normalized_shape"),
     (["--spec", "nosuch", "--shape", "8,16"], "no bundled spec named 'nosuch'"),
     (["--spec", "layer_norm", "--providers", "normgen,foo"], "allowed: normgen, torch, numpy, copy"),
-    (["--spec", "layer_norm", "--dtype", "bfloat16"], "the CPU kernels do not run bfloat16"),
+    (["--spec", "layer_norm", "--memory", "--target", "cuda"], "bench --memory measures CPU processes"),
     (["--spec", "layer_norm", "--device", "h100"], "--device is for --target cuda"),
     (["--spec", "layer_norm", "--eval"], "allowed: --eval with --shape"),
     (["--spec", "layer_norm", "--size", "normalized_shape=8"], "allowed: --size with --shape"),
