@@ -144,13 +144,8 @@ def _require_matplotlib() -> None:
 
 def _bench_fused(args: argparse.Namespace) -> int:
     """`normgen bench --fused`: fused specs against PyTorch eager and torch.compile (bench/fused.py)."""
-    import datetime
-    import json
-
-    from ..paths import repo_root
     from ..runtime import threads as cpu
     from . import fused
-    from .cpu import machine
 
     if args.target == "cuda":
         return _bench_fused_cuda(args)
@@ -164,14 +159,8 @@ def _bench_fused(args: argparse.Namespace) -> int:
                             f"{k} {v:.2f} ms" for k, v in r.ms.items()), flush=True))
     print()
     print(fused.table(results))
-    if args.json is not None:
-        root = repo_root() or Path(".")
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path(args.json) if args.json else root / "bench" / "results" / f"fused-{stamp}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"machine": machine(), "threads": cpu.threads(), "dtype": args.dtype,
-                                    "repeat": args.repeat, "results": [vars(r) for r in results]}, indent=1))
-        print(f"wrote {path}")
+    _save_mode_json(args, "fused", {"threads": cpu.threads(), "dtype": args.dtype, "repeat": args.repeat,
+                                    "results": [vars(r) for r in results]})
     return 0
 
 
@@ -253,12 +242,7 @@ def _save_mode_json(args: argparse.Namespace, mode: str, data: dict) -> None:
 
 def _bench_memory(args: argparse.Namespace) -> int:
     """`normgen bench --memory`: resident memory against PyTorch, one fresh process per run."""
-    import datetime
-    import json
-
-    from ..paths import repo_root
     from . import memory
-    from .cpu import machine
 
     specs = tuple(args.spec or memory.SPECS)
     bad = [s for s in specs if s not in memory.SPECS]
@@ -276,13 +260,7 @@ def _bench_memory(args: argparse.Namespace) -> int:
     print()
     print("fixed shapes, both providers interleaved in one process (steady state):")
     print(memory.steady_table(steady))
-    if args.json is not None:
-        root = repo_root() or Path(".")
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path(args.json) if args.json else root / "bench" / "results" / f"memory-{stamp}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"machine": machine(), "runs": rows, "steady": steady}, indent=1))
-        print(f"wrote {path}")
+    _save_mode_json(args, "memory", {"runs": rows, "steady": steady})
     return 0
 
 
